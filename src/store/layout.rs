@@ -1,0 +1,347 @@
+//! The shared-memory layout of the control block and the pin table, as word offsets.
+//!
+//! Both files are arrays of little-endian 64-bit words accessed only through atomics. The
+//! control block (written by the producer, read-only for observers):
+//!
+//! ```text
+//! word 0                 header (HEADER_WORDS words, fields below)
+//! regions_at             region table: REGION_WORDS words per region
+//! versions_at            version ring: VERSION_WORDS words per entry, entry = version % ring
+//! log_at .. +log_words   record log: one page-map record per version, written round-robin
+//! ```
+//!
+//! A region entry: 8 words of name (NUL-padded UTF-8), dtype code, ndim, 4 shape words,
+//! first page, and `pages | offset << 48`.
+//!
+//! A version entry: version (seqlock word, 0 while being written), record position, publish
+//! time (CLOCK_MONOTONIC ns), pages written, pages copied, publish duration ns, mapping runs,
+//! store bytes.
+//!
+//! A record: version, run count, then two words per run (see [`super::pagemap`]).
+//!
+//! The pin table (read-write for observers): a header of PINS_HEADER_WORDS words (magic,
+//! slot count, futex waiter count), then SLOT_WORDS words per observer slot: owner pid, owner
+//! generation, PINS_PER_SLOT pin words. An observer owns its slot by holding an OFD write lock
+//! on the slot's bytes.
+use crate::region::{check_name, check_shape, Dtype, RegionInfo, MAX_DIMS};
+
+pub const MAGIC: u64 = u64::from_le_bytes(*b"TCASM\0CB");
+pub const PINS_MAGIC: u64 = u64::from_le_bytes(*b"TCASM\0PT");
+pub const LAYOUT_VERSION: u64 = 1;
+
+pub const HEADER_WORDS: usize = 64;
+pub const REGION_WORDS: usize = 16;
+pub const VERSION_WORDS: usize = 8;
+pub const VERSION_RING: usize = 1024;
+pub const PINS_HEADER_WORDS: usize = 8;
+pub const SLOT_WORDS: usize = 16;
+pub const PINS_PER_SLOT: usize = 8;
+
+/// Header fields (word indices). Fields up to `PIN_SLOTS` are set once, before any observer
+/// gets the file; the rest change while the producer runs.
+pub mod hdr {
+    pub const MAGIC: usize = 0;
+    pub const LAYOUT: usize = 1;
+    pub const PAGE_SIZE: usize = 2;
+    pub const PAGE_COUNT: usize = 3;
+    pub const REGION_COUNT: usize = 4;
+    pub const VERSION_RING: usize = 5;
+    pub const REGIONS_AT: usize = 6;
+    pub const VERSIONS_AT: usize = 7;
+    pub const LOG_AT: usize = 8;
+    pub const LOG_WORDS: usize = 9;
+    pub const PRODUCER_PID: usize = 10;
+    pub const PIN_SLOTS: usize = 11;
+    /// Planes the pool holds now; grows.
+    pub const PLANES: usize = 16;
+    /// [`super::STATE_LIVE`] or [`super::STATE_CLOSED`].
+    pub const STATE: usize = 17;
+    /// Futex word: the low 32 bits of the latest version.
+    pub const WAKE: usize = 18;
+    /// The newest published version; 0 before the first.
+    pub const LATEST: usize = 19;
+    /// Log positions below this mark may be overwritten (the log's seqlock word).
+    pub const LOG_MARK: usize = 21;
+}
+
+pub mod pins {
+    pub const MAGIC: usize = 0;
+    pub const SLOTS: usize = 1;
+    /// Observers currently sleeping in `wait_newer` (any observer may change it).
+    pub const WAITERS: usize = 2;
+    /// Slot fields, relative to the slot's first word.
+    pub const PID: usize = 0;
+    pub const GENERATION: usize = 1;
+    pub const PIN0: usize = 2;
+}
+
+pub mod ver {
+    pub const VERSION: usize = 0;
+    pub const RECORD: usize = 1;
+    pub const TIME_NS: usize = 2;
+    pub const DIRTY_PAGES: usize = 3;
+    pub const COPIED_PAGES: usize = 4;
+    pub const PUBLISH_NS: usize = 5;
+    pub const RUNS: usize = 6;
+    pub const STORE_BYTES: usize = 7;
+}
+
+pub const STATE_LIVE: u64 = 1;
+pub const STATE_CLOSED: u64 = 2;
+
+/// Limits an observer enforces on what it reads, so that a corrupt block cannot make it
+/// allocate or map without bound.
+pub const MAX_REGIONS: usize = 4096;
+pub const MAX_PAGES: u64 = u32::MAX as u64;
+pub const MAX_PIN_SLOTS: usize = 4096;
+pub const MAX_PLANES: usize = 64;
+
+/// Everything fixed about a store once it exists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Layout {
+    pub page_size: usize,
+    pub page_count: usize,
+    pub regions: Vec<RegionInfo>,
+    pub log_words: usize,
+    pub pin_slots: usize,
+}
+
+fn round_up(n: usize, to: usize) -> usize {
+    n.div_ceil(to) * to
+}
+
+impl Layout {
+    pub fn regions_at(&self) -> usize {
+        HEADER_WORDS
+    }
+
+    pub fn versions_at(&self) -> usize {
+        self.regions_at() + REGION_WORDS * self.regions.len()
+    }
+
+    pub fn log_at(&self) -> usize {
+        round_up(self.versions_at() + VERSION_WORDS * VERSION_RING, self.page_size / 8)
+    }
+
+    pub fn control_words(&self) -> usize {
+        self.log_at() + self.log_words
+    }
+
+    pub fn pin_words(&self) -> usize {
+        round_up(PINS_HEADER_WORDS + SLOT_WORDS * self.pin_slots, self.page_size / 8)
+    }
+
+    /// Words of the largest possible record: one run per page.
+    pub fn max_record_words(page_count: usize) -> usize {
+        2 + 2 * page_count
+    }
+
+    /// A log that holds at least four largest records and 1 MiB.
+    pub fn log_words_for(page_count: usize) -> usize {
+        (4 * Self::max_record_words(page_count)).max(1 << 17)
+    }
+
+    pub fn slot_at(slot: usize) -> usize {
+        PINS_HEADER_WORDS + SLOT_WORDS * slot
+    }
+
+    /// The header and region table as words, for the producer to write.
+    pub fn encode(&self, producer_pid: u32) -> Vec<(usize, u64)> {
+        let mut w = vec![
+            (hdr::MAGIC, MAGIC),
+            (hdr::LAYOUT, LAYOUT_VERSION),
+            (hdr::PAGE_SIZE, self.page_size as u64),
+            (hdr::PAGE_COUNT, self.page_count as u64),
+            (hdr::REGION_COUNT, self.regions.len() as u64),
+            (hdr::VERSION_RING, VERSION_RING as u64),
+            (hdr::REGIONS_AT, self.regions_at() as u64),
+            (hdr::VERSIONS_AT, self.versions_at() as u64),
+            (hdr::LOG_AT, self.log_at() as u64),
+            (hdr::LOG_WORDS, self.log_words as u64),
+            (hdr::PRODUCER_PID, producer_pid as u64),
+            (hdr::PIN_SLOTS, self.pin_slots as u64),
+        ];
+        for (i, r) in self.regions.iter().enumerate() {
+            let at = self.regions_at() + i * REGION_WORDS;
+            let mut name = [0u8; 64];
+            name[..r.name.len()].copy_from_slice(r.name.as_bytes());
+            for k in 0..8 {
+                w.push((at + k, u64::from_le_bytes(name[k * 8..k * 8 + 8].try_into().unwrap())));
+            }
+            w.push((at + 8, r.dtype as u64));
+            w.push((at + 9, r.shape.len() as u64));
+            for (k, d) in r.shape.iter().enumerate() {
+                w.push((at + 10 + k, *d as u64));
+            }
+            w.push((at + 14, r.first_page as u64));
+            w.push((at + 15, r.pages as u64 | (r.offset as u64) << 48));
+        }
+        w
+    }
+
+    /// Reads and checks a layout from the words of a control block; `read(i)` loads word `i`
+    /// and `len` is the number of words mapped. Every field is checked against the others and
+    /// against this machine, because the block is input from another process.
+    pub fn decode(read: &dyn Fn(usize) -> u64, len: usize) -> Result<Layout, String> {
+        if len < HEADER_WORDS {
+            return Err(format!("{len} words is too short for a header"));
+        }
+        if read(hdr::MAGIC) != MAGIC {
+            return Err(format!("bad magic {:#x}: not a tcasm control block", read(hdr::MAGIC)));
+        }
+        let layout = read(hdr::LAYOUT);
+        if layout != LAYOUT_VERSION {
+            return Err(format!(
+                "layout version {layout}, this build reads {LAYOUT_VERSION}: use the same tcasm release on both sides"
+            ));
+        }
+        let page_size = read(hdr::PAGE_SIZE);
+        if page_size != crate::sys::page_size() as u64 {
+            return Err(format!("page size {page_size} differs from this machine's"));
+        }
+        let page_count = read(hdr::PAGE_COUNT);
+        if page_count == 0 || page_count > MAX_PAGES {
+            return Err(format!("page count {page_count} out of range"));
+        }
+        let region_count = read(hdr::REGION_COUNT) as usize;
+        if region_count == 0 || region_count > MAX_REGIONS {
+            return Err(format!("region count {region_count} out of range"));
+        }
+        if read(hdr::VERSION_RING) != VERSION_RING as u64 {
+            return Err(format!("version ring of {} entries, expected {VERSION_RING}", read(hdr::VERSION_RING)));
+        }
+        let pin_slots = read(hdr::PIN_SLOTS) as usize;
+        if pin_slots == 0 || pin_slots > MAX_PIN_SLOTS {
+            return Err(format!("pin slot count {pin_slots} out of range"));
+        }
+        let page_count = page_count as usize;
+        let page_size = page_size as usize;
+        let log_words = read(hdr::LOG_WORDS) as usize;
+        if log_words < Self::log_words_for(page_count) || log_words > 4 * Self::log_words_for(page_count) {
+            return Err(format!("record log of {log_words} words does not fit {page_count} pages"));
+        }
+        let mut regions = Vec::with_capacity(region_count);
+        let mut l = Layout { page_size, page_count, regions: Vec::new(), log_words, pin_slots };
+        // The table sizes depend on the region count; check offsets before reading entries.
+        l.regions = vec![dummy_region(); region_count];
+        for (field, want) in [
+            (hdr::REGIONS_AT, l.regions_at()),
+            (hdr::VERSIONS_AT, l.versions_at()),
+            (hdr::LOG_AT, l.log_at()),
+        ] {
+            if read(field) != want as u64 {
+                return Err(format!("header word {field} is {}, expected {want}", read(field)));
+            }
+        }
+        if len < l.control_words() {
+            return Err(format!("block has {len} words, its header needs {}", l.control_words()));
+        }
+        let mut pages_seen = 0usize;
+        for i in 0..region_count {
+            let at = l.regions_at() + i * REGION_WORDS;
+            let mut name = Vec::with_capacity(64);
+            for k in 0..8 {
+                name.extend_from_slice(&read(at + k).to_le_bytes());
+            }
+            let end = name.iter().position(|&b| b == 0).unwrap_or(64);
+            let name = String::from_utf8(name[..end].to_vec())
+                .map_err(|_| format!("region {i}: name is not UTF-8"))?;
+            check_name(&name).map_err(|e| format!("region {i}: {e}"))?;
+            let dtype = Dtype::from_code(read(at + 8) as u32)
+                .ok_or_else(|| format!("region {name:?}: unknown element type code {}", read(at + 8)))?;
+            let ndim = read(at + 9) as usize;
+            if ndim == 0 || ndim > MAX_DIMS {
+                return Err(format!("region {name:?}: {ndim} dimensions"));
+            }
+            let shape: Vec<usize> = (0..ndim).map(|k| read(at + 10 + k) as usize).collect();
+            let elements = check_shape(&name, &shape)?;
+            let first_page = read(at + 14) as usize;
+            let packed = read(at + 15);
+            let pages = (packed & ((1 << 48) - 1)) as usize;
+            let offset = (packed >> 48) as usize;
+            let bytes = elements.checked_mul(dtype.size()).ok_or("region size overflows")?;
+            if offset >= page_size
+                || offset % dtype.size() != 0
+                || first_page != pages_seen
+                || pages != (offset + bytes).div_ceil(page_size)
+                || first_page + pages > page_count
+            {
+                return Err(format!(
+                    "region {name:?}: placement (first page {first_page}, {pages} pages, offset {offset}) does not fit its {bytes} bytes"
+                ));
+            }
+            if regions.iter().any(|r: &RegionInfo| r.name == name) {
+                return Err(format!("region {name:?} appears twice"));
+            }
+            pages_seen += pages;
+            regions.push(RegionInfo { name, dtype, shape, first_page, pages, offset });
+        }
+        if pages_seen != page_count {
+            return Err(format!("regions cover {pages_seen} pages, header says {page_count}"));
+        }
+        l.regions = regions;
+        Ok(l)
+    }
+}
+
+fn dummy_region() -> RegionInfo {
+    RegionInfo { name: String::new(), dtype: Dtype::U8, shape: vec![1], first_page: 0, pages: 0, offset: 0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Layout {
+        let page = crate::sys::page_size();
+        Layout {
+            page_size: page,
+            page_count: 5,
+            regions: vec![
+                RegionInfo { name: "t".into(), dtype: Dtype::F64, shape: vec![16, 32], first_page: 0, pages: 1, offset: 0 },
+                RegionInfo { name: "u".into(), dtype: Dtype::I32, shape: vec![4000], first_page: 1, pages: 4, offset: 8 },
+            ],
+            log_words: Layout::log_words_for(5),
+            pin_slots: 8,
+        }
+    }
+
+    fn words_of(l: &Layout) -> Vec<u64> {
+        let mut w = vec![0u64; l.control_words()];
+        for (i, v) in l.encode(1) {
+            w[i] = v;
+        }
+        w
+    }
+
+    #[test]
+    fn encode_then_decode_is_identity() {
+        let l = sample();
+        let w = words_of(&l);
+        assert_eq!(Layout::decode(&|i| w[i], w.len()).unwrap(), l);
+    }
+
+    #[test]
+    fn every_header_field_is_checked() {
+        let l = sample();
+        for field in [hdr::MAGIC, hdr::LAYOUT, hdr::PAGE_SIZE, hdr::PAGE_COUNT, hdr::REGION_COUNT,
+                      hdr::VERSION_RING, hdr::REGIONS_AT, hdr::VERSIONS_AT, hdr::LOG_AT, hdr::LOG_WORDS, hdr::PIN_SLOTS] {
+            let mut w = words_of(&l);
+            w[field] ^= 0x40;
+            assert!(Layout::decode(&|i| w[i], w.len()).is_err(), "field {field} not checked");
+        }
+        let w = words_of(&l);
+        assert!(Layout::decode(&|i| w[i], w.len() - 1).is_err(), "truncation not checked");
+    }
+
+    #[test]
+    fn region_entries_are_checked() {
+        let l = sample();
+        let at = l.regions_at() + REGION_WORDS;
+        for k in [0, 8, 9, 10, 14, 15] {
+            let mut w = words_of(&l);
+            w[at + k] = w[at + k].wrapping_add(1 << 20);
+            assert!(Layout::decode(&|i| w[i], w.len()).is_err(), "region word {k} not checked");
+        }
+    }
+}

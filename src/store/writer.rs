@@ -1,0 +1,473 @@
+//! The producer's side of the store: choosing slots, copying pages, writing records,
+//! reclaiming slots no live version needs, and giving memory back to the kernel.
+use std::ops::Range;
+use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::layout::{self, hdr, pins, ver, Layout, MAX_PLANES, PINS_PER_SLOT};
+use super::pagemap::PageMap;
+use super::protocol::{self, retained, UNPINNED};
+use crate::error::PublishError;
+use crate::sys::mem::{Access, Mapping, RegionMemory};
+use crate::sys::memfd::SharedFile;
+use crate::sys::{futex, lock};
+
+/// Where a region's bytes come from.
+pub struct Source {
+    pub first_page: usize,
+    pub pages: usize,
+    pub offset: usize,
+    pub bytes: usize,
+    pub memory: Arc<RegionMemory>,
+}
+
+/// A slot that held a page of some version and was superseded at `until`.
+#[derive(Clone, Copy, Debug)]
+struct Retired {
+    page: u32,
+    plane: u16,
+    since: u64,
+    until: u64,
+}
+
+/// What one publish did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Published {
+    pub version: u64,
+    pub dirty_pages: usize,
+    pub mapping_runs: usize,
+    pub planes: usize,
+    pub store_bytes: u64,
+    pub live_pins: usize,
+}
+
+/// How often a pin slot's owner is checked for life (one `fcntl` each).
+const LIVENESS_PERIOD: Duration = Duration::from_millis(20);
+
+#[derive(Clone, Copy)]
+struct SlotCheck {
+    generation: u64,
+    at: Instant,
+    alive: bool,
+}
+
+/// The three shared files of a store and the producer's bookkeeping of its slots.
+pub struct StoreWriter {
+    layout: Layout,
+    sources: Vec<Source>,
+    control_file: SharedFile,
+    control: Mapping,
+    pool_file: SharedFile,
+    pool: Mapping,
+    pins_file: SharedFile,
+    pins: Mapping,
+    planes: usize,
+    version: u64,
+    log_pos: u64,
+    /// Per page: plane of the latest version's copy, version that wrote that slot, version
+    /// whose publish wrote the bytes, and a bit per plane holding a copy some version needs.
+    plane: Vec<u16>,
+    since: Vec<u64>,
+    written: Vec<u64>,
+    occupied: Vec<u64>,
+    retired: Vec<Retired>,
+    freed: Vec<(u16, u32)>,
+    checks: Vec<Option<SlotCheck>>,
+    live_pins: Vec<u64>,
+}
+
+fn store_err(what: &str) -> impl Fn(nix::Error) -> PublishError + '_ {
+    move |errno| PublishError::Store { what: what.to_string(), errno }
+}
+
+fn io_errno(e: std::io::Error) -> nix::Error {
+    nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+impl StoreWriter {
+    /// Creates the control block, pool and pin table for `layout`.
+    pub fn create(layout: Layout, sources: Vec<Source>) -> Result<StoreWriter, PublishError> {
+        let page = layout.page_size;
+        let control_file = SharedFile::create("tcasm-control").map_err(|e| store_err("create the control block")(io_errno(e)))?;
+        let control_bytes = layout.control_words() * 8;
+        control_file.set_len(control_bytes as u64).map_err(|e| store_err("size the control block")(io_errno(e)))?;
+        control_file.seal_size().map_err(|e| store_err("seal the control block")(io_errno(e)))?;
+        let control = Mapping::shared(&control_file, 0, control_bytes, Access::ReadWrite).map_err(store_err("map the control block"))?;
+
+        let pool_file = SharedFile::create("tcasm-pool").map_err(|e| store_err("create the pool")(io_errno(e)))?;
+        let plane_bytes = layout.page_count * page;
+        let pool = Mapping::reserve(plane_bytes * MAX_PLANES).map_err(store_err("reserve address space for the pool"))?;
+
+        let pins_file = SharedFile::create("tcasm-pins").map_err(|e| store_err("create the pin table")(io_errno(e)))?;
+        let pin_bytes = layout.pin_words() * 8;
+        pins_file.set_len(pin_bytes as u64).map_err(|e| store_err("size the pin table")(io_errno(e)))?;
+        pins_file.seal_size().map_err(|e| store_err("seal the pin table")(io_errno(e)))?;
+        let pins = Mapping::shared(&pins_file, 0, pin_bytes, Access::ReadWrite).map_err(store_err("map the pin table"))?;
+
+        let n = layout.page_count;
+        let slots = layout.pin_slots;
+        let mut w = StoreWriter {
+            sources,
+            control_file,
+            control,
+            pool_file,
+            pool,
+            pins_file,
+            pins,
+            planes: 0,
+            version: 0,
+            log_pos: 0,
+            plane: vec![0; n],
+            since: vec![0; n],
+            written: vec![0; n],
+            occupied: vec![0; n],
+            retired: Vec::new(),
+            freed: Vec::new(),
+            checks: vec![None; slots],
+            live_pins: Vec::new(),
+            layout,
+        };
+        w.pool_file.seal_shrink().map_err(|e| store_err("seal the pool")(io_errno(e)))?;
+        let words = w.control.words();
+        for (i, v) in w.layout.encode(std::process::id()) {
+            words[i].store(v, Ordering::Relaxed);
+        }
+        words[hdr::STATE].store(layout::STATE_LIVE, Ordering::Relaxed);
+        let p = w.pins.words();
+        p[pins::MAGIC].store(layout::PINS_MAGIC, Ordering::Relaxed);
+        p[pins::SLOTS].store(slots as u64, Ordering::Relaxed);
+        w.add_plane()?;
+        w.add_plane()?;
+        Ok(w)
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The files observers receive: control and pool read-only, the pin table read-write.
+    pub fn observer_files(&self) -> std::io::Result<[SharedFile; 3]> {
+        Ok([
+            self.control_file.reopen(false)?,
+            self.pool_file.reopen(false)?,
+            self.pins_file.reopen(true)?,
+        ])
+    }
+
+    fn plane_bytes(&self) -> usize {
+        self.layout.page_count * self.layout.page_size
+    }
+
+    fn slot_offset(&self, plane: u16, page: usize) -> usize {
+        (plane as usize * self.layout.page_count + page) * self.layout.page_size
+    }
+
+    fn add_plane(&mut self) -> Result<u16, PublishError> {
+        if self.planes == MAX_PLANES {
+            return Err(PublishError::Store {
+                what: format!("add a plane beyond {MAX_PLANES}: observers pin too many distinct versions"),
+                errno: nix::Error::ENOSPC,
+            });
+        }
+        let k = self.planes;
+        let bytes = self.plane_bytes();
+        self.pool_file
+            .set_len(((k + 1) * bytes) as u64)
+            .map_err(|e| store_err("grow the pool")(io_errno(e)))?;
+        self.pool
+            .map_file_at(k * bytes, &self.pool_file, (k * bytes) as u64, bytes, Access::ReadWrite)
+            .map_err(store_err("map a new plane"))?;
+        self.planes += 1;
+        // SYNC: Release pairs with the Acquire load in StoreReader::record: an observer that
+        // sees a record naming plane k sees a pool large enough to map it.
+        self.control.words()[hdr::PLANES].store(self.planes as u64, Ordering::Release);
+        Ok(k as u16)
+    }
+
+    /// The pins of live observers, checking a slot's owner for life at most every
+    /// LIVENESS_PERIOD. A slot whose OFD lock is free belongs to a dead (or departed)
+    /// observer: its pins are ignored, so its versions are reclaimed.
+    fn read_live_pins(&mut self) {
+        self.live_pins.clear();
+        let words = self.pins.words();
+        for slot in 0..self.layout.pin_slots {
+            let at = Layout::slot_at(slot);
+            let mut held = [UNPINNED; PINS_PER_SLOT];
+            let mut count = 0;
+            for k in 0..PINS_PER_SLOT {
+                let v = protocol::read_pin(&words[at + pins::PIN0 + k]);
+                if v != UNPINNED {
+                    held[count] = v;
+                    count += 1;
+                }
+            }
+            if count == 0 {
+                continue;
+            }
+            let generation = words[at + pins::GENERATION].load(Ordering::Relaxed);
+            let now = Instant::now();
+            let alive = match self.checks[slot] {
+                Some(c) if c.generation == generation && now - c.at < LIVENESS_PERIOD => c.alive,
+                _ => {
+                    let bytes = (at * 8) as u64;
+                    // An error here (impossible on a memfd) counts as alive: fail safe.
+                    let alive = lock::is_locked_by_other(&self.pins_file, bytes, (layout::SLOT_WORDS * 8) as u64)
+                        .unwrap_or(true);
+                    self.checks[slot] = Some(SlotCheck { generation, at: now, alive });
+                    alive
+                }
+            };
+            if alive {
+                self.live_pins.extend_from_slice(&held[..count]);
+            }
+        }
+    }
+
+    /// Frees every retired slot that no live version needs any more.
+    fn reclaim(&mut self) {
+        self.read_live_pins();
+        let pins = &self.live_pins;
+        let occupied = &mut self.occupied;
+        let freed = &mut self.freed;
+        self.retired.retain(|r| {
+            if retained(r.since, r.until, pins) {
+                return true;
+            }
+            occupied[r.page as usize] &= !(1u64 << r.plane);
+            freed.push((r.plane, r.page));
+            false
+        });
+    }
+
+    /// The plane that is free for the most dirty pages, so a publish lands in one plane.
+    fn choose_plane(&mut self, dirty: &[Range<usize>]) -> Result<u16, PublishError> {
+        let mut conflicts = [0usize; MAX_PLANES];
+        for r in dirty {
+            for p in r.clone() {
+                let mut bits = self.occupied[p];
+                while bits != 0 {
+                    conflicts[bits.trailing_zeros() as usize] += 1;
+                    bits &= bits - 1;
+                }
+            }
+        }
+        let best = (0..self.planes).min_by_key(|&k| (conflicts[k], k)).unwrap_or(0);
+        if conflicts[best] > 0 && self.planes < MAX_PLANES && self.planes < 3 {
+            return self.add_plane();
+        }
+        Ok(best as u16)
+    }
+
+    fn free_plane_for(&mut self, page: usize, preferred: u16) -> Result<u16, PublishError> {
+        let bits = self.occupied[page];
+        if bits & (1 << preferred) == 0 {
+            return Ok(preferred);
+        }
+        let free = !bits & if self.planes == 64 { u64::MAX } else { (1u64 << self.planes) - 1 };
+        if free != 0 {
+            return Ok(free.trailing_zeros() as u16);
+        }
+        self.add_plane()
+    }
+
+    /// Publishes version `version + 1`: the pages in `dirty` (sorted, disjoint page ranges)
+    /// are copied from their regions; every other page keeps its previous slot.
+    pub fn publish(&mut self, dirty: &[Range<usize>]) -> Result<Published, PublishError> {
+        let started = Instant::now();
+        let n = self.version + 1;
+        self.reclaim();
+        let target = self.choose_plane(dirty)?;
+        let mut dirty_pages = 0;
+        for r in dirty {
+            let mut p = r.start;
+            while p < r.end {
+                // A stretch of pages that go to one plane: one copy per region it crosses.
+                let k = self.free_plane_for(p, target)?;
+                let start = p;
+                while p < r.end && (p == start || self.occupied[p] & (1 << k) == 0) {
+                    if self.since[p] != 0 {
+                        let old = self.plane[p];
+                        self.retired.push(Retired { page: p as u32, plane: old, since: self.since[p], until: n });
+                    }
+                    self.occupied[p] |= 1 << k;
+                    self.plane[p] = k;
+                    self.since[p] = n;
+                    self.written[p] = n;
+                    p += 1;
+                }
+                self.copy_pages(start..p, k);
+                dirty_pages += p - start;
+            }
+        }
+        let map = PageMap::from_pages(&self.plane, &self.written);
+        let mapping_runs = map.mapping_count();
+        let record = self.write_record(n, &map);
+        self.punch_freed();
+        let store_bytes = self.pool_file.allocated_bytes().unwrap_or(0);
+        self.version = n;
+        let words = self.control.words();
+        self.write_version_entry(n, &[
+            (ver::RECORD, record),
+            (ver::TIME_NS, crate::sys::monotonic_ns()),
+            (ver::DIRTY_PAGES, dirty_pages as u64),
+            (ver::COPIED_PAGES, dirty_pages as u64),
+            (ver::PUBLISH_NS, started.elapsed().as_nanos() as u64),
+            (ver::RUNS, mapping_runs as u64),
+            (ver::STORE_BYTES, store_bytes),
+        ]);
+        protocol::publish(&words[hdr::LATEST], n);
+        self.wake();
+        Ok(Published {
+            version: n,
+            dirty_pages,
+            mapping_runs,
+            planes: self.planes,
+            store_bytes,
+            live_pins: self.live_pins.len(),
+        })
+    }
+
+    /// Copies pages `pages` of the page space from their region(s) into plane `k`.
+    fn copy_pages(&self, pages: Range<usize>, k: u16) {
+        let page = self.layout.page_size;
+        let i = self.sources.partition_point(|s| s.first_page + s.pages <= pages.start);
+        for s in &self.sources[i..] {
+            if s.first_page >= pages.end {
+                break;
+            }
+            let lo = pages.start.max(s.first_page) - s.first_page;
+            let hi = pages.end.min(s.first_page + s.pages) - s.first_page;
+            // Page j of the region holds its bytes [j*page - offset, (j+1)*page - offset).
+            let from = (lo * page).saturating_sub(s.offset);
+            let to = (hi * page - s.offset).min(s.bytes);
+            let dst = self.slot_offset(k, s.first_page + lo) + (from + s.offset - lo * page);
+            self.pool.copy_in(dst, &s.memory, from, to - from);
+        }
+    }
+
+    /// Appends version `n`'s record to the log and returns its position.
+    fn write_record(&mut self, n: u64, map: &PageMap) -> u64 {
+        let cap = self.layout.log_words as u64;
+        let len = 2 + 2 * map.runs.len() as u64;
+        let mut pos = self.log_pos;
+        if pos % cap + len > cap {
+            pos += cap - pos % cap;
+        }
+        let words = self.control.words();
+        let base = self.layout.log_at();
+        if pos + len > cap {
+            // SYNC: seqlock writer. The mark says which positions are about to be overwritten;
+            // the Release fence orders it before the overwriting stores, and pairs with the
+            // Acquire fence in StoreReader::record, which re-reads the mark after copying.
+            words[hdr::LOG_MARK].store(pos + len - cap, Ordering::Relaxed);
+            fence(Ordering::Release);
+        }
+        let at = base + (pos % cap) as usize;
+        words[at].store(n, Ordering::Relaxed);
+        words[at + 1].store(map.runs.len() as u64, Ordering::Relaxed);
+        for (i, r) in map.runs.iter().enumerate() {
+            let [a, b] = r.encode();
+            words[at + 2 + 2 * i].store(a, Ordering::Relaxed);
+            words[at + 3 + 2 * i].store(b, Ordering::Relaxed);
+        }
+        self.log_pos = pos + len;
+        pos
+    }
+
+    fn write_version_entry(&self, n: u64, fields: &[(usize, u64)]) {
+        let words = self.control.words();
+        let at = self.layout.versions_at() + (n as usize % layout::VERSION_RING) * layout::VERSION_WORDS;
+        // SYNC: seqlock writer: 0 marks the entry as changing; pairs with the Acquire fence in
+        // StoreReader::version_entry.
+        words[at + ver::VERSION].store(0, Ordering::Relaxed);
+        fence(Ordering::Release);
+        for &(f, v) in fields {
+            words[at + f].store(v, Ordering::Relaxed);
+        }
+        // SYNC: Release pairs with the Acquire load of the entry's version word.
+        words[at + ver::VERSION].store(n, Ordering::Release);
+    }
+
+    /// Returns to the kernel the slots freed by this publish's reclaim that it did not reuse,
+    /// one `fallocate` per stretch of free slots in a plane.
+    fn punch_freed(&mut self) {
+        let mut freed = std::mem::take(&mut self.freed);
+        freed.retain(|&(k, p)| self.occupied[p as usize] & (1 << k) == 0);
+        freed.sort_unstable();
+        let mut i = 0;
+        while i < freed.len() {
+            let (k, first) = freed[i];
+            let mut last = first as usize;
+            i += 1;
+            while i < freed.len() && freed[i].0 == k {
+                let next = freed[i].1 as usize;
+                // Bridge the gap if every slot in it is free (a hole or free) in plane k.
+                if (last + 1..next).all(|p| self.occupied[p] & (1 << k) == 0) {
+                    last = next;
+                    i += 1;
+                } else {
+                    break;
+                }
+            }
+            let off = self.slot_offset(k, first as usize) as u64;
+            let len = ((last + 1 - first as usize) * self.layout.page_size) as u64;
+            if let Err(e) = self.pool_file.punch_hole(off, len) {
+                // The slots stay allocated and reusable: memory, not correctness.
+                tracing::warn!("punching {len} bytes of plane {k} failed: {e}");
+            }
+        }
+        freed.clear();
+        self.freed = freed;
+    }
+
+    fn wake(&self) {
+        let words = self.control.words();
+        // SYNC: Dekker pair with StoreReader::wait_newer, which increments WAITERS then reads
+        // WAKE: either the waiter sees the new value, or this load sees the waiter.
+        words[hdr::WAKE].store(self.version & 0xffff_ffff, Ordering::SeqCst);
+        if self.pins.words()[pins::WAITERS].load(Ordering::SeqCst) != 0 {
+            futex::wake_all(&words[hdr::WAKE]);
+        }
+    }
+
+    /// Marks the store closed and wakes every waiting observer.
+    pub fn close(&self) {
+        let words = self.control.words();
+        words[hdr::STATE].store(layout::STATE_CLOSED, Ordering::SeqCst);
+        words[hdr::WAKE].fetch_add(1, Ordering::SeqCst);
+        futex::wake_all(&words[hdr::WAKE]);
+    }
+
+    /// Bytes of memory the pool holds now.
+    pub fn store_bytes(&self) -> u64 {
+        self.pool_file.allocated_bytes().unwrap_or(0)
+    }
+
+    /// Pins currently held by live observers (as of the last publish).
+    pub fn live_pins(&self) -> usize {
+        self.live_pins.len()
+    }
+
+    /// Observer slots whose owner holds its lock now.
+    pub fn observers(&self) -> usize {
+        (0..self.layout.pin_slots)
+            .filter(|&s| {
+                let at = (Layout::slot_at(s) * 8) as u64;
+                lock::is_locked_by_other(&self.pins_file, at, (layout::SLOT_WORDS * 8) as u64).unwrap_or(false)
+            })
+            .count()
+    }
+
+    pub fn planes(&self) -> usize {
+        self.planes
+    }
+
+    pub fn words(&self) -> &[AtomicU64] {
+        self.control.words()
+    }
+}

@@ -1,0 +1,253 @@
+//! Mappings: anonymous memory, shared file mappings, and address-space reservations into
+//! which runs of a file are mapped with `MAP_FIXED`.
+use std::num::NonZeroUsize;
+use std::os::fd::AsFd;
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU64;
+
+use nix::sys::mman::{self, MapFlags, ProtFlags};
+
+/// Access of a mapping.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    ReadOnly,
+    ReadWrite,
+}
+
+impl Access {
+    fn prot(self) -> ProtFlags {
+        match self {
+            Access::ReadOnly => ProtFlags::PROT_READ,
+            Access::ReadWrite => ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+        }
+    }
+}
+
+/// An owned range of address space, unmapped on drop.
+///
+/// The range is either memory (anonymous or a shared file mapping) or a `PROT_NONE`
+/// reservation that [`Mapping::map_file_at`] fills piece by piece.
+#[derive(Debug)]
+pub struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a Mapping is a plain address range; it has no thread affinity. Access to the bytes
+// is synchronised by its users (the store's protocol), not by the mapping.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; `&Mapping` only hands out the address and length.
+unsafe impl Sync for Mapping {}
+
+fn non_zero(len: usize) -> nix::Result<NonZeroUsize> {
+    NonZeroUsize::new(len).ok_or(nix::Error::EINVAL)
+}
+
+impl Mapping {
+    /// Private anonymous read-write memory, zero-filled, page-aligned.
+    pub fn anonymous(len: usize) -> nix::Result<Mapping> {
+        // SAFETY: a new private anonymous mapping at an address the kernel chooses aliases
+        // nothing that Rust knows about.
+        let ptr = unsafe {
+            mman::mmap_anonymous(
+                None,
+                non_zero(len)?,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
+            )?
+        };
+        Ok(Mapping { ptr: ptr.cast(), len })
+    }
+
+    /// A `PROT_NONE` reservation of address space: nothing is readable until runs are mapped
+    /// into it with [`Mapping::map_file_at`].
+    pub fn reserve(len: usize) -> nix::Result<Mapping> {
+        // SAFETY: as in `anonymous`; PROT_NONE memory cannot even be read.
+        let ptr = unsafe {
+            mman::mmap_anonymous(
+                None,
+                non_zero(len)?,
+                ProtFlags::PROT_NONE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
+            )?
+        };
+        Ok(Mapping { ptr: ptr.cast(), len })
+    }
+
+    /// A shared mapping of `len` bytes of `file` from `offset`.
+    pub fn shared(file: impl AsFd, offset: u64, len: usize, access: Access) -> nix::Result<Mapping> {
+        // SAFETY: a new mapping at an address the kernel chooses aliases nothing in this
+        // process; the file's other mappings are shared memory that users access through
+        // atomics or through the store's protocol.
+        let ptr = unsafe {
+            mman::mmap(
+                None,
+                non_zero(len)?,
+                access.prot(),
+                MapFlags::MAP_SHARED,
+                file,
+                offset as libc::off_t,
+            )?
+        };
+        Ok(Mapping { ptr: ptr.cast(), len })
+    }
+
+    /// Maps `len` bytes of `file` from `file_offset` over `[at, at + len)` of this mapping,
+    /// replacing what was there.
+    pub fn map_file_at(
+        &self,
+        at: usize,
+        file: impl AsFd,
+        file_offset: u64,
+        len: usize,
+        access: Access,
+    ) -> nix::Result<()> {
+        if at.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(nix::Error::EINVAL);
+        }
+        let addr = NonZeroUsize::new(self.ptr.as_ptr() as usize + at).ok_or(nix::Error::EINVAL)?;
+        // SAFETY: `[at, at + len)` lies inside this mapping, which we own, so MAP_FIXED only
+        // replaces pages of ours. Callers hold `&self` and no Rust reference into the range
+        // being replaced (Snapshot views borrow the Snapshot, which owns its Mapping mutably
+        // while remapping).
+        unsafe {
+            mman::mmap(
+                Some(addr),
+                non_zero(len)?,
+                access.prot(),
+                MapFlags::MAP_SHARED | MapFlags::MAP_FIXED,
+                file,
+                file_offset as libc::off_t,
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: we own `[ptr, ptr + len)`, created by mmap, and nothing borrows it any more
+        // (borrows of its bytes are tied to the owner's lifetime).
+        if let Err(e) = unsafe { mman::munmap(self.ptr.cast(), self.len) } {
+            // Unmapping our own range cannot fail but for a kernel out of memory while
+            // splitting VMAs; the range then stays mapped and unreachable from Rust.
+            tracing::error!("munmap of {} bytes failed: {e}", self.len);
+        }
+    }
+}
+
+impl Mapping {
+    /// The mapping as 64-bit words shared with other processes.
+    ///
+    /// Shared memory is written by other processes at any time, so it is only ever accessed
+    /// through atomics: every bit pattern is a valid `AtomicU64`, and a mapping is
+    /// page-aligned. On a read-only mapping only loads may be used (a store faults).
+    pub fn words(&self) -> &[AtomicU64] {
+        // SAFETY: the mapping is page-aligned (so 8-aligned), `len / 8` words lie inside it,
+        // and it stays mapped while `&self` lives. AtomicU64 has the size and alignment of u64
+        // and tolerates concurrent access from other processes.
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<AtomicU64>(), self.len / 8) }
+    }
+
+    /// Copies `len` bytes at `src_off` of `src` to `at` of this mapping, which must be
+    /// writable and not hold any snapshot page an observer may be reading (the store's
+    /// protocol guarantees the slot is free).
+    pub fn copy_in(&self, at: usize, src: &RegionMemory, src_off: usize, len: usize) {
+        assert!(at.checked_add(len).is_some_and(|e| e <= self.len), "copy_in out of bounds");
+        assert!(src_off.checked_add(len).is_some_and(|e| e <= src.len), "copy_in source out of bounds");
+        // SAFETY: both ranges were just checked to lie inside live mappings; they cannot
+        // overlap (a region's memory is never a mapping of the pool). A producer thread
+        // writing `src` meanwhile gives a mix of old and new bytes, which the tracker reports
+        // again at the next publish.
+        unsafe { std::ptr::copy_nonoverlapping(src.ptr.add(src_off), self.ptr.as_ptr().add(at), len) }
+    }
+
+    /// Copies `len` bytes from `from` to `to` inside this writable mapping; the ranges must
+    /// not overlap.
+    pub fn copy_within(&self, from: usize, to: usize, len: usize) {
+        let ok = |o: usize| o.checked_add(len).is_some_and(|e| e <= self.len);
+        assert!(ok(from) && ok(to) && (from + len <= to || to + len <= from), "copy_within out of bounds");
+        let base = self.ptr.as_ptr();
+        // SAFETY: both ranges were just checked to lie inside this mapping and not to overlap.
+        unsafe { std::ptr::copy_nonoverlapping(base.add(from), base.add(to), len) }
+    }
+
+    /// Zeroes `[at, at + len)` of this writable mapping.
+    pub fn zero(&self, at: usize, len: usize) {
+        assert!(at.checked_add(len).is_some_and(|e| e <= self.len), "zero out of bounds");
+        // SAFETY: the range was just checked to lie inside this mapping.
+        unsafe { std::ptr::write_bytes(self.ptr.as_ptr().add(at), 0, len) }
+    }
+}
+
+/// The memory behind a producer's region: memory the library allocated, a `Vec` it took
+/// over, or a buffer foreign code lent it.
+pub struct RegionMemory {
+    ptr: *mut u8,
+    len: usize,
+    _owner: Owner,
+}
+
+enum Owner {
+    Mapped(#[allow(dead_code)] Mapping),
+    Heap(#[allow(dead_code)] Box<dyn std::any::Any + Send + Sync>),
+    Lent,
+}
+
+// SAFETY: the memory is either owned by `_owner` (Send + Sync) or lent under the contract of
+// `RegionMemory::lent`; the pointer has no thread affinity.
+unsafe impl Send for RegionMemory {}
+// SAFETY: as above; shared access only copies out of the memory.
+unsafe impl Sync for RegionMemory {}
+
+impl RegionMemory {
+    /// `len` bytes of fresh, zeroed, page-aligned anonymous memory.
+    pub fn allocate(len: usize) -> nix::Result<RegionMemory> {
+        let m = Mapping::anonymous(len)?;
+        Ok(RegionMemory { ptr: m.as_ptr(), len, _owner: Owner::Mapped(m) })
+    }
+
+    /// Takes over the storage of `v`.
+    pub fn from_vec<T: Copy + Send + Sync + 'static>(mut v: Vec<T>) -> RegionMemory {
+        let ptr = v.as_mut_ptr().cast::<u8>();
+        let len = std::mem::size_of_val(v.as_slice());
+        RegionMemory { ptr, len, _owner: Owner::Heap(Box::new(v)) }
+    }
+
+    /// Memory lent by foreign code.
+    ///
+    /// # Safety
+    /// `[ptr, ptr + len)` must stay mapped and readable until the returned value (and every
+    /// producer holding it) is dropped, and no one may unmap or free it before.
+    pub unsafe fn lent(ptr: *mut u8, len: usize) -> RegionMemory {
+        RegionMemory { ptr, len, _owner: Owner::Lent }
+    }
+
+    pub fn addr(&self) -> usize {
+        self.ptr as usize
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+}

@@ -1,0 +1,99 @@
+//! Anonymous shared files (memfd) with seals: the snapshot pool, the control block and the
+//! pin table all live in one each.
+use std::fs::{File, OpenOptions};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+
+use memfd::{FileSeal, MemfdOptions};
+use nix::fcntl::{fallocate, FallocateFlags};
+
+/// A memfd, or another process's memfd received over the endpoint socket.
+#[derive(Debug)]
+pub struct SharedFile {
+    file: File,
+}
+
+impl SharedFile {
+    /// A new, empty, sealable memfd named `name` (the name is only a label in /proc).
+    pub fn create(name: &str) -> std::io::Result<SharedFile> {
+        let memfd = MemfdOptions::default()
+            .close_on_exec(true)
+            .allow_sealing(true)
+            .create(name)
+            .map_err(memfd_error)?;
+        Ok(SharedFile { file: memfd.into_file() })
+    }
+
+    pub fn from_file(file: File) -> SharedFile {
+        SharedFile { file }
+    }
+
+    pub fn set_len(&self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)
+    }
+
+    pub fn len(&self) -> std::io::Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+
+    /// Forbids shrinking the file from now on, so no mapping of it can lose its pages.
+    pub fn seal_shrink(&self) -> std::io::Result<()> {
+        self.seal(&[FileSeal::SealShrink])
+    }
+
+    /// Forbids any change of size from now on.
+    pub fn seal_size(&self) -> std::io::Result<()> {
+        self.seal(&[FileSeal::SealShrink, FileSeal::SealGrow])
+    }
+
+    fn seal(&self, seals: &[FileSeal]) -> std::io::Result<()> {
+        let memfd = memfd::Memfd::try_from_file(self.file.try_clone()?)
+            .map_err(|_| std::io::Error::other("not a memfd"))?;
+        for seal in seals {
+            memfd.add_seal(*seal).map_err(memfd_error)?;
+        }
+        Ok(())
+    }
+
+    /// A new open file description of the same file, read-only or read-write.
+    ///
+    /// Read-only descriptions are what observers receive: through them the file can be
+    /// mapped only `PROT_READ` and can be neither written nor resized. A fresh description
+    /// also owns its own OFD locks.
+    pub fn reopen(&self, writable: bool) -> std::io::Result<SharedFile> {
+        let path = format!("/proc/self/fd/{}", self.file.as_raw_fd());
+        let file = OpenOptions::new().read(true).write(writable).open(path)?;
+        Ok(SharedFile { file })
+    }
+
+    /// Returns the pages of `[offset, offset + len)` to the kernel; they read as zero after.
+    pub fn punch_hole(&self, offset: u64, len: u64) -> nix::Result<()> {
+        fallocate(
+            &self.file,
+            FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE,
+            offset as libc::off_t,
+            len as libc::off_t,
+        )
+    }
+
+    /// Bytes of memory the file holds now (its allocated blocks), as the kernel counts them.
+    pub fn allocated_bytes(&self) -> std::io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.file.metadata()?.blocks() * 512)
+    }
+
+    pub fn into_file(self) -> File {
+        self.file
+    }
+}
+
+impl AsFd for SharedFile {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.file.as_fd()
+    }
+}
+
+fn memfd_error(e: memfd::Error) -> std::io::Error {
+    match e {
+        memfd::Error::Create(e) | memfd::Error::AddSeals(e) | memfd::Error::GetSeals(e) => e,
+    }
+}

@@ -1,0 +1,102 @@
+//! The async tracker: userfaultfd `WP_ASYNC` marks written pages, `PAGEMAP_SCAN` collects
+//! and re-protects them.
+use std::ops::Range;
+
+use userfaultfd::Uffd;
+
+use super::{Tracker, TrackerKind};
+use crate::sys::mem::Mapping;
+use crate::sys::pagemap::Scanner;
+use crate::sys::{page_size, uffd};
+
+pub struct AsyncTracker {
+    uffd: Uffd,
+    scanner: Scanner,
+    /// Tracked ranges, sorted and merged, so a page shared by two regions is scanned once.
+    ranges: Vec<Range<usize>>,
+}
+
+const FEATURES: u64 = uffd::FEATURE_WP_ASYNC | uffd::FEATURE_WP_UNPOPULATED;
+
+fn open_uffd() -> Result<Uffd, String> {
+    // User-mode-only is enough: in async mode the kernel resolves write-protect faults
+    // itself, whoever writes (the producer's threads or the kernel on its behalf).
+    uffd::open(FEATURES, true).map_err(|e| match e {
+        uffd::OpenError::Unavailable(nix::Error::ENOSYS) => {
+            "the kernel has no userfaultfd (CONFIG_USERFAULTFD); use the copy tracker".to_string()
+        }
+        uffd::OpenError::Unavailable(errno) => format!(
+            "userfaultfd(UFFD_USER_MODE_ONLY) failed ({errno}): a seccomp filter or container \
+             policy forbids it; allow the userfaultfd syscall or use the copy tracker"
+        ),
+        uffd::OpenError::FeaturesRefused(errno) => format!(
+            "the kernel refuses UFFD_FEATURE_WP_ASYNC|WP_UNPOPULATED ({errno}); Linux 6.7 or \
+             later is needed; use the copy tracker"
+        ),
+    })
+}
+
+/// Checks the whole async path on a scratch page: open, register, protect, write, scan.
+pub fn probe() -> Result<(), String> {
+    let mut t = AsyncTracker::new()?;
+    let page = page_size();
+    let scratch = Mapping::anonymous(page).map_err(|e| format!("scratch page: {e}"))?;
+    let start = scratch.as_ptr() as usize;
+    t.track(start..start + page)
+        .map_err(|e| format!("registering anonymous memory for write-protect failed ({e})"))?;
+    scratch.zero(0, 1);
+    let mut seen = 0;
+    t.take_written(&mut |s, e| seen += e - s).map_err(|e| match e {
+        nix::Error::ENOTTY | nix::Error::EINVAL => {
+            format!("the kernel has no PAGEMAP_SCAN ({e}); Linux 6.7 or later is needed; use the copy tracker")
+        }
+        e => format!("PAGEMAP_SCAN failed ({e}); use the copy tracker"),
+    })?;
+    if seen != page {
+        return Err(format!("PAGEMAP_SCAN saw {seen} written bytes of one written page; use the copy tracker"));
+    }
+    Ok(())
+}
+
+impl AsyncTracker {
+    pub fn new() -> Result<AsyncTracker, String> {
+        Ok(AsyncTracker {
+            uffd: open_uffd()?,
+            scanner: Scanner::open().map_err(|e| format!("opening /proc/self/pagemap: {e}"))?,
+            ranges: Vec::new(),
+        })
+    }
+}
+
+impl Tracker for AsyncTracker {
+    fn kind(&self) -> TrackerKind {
+        TrackerKind::Async
+    }
+
+    fn track(&mut self, range: Range<usize>) -> nix::Result<()> {
+        let len = range.end - range.start;
+        uffd::register_wp(&self.uffd, range.start, len)?;
+        if let Err(e) = uffd::write_protect(&self.uffd, range.start, len) {
+            let _ = uffd::unregister(&self.uffd, range.start, len);
+            return Err(e);
+        }
+        let i = self.ranges.partition_point(|r| r.start < range.start);
+        self.ranges.insert(i, range);
+        let mut merged: Vec<Range<usize>> = Vec::with_capacity(self.ranges.len());
+        for r in self.ranges.drain(..) {
+            match merged.last_mut() {
+                Some(m) if r.start <= m.end => m.end = m.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        self.ranges = merged;
+        Ok(())
+    }
+
+    fn take_written(&mut self, found: &mut dyn FnMut(usize, usize)) -> nix::Result<()> {
+        for r in &self.ranges {
+            self.scanner.take_written(r.start, r.end, found)?;
+        }
+        Ok(())
+    }
+}
