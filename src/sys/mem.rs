@@ -123,6 +123,34 @@ impl Mapping {
         Ok(())
     }
 
+    /// Replaces `[at, at + len)` of this mapping with fresh private zero pages.
+    pub fn map_anonymous_at(&self, at: usize, len: usize) -> nix::Result<()> {
+        if at.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(nix::Error::EINVAL);
+        }
+        let addr = NonZeroUsize::new(self.ptr.as_ptr() as usize + at).ok_or(nix::Error::EINVAL)?;
+        // SAFETY: `[at, at + len)` lies inside this mapping, which we own; as in
+        // `map_file_at`, no Rust reference into the replaced range is live.
+        unsafe {
+            mman::mmap_anonymous(
+                Some(addr),
+                non_zero(len)?,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_PRIVATE | MapFlags::MAP_FIXED | MapFlags::MAP_NORESERVE,
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Copies `len` bytes at `src_off` of `src` to `at` of this writable mapping.
+    pub fn copy_from(&self, at: usize, src: &Mapping, src_off: usize, len: usize) {
+        assert!(at.checked_add(len).is_some_and(|e| e <= self.len), "copy_from out of bounds");
+        assert!(src_off.checked_add(len).is_some_and(|e| e <= src.len), "copy_from source out of bounds");
+        // SAFETY: both ranges were just checked to lie inside live mappings, which are
+        // distinct (a view never maps the pool mapping it copies from).
+        unsafe { std::ptr::copy_nonoverlapping(src.ptr.as_ptr().add(src_off), self.ptr.as_ptr().add(at), len) }
+    }
+
     pub fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
     }

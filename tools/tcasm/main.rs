@@ -1,1 +1,86 @@
-fn main(){}
+//! `tcasm`: run the demo, list and inspect live producers, and stress-test the store.
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod demo;
+mod inspect;
+mod stress;
+
+#[derive(Parser)]
+#[command(name = "tcasm", version, about = "Consistent, versioned snapshots of a running program's memory")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a small heat-diffusion producer and an observer that follows it.
+    Demo(demo::Args),
+    /// List the live producers in the endpoint directory.
+    Ls,
+    /// Show a producer's regions, versions, pins and memory.
+    Inspect(inspect::Args),
+    /// One producer and N observers verifying every byte of every snapshot.
+    Stress(stress::Args),
+    /// The observer half of `demo` (started by it).
+    #[command(hide = true)]
+    DemoObserver(demo::ObserverArgs),
+    /// The observer half of `stress` (started by it).
+    #[command(hide = true)]
+    StressObserver(stress::ObserverArgs),
+}
+
+type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+/// Parses a byte count such as `64MiB`, `1GiB`, `4096` or `10MB`.
+pub fn parse_size(s: &str) -> std::result::Result<usize, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("{s:?} is not a size like 64MiB"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "kb" => 1000,
+        "m" | "mib" => 1 << 20,
+        "mb" => 1_000_000,
+        "g" | "gib" => 1 << 30,
+        "gb" => 1_000_000_000,
+        u => return Err(format!("unknown unit {u:?} in {s:?}: use KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt().with_writer(std::io::stderr).without_time().init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(a) => demo::run(a),
+        Command::Ls => inspect::ls(),
+        Command::Inspect(a) => inspect::run(a),
+        Command::Stress(a) => stress::run(a),
+        Command::DemoObserver(a) => demo::observe(a),
+        Command::StressObserver(a) => stress::observe(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tcasm: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(super::parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(super::parse_size("4096"), Ok(4096));
+        assert_eq!(super::parse_size("1GiB"), Ok(1 << 30));
+        assert!(super::parse_size("12XB").is_err());
+        assert!(super::parse_size("MiB").is_err());
+    }
+}

@@ -1,0 +1,354 @@
+//! Observers: attach to a producer by name and take consistent snapshots of its regions.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tcasm::Observer;
+//! let obs = Observer::attach("heat")?;
+//! let mut seen = 0;
+//! loop {
+//!     let snap = obs.latest()?;                      // pinned: never changes while held
+//!     let t: &[f64] = snap.view("temperature")?;
+//!     println!("version {}: t[0] = {}", snap.version(), t[0]);
+//!     seen = snap.version();
+//!     drop(snap);
+//!     obs.wait_newer(seen, Duration::from_secs(1))?;
+//! }
+//! # Ok::<(), tcasm::ReadError>(())
+//! ```
+//!
+//! A snapshot's view is one address range holding the page space. Long runs of pages are
+//! mapped read-only straight from the producer's pool (no copy); runs shorter than a
+//! threshold are copied into the observer's private memory instead, because one `mmap`
+//! costs as much as copying several pages (DESIGN.md) and because mapping every short run of
+//! a scattered version would exhaust `vm.max_map_count`. The threshold doubles until the
+//! mapped runs fit a budget far below that limit. Views are reused: taking the next
+//! snapshot remaps or recopies only what changed.
+use std::ops::Range;
+use std::os::unix::net::UnixStream;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::endpoint;
+use crate::error::{EndpointError, ReadError};
+use crate::region::{Element, RegionInfo};
+use crate::store::layout::PINS_PER_SLOT;
+use crate::store::pagemap::PageMap;
+use crate::store::reader::{RecordError, StoreReader, VersionInfo};
+use crate::sys::mem::{Access, Mapping};
+use crate::sys::{max_map_count, page_size};
+use crate::view::snapshot_slice;
+
+/// How long `attach` waits for a producer's first version by default.
+pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A plane value meaning "this page of the view is private memory".
+const PRIVATE: u16 = u16::MAX;
+
+/// One address range laid out like the page space, and what each page holds now.
+struct View {
+    memory: Mapping,
+    /// Per page: the plane it is mapped from, or PRIVATE.
+    plane: Vec<u16>,
+    /// Per private page: the version whose bytes it holds (0: none).
+    written: Vec<u64>,
+    map: PageMap,
+}
+
+struct State {
+    pins_used: [bool; PINS_PER_SLOT],
+    spare: Option<View>,
+    pool: Option<(usize, Mapping)>,
+}
+
+struct Inner {
+    name: String,
+    stream: UnixStream,
+    reader: StoreReader,
+    state: Mutex<State>,
+}
+
+/// A connection to one producer.
+#[derive(Clone)]
+pub struct Observer {
+    inner: Arc<Inner>,
+}
+
+impl Observer {
+    /// Attaches to the producer `name`, waiting up to [`ATTACH_TIMEOUT`] for its first version.
+    pub fn attach(name: &str) -> Result<Observer, ReadError> {
+        Observer::attach_timeout(name, ATTACH_TIMEOUT)
+    }
+
+    pub fn attach_timeout(name: &str, timeout: Duration) -> Result<Observer, ReadError> {
+        let (stream, files) = endpoint::attach(name, timeout)?;
+        let reader = StoreReader::open(files).map_err(|what| {
+            if what.starts_with("all ") {
+                ReadError::TooManyObservers { slots: 0 }
+            } else {
+                ReadError::Corrupt { name: name.to_string(), what }
+            }
+        })?;
+        Ok(Observer {
+            inner: Arc::new(Inner {
+                name: name.to_string(),
+                stream,
+                reader,
+                state: Mutex::new(State { pins_used: [false; PINS_PER_SLOT], spare: None, pool: None }),
+            }),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The producer's regions.
+    pub fn regions(&self) -> &[RegionInfo] {
+        &self.inner.reader.layout().regions
+    }
+
+    /// Pages in the page space.
+    pub fn pages(&self) -> usize {
+        self.inner.reader.layout().page_count
+    }
+
+    /// The newest version published (without pinning it).
+    pub fn latest_version(&self) -> u64 {
+        self.inner.reader.latest()
+    }
+
+    /// What the producer recorded of version `v`, while its ring still holds it.
+    pub fn version_info(&self, v: u64) -> Option<VersionInfo> {
+        self.inner.reader.version_info(v)
+    }
+
+    /// The producer's pid.
+    pub fn producer_pid(&self) -> u64 {
+        self.inner.reader.producer_pid()
+    }
+
+    /// Whether the producer has exited (cleanly or not).
+    pub fn producer_gone(&self) -> bool {
+        self.inner.reader.closed() || endpoint::hung_up(&self.inner.stream)
+    }
+
+    fn gone_error(&self) -> ReadError {
+        ReadError::ProducerGone { name: self.inner.name.clone(), last_version: self.inner.reader.latest() }
+    }
+
+    /// Pins the newest version and returns a snapshot of it. The snapshot's views never
+    /// change while it lives; the producer keeps publishing meanwhile.
+    pub fn latest(&self) -> Result<Snapshot, ReadError> {
+        if self.producer_gone() {
+            return Err(self.gone_error());
+        }
+        let inner = &self.inner;
+        let mut state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        let pin = state
+            .pins_used
+            .iter()
+            .position(|u| !u)
+            .ok_or(ReadError::TooManySnapshots { held: PINS_PER_SLOT })?;
+        let (version, map) = loop {
+            let v = inner.reader.pin_latest(pin);
+            if v == 0 {
+                return Err(EndpointError::NotReady { name: inner.name.clone(), waited_ms: 0 }.into());
+            }
+            match inner.reader.record(v) {
+                Ok(map) => break (v, map),
+                Err(RecordError::Overwritten) => continue,
+                Err(RecordError::Corrupt(what)) => {
+                    inner.reader.unpin(pin);
+                    return Err(ReadError::Corrupt { name: inner.name.clone(), what });
+                }
+            }
+        };
+        state.pins_used[pin] = true;
+        let mut view = match state.spare.take() {
+            Some(v) => v,
+            None => match new_view(inner.reader.layout().page_count) {
+                Ok(v) => v,
+                Err(e) => {
+                    inner.reader.unpin(pin);
+                    state.pins_used[pin] = false;
+                    return Err(e);
+                }
+            },
+        };
+        if let Err(e) = update_view(&inner.reader, &mut state.pool, &mut view, map) {
+            inner.reader.unpin(pin);
+            state.pins_used[pin] = false;
+            return Err(e);
+        }
+        drop(state);
+        Ok(Snapshot { inner: self.inner.clone(), version, pin, view: Some(view) })
+    }
+
+    /// Waits until a version newer than `than` exists, or `timeout` passes. Returns the
+    /// newest version then (`None` on timeout). Costs the producer nothing while no one waits.
+    pub fn wait_newer(&self, than: u64, timeout: Duration) -> Result<Option<u64>, ReadError> {
+        let v = self.inner.reader.wait_newer(than, timeout);
+        if v > than {
+            return Ok(Some(v));
+        }
+        if self.producer_gone() {
+            return Err(self.gone_error());
+        }
+        Ok(None)
+    }
+}
+
+fn new_view(pages: usize) -> Result<View, ReadError> {
+    let memory = Mapping::anonymous(pages * page_size()).map_err(ReadError::Map)?;
+    Ok(View { memory, plane: vec![PRIVATE; pages], written: vec![0; pages], map: PageMap::default() })
+}
+
+/// The shortest run that is mapped rather than copied, for a map.
+fn map_threshold(map: &PageMap) -> usize {
+    let budget = (max_map_count() / 16).clamp(16, 4096);
+    let mut threshold = 4;
+    let lengths: Vec<usize> = map.mapping_runs().map(|(r, _)| r.len()).collect();
+    while lengths.iter().filter(|&&l| l >= threshold).count() > budget {
+        threshold *= 2;
+    }
+    threshold
+}
+
+/// Brings `view` to show `map`: maps long runs, copies short ones, touching only pages whose
+/// placement or bytes differ from what the view holds.
+fn update_view(reader: &StoreReader, pool: &mut Option<(usize, Mapping)>, view: &mut View, map: PageMap) -> Result<(), ReadError> {
+    let page = page_size();
+    let threshold = map_threshold(&map);
+    let planes = reader.planes();
+    let mut runs = map.runs.iter().peekable();
+    for (range, plane) in map.mapping_runs() {
+        if range.len() >= threshold {
+            while runs.next_if(|r| r.pages().end <= range.end).is_some() {}
+            if view.plane[range.clone()].iter().all(|&k| k == plane) {
+                continue; // mapped from the same slots: the file pages are this version's
+            }
+            view.memory
+                .map_file_at(range.start * page, reader.pool_file(), reader.slot_offset(plane, range.start), range.len() * page, Access::ReadOnly)
+                .map_err(ReadError::Map)?;
+            view.plane[range].fill(plane);
+            continue;
+        }
+        // Private pages: first turn mapped ones back into private memory.
+        let mut p = range.start;
+        while p < range.end {
+            if view.plane[p] == PRIVATE {
+                p += 1;
+                continue;
+            }
+            let start = p;
+            while p < range.end && view.plane[p] != PRIVATE {
+                p += 1;
+            }
+            view.memory.map_anonymous_at(start * page, (p - start) * page).map_err(ReadError::Map)?;
+            view.plane[start..p].fill(PRIVATE);
+            view.written[start..p].fill(0);
+        }
+        if pool.as_ref().is_none_or(|(n, _)| *n < planes) {
+            *pool = Some((planes, reader.map_pool().map_err(ReadError::Map)?));
+        }
+        let (_, pool_map) = pool.as_ref().expect("pool mapped above");
+        while let Some(r) = runs.next_if(|r| r.pages().start < range.end) {
+            for p in r.pages() {
+                if view.written[p] != r.written {
+                    view.memory.copy_from(p * page, pool_map, reader.slot_offset(r.plane, p) as usize, page);
+                    view.written[p] = r.written;
+                }
+            }
+        }
+    }
+    view.map = map;
+    Ok(())
+}
+
+/// A pinned version: its views stay valid and unchanged while it lives.
+pub struct Snapshot {
+    inner: Arc<Inner>,
+    version: u64,
+    pin: usize,
+    view: Option<View>,
+}
+
+impl Snapshot {
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    fn view_ref(&self) -> &View {
+        self.view.as_ref().expect("a live snapshot has its view")
+    }
+
+    pub fn regions(&self) -> &[RegionInfo] {
+        &self.inner.reader.layout().regions
+    }
+
+    fn region(&self, name: &str) -> Result<&RegionInfo, ReadError> {
+        self.regions().iter().find(|r| r.name == name).ok_or_else(|| ReadError::NoSuchRegion {
+            region: name.to_string(),
+            have: self.regions().iter().map(|r| format!("{:?} ({})", r.name, r.dtype)).collect::<Vec<_>>().join(", "),
+        })
+    }
+
+    /// The elements of region `name`, which must hold `T`.
+    pub fn view<T: Element>(&self, name: &str) -> Result<&[T], ReadError> {
+        let r = self.region(name)?;
+        if r.dtype != T::DTYPE {
+            return Err(ReadError::WrongType { region: name.to_string(), actual: r.dtype, asked: T::DTYPE });
+        }
+        let view = self.view_ref();
+        Ok(snapshot_slice::<T>(&view.memory, r.first_page * page_size() + r.offset, r.elements()))
+    }
+
+    /// Like [`Snapshot::view`], also checking the number of elements.
+    pub fn view_exact<T: Element>(&self, name: &str, len: usize) -> Result<&[T], ReadError> {
+        let v = self.view::<T>(name)?;
+        if v.len() != len {
+            return Err(ReadError::WrongLength { region: name.to_string(), actual: v.len(), asked: len });
+        }
+        Ok(v)
+    }
+
+    /// The raw bytes of region `name`, whatever its type.
+    pub fn bytes(&self, name: &str) -> Result<&[u8], ReadError> {
+        let r = self.region(name)?;
+        let view = self.view_ref();
+        Ok(snapshot_slice::<u8>(&view.memory, r.first_page * page_size() + r.offset, r.bytes()))
+    }
+
+    /// Page `p` of the page space.
+    pub fn page(&self, p: usize) -> &[u8] {
+        let view = self.view_ref();
+        snapshot_slice::<u8>(&view.memory, p * page_size(), page_size())
+    }
+
+    /// Pages (of the page space) whose bytes differ between version `since` and this one.
+    pub fn changed_since(&self, since: u64) -> Vec<Range<usize>> {
+        self.view_ref().map.changed_since(since)
+    }
+
+    /// The page map of this version.
+    pub fn page_map(&self) -> &PageMap {
+        &self.view_ref().map
+    }
+
+    /// What the producer recorded of this version, while its ring still holds it.
+    pub fn info(&self) -> Option<VersionInfo> {
+        self.inner.reader.version_info(self.version)
+    }
+}
+
+impl Drop for Snapshot {
+    fn drop(&mut self) {
+        // SYNC: every read of this version's pages happened before; `unpin` is a Release store.
+        self.inner.reader.unpin(self.pin);
+        let mut state = self.inner.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.pins_used[self.pin] = false;
+        if state.spare.is_none() {
+            state.spare = self.view.take();
+        }
+    }
+}

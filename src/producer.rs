@@ -1,0 +1,336 @@
+//! The producer: names its memory regions, publishes versions of them.
+//!
+//! ```no_run
+//! use tcasm::{Producer, ProducerOptions};
+//! let mut p = Producer::create("heat", ProducerOptions::default())?;
+//! let mut t = p.region::<f64>("temperature", &[512, 512])?;
+//! loop {
+//!     t[0] += 1.0;       // the simulation writes its memory as usual
+//!     p.publish()?;      // observers can now take this version
+//! #   break;
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Writes made while `publish()` runs (by other threads of the producer) land in this
+//! version or the next; a single-threaded producer's versions are exactly its memory at
+//! the moment it called `publish()`.
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::endpoint::Server;
+use crate::error::{CreateError, PublishError, RegionError};
+use crate::region::{check_name, check_shape, Dtype, Element, RegionInfo};
+use crate::store::layout::Layout;
+use crate::store::writer::{Source, StoreWriter};
+use crate::sys::mem::RegionMemory;
+use crate::sys::page_size;
+use crate::track::{self, Detected, Tracker, TrackerKind};
+use crate::view::Region;
+
+/// How a producer is set up.
+#[derive(Clone, Debug)]
+pub struct ProducerOptions {
+    /// How written pages are found; `Auto` picks async tracking where the kernel has it.
+    pub tracker: TrackerKind,
+    /// Most observers attached at once.
+    pub max_observers: usize,
+}
+
+impl Default for ProducerOptions {
+    fn default() -> Self {
+        ProducerOptions { tracker: TrackerKind::Auto, max_observers: 64 }
+    }
+}
+
+/// What the producer has done so far.
+#[derive(Clone, Debug, Default)]
+pub struct ProducerStats {
+    /// Versions published.
+    pub versions: u64,
+    /// Pages the last publish found written and copied.
+    pub last_pages_copied: usize,
+    /// Time spent in the last publish, and in all of them.
+    pub last_publish: Duration,
+    pub total_publish: Duration,
+    /// Bytes of memory the snapshot store holds (as the kernel counts them).
+    pub store_bytes: u64,
+    /// Pins held by live observers at the last publish.
+    pub live_pins: usize,
+    /// Mappings an observer needs for the last version.
+    pub mapping_runs: usize,
+    /// Planes in the pool.
+    pub planes: usize,
+    /// Pages in the page space.
+    pub pages: usize,
+}
+
+struct ProducerRegion {
+    info: RegionInfo,
+    bytes: usize,
+    memory: Arc<RegionMemory>,
+    /// Page-aligned addresses the region's bytes touch.
+    cover: Range<usize>,
+}
+
+/// A process sharing versioned snapshots of its memory.
+pub struct Producer {
+    name: String,
+    tracker: Box<dyn Tracker>,
+    detected: Option<Detected>,
+    regions: Vec<ProducerRegion>,
+    store: Option<StoreWriter>,
+    options: ProducerOptions,
+    stats: ProducerStats,
+    dirty: Vec<Range<usize>>,
+    // Dropped last: observers see the endpoint until the store is closed.
+    server: Server,
+}
+
+impl Producer {
+    /// Takes the endpoint `name` and prepares the tracker.
+    pub fn create(name: &str, options: ProducerOptions) -> Result<Producer, CreateError> {
+        let (kind, detected) = match options.tracker {
+            TrackerKind::Copy => (TrackerKind::Copy, None),
+            asked => {
+                let d = Detected::probe();
+                let kind = d
+                    .resolve(asked)
+                    .map_err(|reason| CreateError::Tracker { kind: asked, reason })?;
+                if kind != TrackerKind::Async {
+                    tracing::warn!("{}; publishing with the copy tracker", d.describe());
+                }
+                (kind, Some(d))
+            }
+        };
+        let tracker = track::create(kind).map_err(|reason| CreateError::Tracker { kind, reason })?;
+        let server = Server::bind(name)?;
+        Ok(Producer {
+            name: name.to_string(),
+            tracker,
+            detected,
+            regions: Vec::new(),
+            store: None,
+            options,
+            stats: ProducerStats::default(),
+            dirty: Vec::new(),
+            server,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tracker in use.
+    pub fn tracker(&self) -> TrackerKind {
+        self.tracker.kind()
+    }
+
+    /// What the kernel probe found, when one was run (not for an explicit copy tracker).
+    pub fn detected(&self) -> Option<&Detected> {
+        self.detected.as_ref()
+    }
+
+    /// The regions, in page-space order.
+    pub fn regions(&self) -> Vec<RegionInfo> {
+        self.regions.iter().map(|r| r.info.clone()).collect()
+    }
+
+    /// Allocates a zeroed region of `shape` elements of `T`, page-aligned.
+    pub fn region<T: Element>(&mut self, name: &str, shape: &[usize]) -> Result<Region<T>, RegionError> {
+        let elements = check_shape(name, shape).map_err(RegionError::Invalid)?;
+        let bytes = elements
+            .checked_mul(T::DTYPE.size())
+            .ok_or_else(|| RegionError::Invalid(format!("region {name:?}: shape {shape:?} is too large")))?;
+        let memory = RegionMemory::allocate(bytes.div_ceil(page_size()) * page_size())
+            .map_err(|errno| RegionError::Alloc { name: name.to_string(), bytes, errno })?;
+        let memory = self.add(name, T::DTYPE, shape, memory, bytes)?;
+        Ok(Region::new(memory, elements))
+    }
+
+    /// Takes over `data` (any length; its storage need not be page-aligned) as a region of
+    /// `shape`.
+    pub fn wrap_vec<T: Element>(&mut self, name: &str, data: Vec<T>, shape: &[usize]) -> Result<Region<T>, RegionError> {
+        let elements = data.len();
+        let bytes = std::mem::size_of_val(data.as_slice());
+        let memory = self.add(name, T::DTYPE, shape, RegionMemory::from_vec(data), bytes)?;
+        Ok(Region::new(memory, elements))
+    }
+
+    /// Shares a buffer foreign code owns (C, Fortran) as a region of `shape` elements of `T`,
+    /// starting at `ptr`. Head and tail pages shared with other data are handled: only the
+    /// buffer's own bytes reach observers.
+    ///
+    /// # Safety
+    /// `ptr` must point to `shape.iter().product()` elements of `T`, and that memory must stay
+    /// mapped until this producer is dropped. The caller keeps writing it as usual.
+    #[allow(unsafe_code)]
+    pub unsafe fn wrap_raw<T: Element>(&mut self, name: &str, ptr: *mut T, shape: &[usize]) -> Result<(), RegionError> {
+        let elements = check_shape(name, shape).map_err(RegionError::Invalid)?;
+        let bytes = elements
+            .checked_mul(T::DTYPE.size())
+            .ok_or_else(|| RegionError::Invalid(format!("region {name:?}: shape {shape:?} is too large")))?;
+        // SAFETY: the caller promises the buffer stays mapped for the producer's life.
+        let memory = unsafe { RegionMemory::lent(ptr.cast(), bytes) };
+        self.add(name, T::DTYPE, shape, memory, bytes).map(drop)
+    }
+
+    fn add(&mut self, name: &str, dtype: Dtype, shape: &[usize], memory: RegionMemory, bytes: usize) -> Result<Arc<RegionMemory>, RegionError> {
+        check_name(name).map_err(RegionError::Invalid)?;
+        let elements = check_shape(name, shape).map_err(RegionError::Invalid)?;
+        if self.store.is_some() {
+            return Err(RegionError::AfterFirstPublish { name: name.to_string() });
+        }
+        if self.regions.iter().any(|r| r.info.name == name) {
+            return Err(RegionError::Duplicate { name: name.to_string() });
+        }
+        if elements.checked_mul(dtype.size()) != Some(bytes) {
+            return Err(RegionError::WrongLength { name: name.to_string(), bytes, shape: shape.to_vec(), dtype });
+        }
+        let addr = memory.addr();
+        if addr == 0 || addr % dtype.size() != 0 {
+            return Err(RegionError::Misaligned { name: name.to_string(), addr, dtype, align: dtype.size() });
+        }
+        if let Some(other) = self.regions.iter().find(|r| addr < r.memory.addr() + r.bytes && r.memory.addr() < addr + bytes) {
+            return Err(RegionError::Invalid(format!(
+                "region {name:?} overlaps region {:?}: wrap each buffer once",
+                other.info.name
+            )));
+        }
+        let page = page_size();
+        let cover = addr - addr % page..(addr + bytes).div_ceil(page) * page;
+        self.tracker.track(cover.clone()).map_err(|errno| RegionError::CannotTrack {
+            name: name.to_string(),
+            addr,
+            tracker: self.tracker.kind(),
+            errno,
+        })?;
+        let first_page = self.regions.last().map_or(0, |r| r.info.first_page + r.info.pages);
+        let info = RegionInfo {
+            name: name.to_string(),
+            dtype,
+            shape: shape.to_vec(),
+            first_page,
+            pages: (cover.end - cover.start) / page,
+            offset: addr % page,
+        };
+        let memory = Arc::new(memory);
+        self.regions.push(ProducerRegion { info, bytes, memory: memory.clone(), cover });
+        Ok(memory)
+    }
+
+    fn create_store(&mut self) -> Result<(), PublishError> {
+        let page_count = self.regions.iter().map(|r| r.info.pages).sum();
+        let layout = Layout {
+            page_size: page_size(),
+            page_count,
+            regions: self.regions(),
+            log_words: Layout::log_words_for(page_count),
+            pin_slots: self.options.max_observers.clamp(1, crate::store::layout::MAX_PIN_SLOTS),
+        };
+        let sources = self
+            .regions
+            .iter()
+            .map(|r| Source {
+                first_page: r.info.first_page,
+                pages: r.info.pages,
+                offset: r.info.offset,
+                bytes: r.bytes,
+                memory: r.memory.clone(),
+            })
+            .collect();
+        let store = StoreWriter::create(layout, sources)?;
+        let files = store.observer_files().map_err(|e| PublishError::Store {
+            what: "open read-only descriptors for observers".into(),
+            errno: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
+        self.server.offer(files);
+        self.store = Some(store);
+        Ok(())
+    }
+
+    /// Publishes a new version: finds the pages written since the last publish, copies them
+    /// into the store, makes the version visible to observers at once, and wakes those that
+    /// wait. Never waits for an observer.
+    pub fn publish(&mut self) -> Result<u64, PublishError> {
+        let started = Instant::now();
+        if self.regions.is_empty() {
+            return Err(PublishError::NoRegions);
+        }
+        self.dirty.clear();
+        let first = self.store.is_none();
+        // Scan (and re-arm) first: a write after this point belongs to the next version.
+        let regions = &self.regions;
+        let dirty = &mut self.dirty;
+        self.tracker
+            .take_written(&mut |start, end| {
+                if !first {
+                    dirty_pages(regions, start, end, dirty);
+                }
+            })
+            .map_err(PublishError::Track)?;
+        if first {
+            self.create_store()?;
+            let pages = self.regions.iter().map(|r| r.info.pages).sum();
+            self.dirty.push(0..pages);
+        }
+        self.dirty.sort_unstable_by_key(|r| r.start);
+        let mut merged: Vec<Range<usize>> = Vec::with_capacity(self.dirty.len());
+        for r in self.dirty.drain(..) {
+            match merged.last_mut() {
+                Some(m) if r.start <= m.end => m.end = m.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        self.dirty = merged;
+        let store = self.store.as_mut().expect("store exists after the first publish");
+        let done = store.publish(&self.dirty)?;
+        let elapsed = started.elapsed();
+        self.stats = ProducerStats {
+            versions: done.version,
+            last_pages_copied: done.dirty_pages,
+            last_publish: elapsed,
+            total_publish: self.stats.total_publish + elapsed,
+            store_bytes: done.store_bytes,
+            live_pins: done.live_pins,
+            mapping_runs: done.mapping_runs,
+            planes: done.planes,
+            pages: store.layout().page_count,
+        };
+        Ok(done.version)
+    }
+
+    pub fn stats(&self) -> ProducerStats {
+        self.stats.clone()
+    }
+
+    /// Observers attached now.
+    pub fn observers(&self) -> usize {
+        self.store.as_ref().map_or(0, |s| s.observers())
+    }
+}
+
+/// Adds the page-space pages of every region that the written addresses `[start, end)`
+/// touch. Regions are in page-space order, which is address order of their covers only
+/// by chance, so each is checked (a producer has few regions).
+fn dirty_pages(regions: &[ProducerRegion], start: usize, end: usize, out: &mut Vec<Range<usize>>) {
+    let page = page_size();
+    for r in regions {
+        let lo = start.max(r.cover.start);
+        let hi = end.min(r.cover.end);
+        if lo < hi {
+            let first = r.info.first_page + (lo - r.cover.start) / page;
+            out.push(first..first + (hi - lo) / page);
+        }
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        if let Some(store) = &self.store {
+            store.close();
+        }
+    }
+}
