@@ -33,7 +33,7 @@ use crate::error::{EndpointError, ReadError};
 use crate::region::{Element, RegionInfo};
 use crate::store::layout::PINS_PER_SLOT;
 use crate::store::pagemap::PageMap;
-use crate::store::reader::{RecordError, StoreReader, VersionInfo};
+use crate::store::reader::{RecordError, SlotInfo, StoreReader, VersionInfo};
 use crate::sys::mem::{Access, Mapping};
 use crate::sys::{max_map_count, page_size};
 use crate::view::snapshot_slice;
@@ -120,6 +120,11 @@ impl Observer {
     /// What the producer recorded of version `v`, while its ring still holds it.
     pub fn version_info(&self, v: u64) -> Option<VersionInfo> {
         self.inner.reader.version_info(v)
+    }
+
+    /// The observer slots of the pin table: who is attached and what each pins.
+    pub fn slots(&self) -> Vec<SlotInfo> {
+        self.inner.reader.slots()
     }
 
     /// The producer's pid.

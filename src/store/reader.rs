@@ -24,6 +24,16 @@ pub struct VersionInfo {
     pub store_bytes: u64,
 }
 
+/// One observer slot of the pin table, as `tcasm inspect` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotInfo {
+    pub slot: usize,
+    pub pid: u64,
+    pub pins: Vec<u64>,
+    /// Whether a live process holds the slot (ours counts).
+    pub alive: bool,
+}
+
 /// Why a version's page map could not be read.
 #[derive(Debug)]
 pub enum RecordError {
@@ -220,6 +230,28 @@ impl StoreReader {
             }
             waiters.fetch_sub(1, Ordering::SeqCst);
         }
+    }
+
+    /// The pin table's occupied slots.
+    pub fn slots(&self) -> Vec<SlotInfo> {
+        let words = self.pins.words();
+        (0..self.layout.pin_slots)
+            .filter_map(|slot| {
+                let at = Layout::slot_at(slot);
+                let (b, len) = Self::slot_bytes(slot);
+                let alive = slot == self.slot || lock::is_locked_by_other(&self.pins_file, b, len).unwrap_or(false);
+                let pins: Vec<u64> = (0..PINS_PER_SLOT)
+                    .map(|k| words[at + pins::PIN0 + k].load(Ordering::Relaxed))
+                    .filter(|&v| v != protocol::UNPINNED)
+                    .collect();
+                (alive || !pins.is_empty()).then(|| SlotInfo {
+                    slot,
+                    pid: words[at + pins::PID].load(Ordering::Relaxed),
+                    pins,
+                    alive,
+                })
+            })
+            .collect()
     }
 
     /// A read-only mapping of the whole pool as it is now.

@@ -1,0 +1,52 @@
+//! Shared by the integration tests: a private endpoint directory, the kernel-feature gate,
+//! and a watchdog for child processes.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// Points `TCASM_DIR` at a fresh directory for this test process and returns it.
+pub fn endpoint_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tcasm-test-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::env::set_var("TCASM_DIR", &dir);
+    dir
+}
+
+/// Whether async tracking works here. When it does not, says why; under
+/// `TCASM_REQUIRE_KERNEL=1` (CI) that is a failure instead of a skip.
+pub fn async_tracking_available(test: &str) -> bool {
+    let d = tcasm::track::Detected::probe();
+    if d.async_ok {
+        return true;
+    }
+    let why = d.describe();
+    if std::env::var("TCASM_REQUIRE_KERNEL").as_deref() == Ok("1") {
+        panic!("{test}: TCASM_REQUIRE_KERNEL=1 but {why}");
+    }
+    eprintln!("SKIP {test}: {why}");
+    false
+}
+
+/// Waits for `child` up to `limit`, killing it (and failing) if it takes longer.
+pub fn wait_with_watchdog(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not finish within {limit:?}: killed by the watchdog");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `tcasm` binary built for these tests.
+pub fn tcasm_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tcasm")
+}

@@ -1,0 +1,2 @@
+//! `tcasm demo` (to be written).
+pub struct Args;
