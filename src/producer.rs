@@ -221,6 +221,7 @@ impl Producer {
         Ok(memory)
     }
 
+    /// Creates the store at the first publish, when the page space is known.
     fn create_store(&mut self) -> Result<(), PublishError> {
         let page_count = self.regions.iter().map(|r| r.info.pages).sum();
         let layout = Layout {
@@ -241,13 +242,7 @@ impl Producer {
                 memory: r.memory.clone(),
             })
             .collect();
-        let store = StoreWriter::create(layout, sources)?;
-        let files = store.observer_files().map_err(|e| PublishError::Store {
-            what: "open read-only descriptors for observers".into(),
-            errno: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-        })?;
-        self.server.offer(files);
-        self.store = Some(store);
+        self.store = Some(StoreWriter::create(layout, sources)?);
         Ok(())
     }
 
@@ -259,9 +254,9 @@ impl Producer {
         if self.regions.is_empty() {
             return Err(PublishError::NoRegions);
         }
-        self.dirty.clear();
-        let first = self.store.is_none();
+        let first = self.store.as_ref().is_none_or(|s| s.version() == 0);
         // Scan (and re-arm) first: a write after this point belongs to the next version.
+        // `self.dirty` still holds the pages of a publish that failed: they are not lost.
         let regions = &self.regions;
         let dirty = &mut self.dirty;
         self.tracker
@@ -271,10 +266,11 @@ impl Producer {
                 }
             })
             .map_err(PublishError::Track)?;
-        if first {
+        if self.store.is_none() {
             self.create_store()?;
-            let pages = self.regions.iter().map(|r| r.info.pages).sum();
-            self.dirty.push(0..pages);
+        }
+        if first {
+            self.dirty.push(0..self.regions.iter().map(|r| r.info.pages).sum());
         }
         self.dirty.sort_unstable_by_key(|r| r.start);
         let mut merged: Vec<Range<usize>> = Vec::with_capacity(self.dirty.len());
@@ -285,8 +281,17 @@ impl Producer {
             }
         }
         self.dirty = merged;
-        let store = self.store.as_mut().expect("store exists after the first publish");
+        let store = self.store.as_mut().expect("store created above");
         let done = store.publish(&self.dirty)?;
+        self.dirty.clear();
+        if first {
+            // Observers are let in once there is a version to see.
+            let files = store.observer_files().map_err(|e| PublishError::Store {
+                what: "open read-only descriptors for observers".into(),
+                errno: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+            })?;
+            self.server.offer(files);
+        }
         let elapsed = started.elapsed();
         self.stats = ProducerStats {
             versions: done.version,

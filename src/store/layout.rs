@@ -327,7 +327,7 @@ mod tests {
         for field in [hdr::MAGIC, hdr::LAYOUT, hdr::PAGE_SIZE, hdr::PAGE_COUNT, hdr::REGION_COUNT,
                       hdr::VERSION_RING, hdr::REGIONS_AT, hdr::VERSIONS_AT, hdr::LOG_AT, hdr::LOG_WORDS, hdr::PIN_SLOTS] {
             let mut w = words_of(&l);
-            w[field] ^= 0x40;
+            w[field] = w[field].wrapping_add(1 << 40);
             assert!(Layout::decode(&|i| w[i], w.len()).is_err(), "field {field} not checked");
         }
         let w = words_of(&l);
@@ -338,10 +338,15 @@ mod tests {
     fn region_entries_are_checked() {
         let l = sample();
         let at = l.regions_at() + REGION_WORDS;
-        for k in [0, 8, 9, 10, 14, 15] {
+        for k in [8, 9, 10, 14, 15] {
             let mut w = words_of(&l);
             w[at + k] = w[at + k].wrapping_add(1 << 20);
             assert!(Layout::decode(&|i| w[i], w.len()).is_err(), "region word {k} not checked");
+        }
+        for name in [*b"bad name", *b"t\0\0\0\0\0\0\0", [0xff; 8]] {
+            let mut w = words_of(&l);
+            w[at] = u64::from_le_bytes(name);
+            assert!(Layout::decode(&|i| w[i], w.len()).is_err(), "region name {name:?} accepted");
         }
     }
 }

@@ -43,6 +43,15 @@ pub enum RecordError {
     Corrupt(String),
 }
 
+/// Why a store could not be opened.
+#[derive(Debug)]
+pub enum OpenError {
+    /// What was received is not a valid store.
+    Corrupt(String),
+    /// Every observer slot of the pin table is taken.
+    NoFreeSlot(usize),
+}
+
 /// An observer's mapping of a producer's store.
 pub struct StoreReader {
     layout: Layout,
@@ -57,54 +66,61 @@ impl StoreReader {
     /// Maps and checks the files an observer received, and claims a free pin slot.
     ///
     /// `files` are the control block (read-only), the pool (read-only) and the pin table.
-    pub fn open(files: [SharedFile; 3]) -> Result<StoreReader, String> {
+    pub fn open(files: [SharedFile; 3]) -> Result<StoreReader, OpenError> {
+        Self::open_files(files)?.claim()
+    }
+
+    fn open_files(files: [SharedFile; 3]) -> Result<StoreReader, OpenError> {
+        let corrupt = OpenError::Corrupt;
         let [control_file, pool_file, pins_shared] = files;
-        let len = control_file.len().map_err(|e| format!("control block: {e}"))? as usize;
+        let len = control_file.len().map_err(|e| corrupt(format!("control block: {e}")))? as usize;
         if len < layout::HEADER_WORDS * 8 || len % 8 != 0 {
-            return Err(format!("control block of {len} bytes"));
+            return Err(corrupt(format!("control block of {len} bytes")));
         }
         let control = Mapping::shared(&control_file, 0, len, Access::ReadOnly)
-            .map_err(|e| format!("mapping the control block: {e}"))?;
+            .map_err(|e| corrupt(format!("mapping the control block: {e}")))?;
         let words = control.words();
-        let layout = Layout::decode(&|i| words[i].load(Ordering::Relaxed), words.len())?;
+        let layout = Layout::decode(&|i| words[i].load(Ordering::Relaxed), words.len()).map_err(corrupt)?;
         // A description of our own, so that our slot lock is ours and not the producer's.
-        let pins_file = pins_shared.reopen(true).map_err(|e| format!("reopening the pin table: {e}"))?;
+        let pins_file = pins_shared.reopen(true).map_err(|e| corrupt(format!("reopening the pin table: {e}")))?;
         drop(pins_shared);
-        let pin_len = pins_file.len().map_err(|e| format!("pin table: {e}"))? as usize;
+        let pin_len = pins_file.len().map_err(|e| corrupt(format!("pin table: {e}")))? as usize;
         if pin_len != layout.pin_words() * 8 {
-            return Err(format!("pin table of {pin_len} bytes, expected {}", layout.pin_words() * 8));
+            return Err(corrupt(format!("pin table of {pin_len} bytes, expected {}", layout.pin_words() * 8)));
         }
         let pins = Mapping::shared(&pins_file, 0, pin_len, Access::ReadWrite)
-            .map_err(|e| format!("mapping the pin table: {e}"))?;
+            .map_err(|e| corrupt(format!("mapping the pin table: {e}")))?;
         let p = pins.words();
         if p[pins::MAGIC].load(Ordering::Relaxed) != layout::PINS_MAGIC
             || p[pins::SLOTS].load(Ordering::Relaxed) != layout.pin_slots as u64
         {
-            return Err("pin table header does not match the control block".into());
+            return Err(corrupt("pin table header does not match the control block".into()));
         }
-        let mut reader = StoreReader { layout, control, pool_file, pins_file, pins, slot: usize::MAX };
-        reader.slot = reader.claim_slot()?;
-        Ok(reader)
+        Ok(StoreReader { layout, control, pool_file, pins_file, pins, slot: usize::MAX })
     }
 
     fn slot_bytes(slot: usize) -> (u64, u64) {
         ((Layout::slot_at(slot) * 8) as u64, (SLOT_WORDS * 8) as u64)
     }
 
-    fn claim_slot(&self) -> Result<usize, String> {
+    /// Takes the first free observer slot: the one whose lock we get.
+    fn claim(mut self) -> Result<StoreReader, OpenError> {
         for slot in 0..self.layout.pin_slots {
             let (at, len) = Self::slot_bytes(slot);
-            if lock::try_lock(&self.pins_file, at, len).map_err(|e| format!("locking a pin slot: {e}"))? {
+            let locked = lock::try_lock(&self.pins_file, at, len)
+                .map_err(|e| OpenError::Corrupt(format!("locking a pin slot: {e}")))?;
+            if locked {
                 let w = &self.pins.words()[Layout::slot_at(slot)..];
                 for k in 0..PINS_PER_SLOT {
                     protocol::unpin(&w[pins::PIN0 + k]);
                 }
                 w[pins::PID].store(std::process::id() as u64, Ordering::Relaxed);
                 w[pins::GENERATION].fetch_add(1, Ordering::Relaxed);
-                return Ok(slot);
+                self.slot = slot;
+                return Ok(self);
             }
         }
-        Err(format!("all {} pin slots are taken", self.layout.pin_slots))
+        Err(OpenError::NoFreeSlot(self.layout.pin_slots))
     }
 
     pub fn layout(&self) -> &Layout {
@@ -278,6 +294,9 @@ impl StoreReader {
 
 impl Drop for StoreReader {
     fn drop(&mut self) {
+        if self.slot == usize::MAX {
+            return;
+        }
         for k in 0..PINS_PER_SLOT {
             self.unpin(k);
         }

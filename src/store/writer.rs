@@ -92,12 +92,16 @@ impl StoreWriter {
         let control_file = SharedFile::create("tcasm-control").map_err(|e| store_err("create the control block")(io_errno(e)))?;
         let control_bytes = layout.control_words() * 8;
         control_file.set_len(control_bytes as u64).map_err(|e| store_err("size the control block")(io_errno(e)))?;
-        control_file.seal_size().map_err(|e| store_err("seal the control block")(io_errno(e)))?;
         let control = Mapping::shared(&control_file, 0, control_bytes, Access::ReadWrite).map_err(store_err("map the control block"))?;
+        control_file.seal_for_observers(false).map_err(|e| store_err("seal the control block")(io_errno(e)))?;
 
         let pool_file = SharedFile::create("tcasm-pool").map_err(|e| store_err("create the pool")(io_errno(e)))?;
+        // Map every plane the pool may ever have now: growing it is then only an ftruncate.
+        // Pages past the file's end are never touched until it grows over them.
         let plane_bytes = layout.page_count * page;
-        let pool = Mapping::reserve(plane_bytes * MAX_PLANES).map_err(store_err("reserve address space for the pool"))?;
+        let pool = Mapping::shared(&pool_file, 0, plane_bytes * MAX_PLANES, Access::ReadWrite)
+            .map_err(store_err("map address space for the pool"))?;
+        pool_file.seal_for_observers(true).map_err(|e| store_err("seal the pool")(io_errno(e)))?;
 
         let pins_file = SharedFile::create("tcasm-pins").map_err(|e| store_err("create the pin table")(io_errno(e)))?;
         let pin_bytes = layout.pin_words() * 8;
@@ -128,7 +132,6 @@ impl StoreWriter {
             live_pins: Vec::new(),
             layout,
         };
-        w.pool_file.seal_shrink().map_err(|e| store_err("seal the pool")(io_errno(e)))?;
         let words = w.control.words();
         for (i, v) in w.layout.encode(std::process::id()) {
             words[i].store(v, Ordering::Relaxed);
@@ -175,13 +178,12 @@ impl StoreWriter {
             });
         }
         let k = self.planes;
-        let bytes = self.plane_bytes();
-        self.pool_file
-            .set_len(((k + 1) * bytes) as u64)
-            .map_err(|e| store_err("grow the pool")(io_errno(e)))?;
-        self.pool
-            .map_file_at(k * bytes, &self.pool_file, (k * bytes) as u64, bytes, Access::ReadWrite)
-            .map_err(store_err("map a new plane"))?;
+        let needed = ((k + 1) * self.plane_bytes()) as u64;
+        // Only ever grow: the file may already be longer (an observer may grow it; shrinking
+        // is sealed), and the pool is mapped in full from the start.
+        if self.pool_file.len().map_err(|e| store_err("read the pool's size")(io_errno(e)))? < needed {
+            self.pool_file.set_len(needed).map_err(|e| store_err("grow the pool")(io_errno(e)))?;
+        }
         self.planes += 1;
         // SYNC: Release pairs with the Acquire load in StoreReader::record: an observer that
         // sees a record naming plane k sees a pool large enough to map it.
@@ -231,6 +233,10 @@ impl StoreWriter {
     /// Frees every retired slot that no live version needs any more.
     fn reclaim(&mut self) {
         self.read_live_pins();
+        let pins_held = self.live_pins.len();
+        // The latest version is live too. After a complete publish no retired slot can hold
+        // one of its pages, but after a publish that failed midway some can.
+        self.live_pins.push(self.version);
         let pins = &self.live_pins;
         let occupied = &mut self.occupied;
         let freed = &mut self.freed;
@@ -242,6 +248,7 @@ impl StoreWriter {
             freed.push((r.plane, r.page));
             false
         });
+        self.live_pins.truncate(pins_held);
     }
 
     /// The plane that is free for the most dirty pages, so a publish lands in one plane.

@@ -25,8 +25,8 @@ impl Access {
 
 /// An owned range of address space, unmapped on drop.
 ///
-/// The range is either memory (anonymous or a shared file mapping) or a `PROT_NONE`
-/// reservation that [`Mapping::map_file_at`] fills piece by piece.
+/// Parts of the range can be replaced by runs of a file ([`Mapping::map_file_at`]) or fresh
+/// private pages ([`Mapping::map_anonymous_at`]).
 #[derive(Debug)]
 pub struct Mapping {
     ptr: NonNull<u8>,
@@ -53,21 +53,6 @@ impl Mapping {
                 None,
                 non_zero(len)?,
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
-                MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
-            )?
-        };
-        Ok(Mapping { ptr: ptr.cast(), len })
-    }
-
-    /// A `PROT_NONE` reservation of address space: nothing is readable until runs are mapped
-    /// into it with [`Mapping::map_file_at`].
-    pub fn reserve(len: usize) -> nix::Result<Mapping> {
-        // SAFETY: as in `anonymous`; PROT_NONE memory cannot even be read.
-        let ptr = unsafe {
-            mman::mmap_anonymous(
-                None,
-                non_zero(len)?,
-                ProtFlags::PROT_NONE,
                 MapFlags::MAP_PRIVATE | MapFlags::MAP_NORESERVE,
             )?
         };

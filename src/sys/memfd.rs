@@ -35,14 +35,29 @@ impl SharedFile {
         Ok(self.file.metadata()?.len())
     }
 
-    /// Forbids shrinking the file from now on, so no mapping of it can lose its pages.
-    pub fn seal_shrink(&self) -> std::io::Result<()> {
-        self.seal(&[FileSeal::SealShrink])
+    /// Seals a file only the producer writes: it can never shrink (no mapping of it loses
+    /// its pages) and no further seal can be added. Unless `may_punch`, no new writable
+    /// mapping or `write(2)` is allowed either (`F_SEAL_FUTURE_WRITE`; the mappings that exist
+    /// stay writable) and the size is fixed. The kernel counts a hole punch as a write, so a
+    /// file that returns memory with [`SharedFile::punch_hole`] cannot have that seal.
+    ///
+    /// The file's mode becomes 0400 as well, so that a read-only descriptor cannot be
+    /// reopened for writing through /proc by mistake.
+    pub fn seal_for_observers(&self, may_punch: bool) -> std::io::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        self.file.set_permissions(std::fs::Permissions::from_mode(0o400))?;
+        let mut seals = vec![FileSeal::SealShrink];
+        if !may_punch {
+            seals.extend([FileSeal::SealGrow, FileSeal::SealFutureWrite]);
+        }
+        seals.push(FileSeal::SealSeal);
+        self.seal(&seals)
     }
 
-    /// Forbids any change of size from now on.
+    /// Seals the size of a file observers may write (the pin table): it can neither shrink
+    /// nor grow, and no further seal can be added.
     pub fn seal_size(&self) -> std::io::Result<()> {
-        self.seal(&[FileSeal::SealShrink, FileSeal::SealGrow])
+        self.seal(&[FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal])
     }
 
     fn seal(&self, seals: &[FileSeal]) -> std::io::Result<()> {
