@@ -190,7 +190,7 @@ impl Producer {
             return Err(RegionError::WrongLength { name: name.to_string(), bytes, shape: shape.to_vec(), dtype });
         }
         let addr = memory.addr();
-        if addr == 0 || addr % dtype.size() != 0 {
+        if addr == 0 || !addr.is_multiple_of(dtype.size()) {
             return Err(RegionError::Misaligned { name: name.to_string(), addr, dtype, align: dtype.size() });
         }
         if let Some(other) = self.regions.iter().find(|r| addr < r.memory.addr() + r.bytes && r.memory.addr() < addr + bytes) {

@@ -22,7 +22,7 @@ impl<T: Element> Region<T> {
     /// per region it owns, which is what makes `deref_mut` sound.
     pub(crate) fn new(memory: Arc<RegionMemory>, len: usize) -> Region<T> {
         assert!(len.checked_mul(std::mem::size_of::<T>()).is_some_and(|b| b <= memory.len()), "region too short");
-        assert!(memory.addr() % std::mem::align_of::<T>() == 0, "region misaligned");
+        assert!(memory.addr().is_multiple_of(std::mem::align_of::<T>()), "region misaligned");
         Region { memory, len, _t: PhantomData }
     }
 }
@@ -55,7 +55,7 @@ pub(crate) fn snapshot_slice<T: Element>(mapping: &Mapping, offset: usize, count
     let bytes = count.checked_mul(std::mem::size_of::<T>()).expect("view size overflows");
     assert!(offset.checked_add(bytes).is_some_and(|e| e <= mapping.len()), "view out of bounds");
     let ptr = mapping.as_ptr().wrapping_add(offset);
-    assert!(ptr as usize % std::mem::align_of::<T>() == 0, "view misaligned");
+    assert!((ptr as usize).is_multiple_of(std::mem::align_of::<T>()), "view misaligned");
     // SAFETY: in bounds and aligned (checked above), readable (the mapping is), stable while
     // borrowed (see above), and every bit pattern is a valid `T`.
     unsafe { std::slice::from_raw_parts(ptr.cast::<T>(), count) }

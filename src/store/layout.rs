@@ -261,7 +261,7 @@ impl Layout {
             let offset = (packed >> 48) as usize;
             let bytes = elements.checked_mul(dtype.size()).ok_or("region size overflows")?;
             if offset >= page_size
-                || offset % dtype.size() != 0
+                || !offset.is_multiple_of(dtype.size())
                 || first_page != pages_seen
                 || pages != (offset + bytes).div_ceil(page_size)
                 || first_page + pages > page_count

@@ -73,8 +73,8 @@ impl StoreReader {
     fn open_files(files: [SharedFile; 3]) -> Result<StoreReader, OpenError> {
         let corrupt = OpenError::Corrupt;
         let [control_file, pool_file, pins_shared] = files;
-        let len = control_file.len().map_err(|e| corrupt(format!("control block: {e}")))? as usize;
-        if len < layout::HEADER_WORDS * 8 || len % 8 != 0 {
+        let len = control_file.size().map_err(|e| corrupt(format!("control block: {e}")))? as usize;
+        if len < layout::HEADER_WORDS * 8 || !len.is_multiple_of(8) {
             return Err(corrupt(format!("control block of {len} bytes")));
         }
         let control = Mapping::shared(&control_file, 0, len, Access::ReadOnly)
@@ -84,7 +84,7 @@ impl StoreReader {
         // A description of our own, so that our slot lock is ours and not the producer's.
         let pins_file = pins_shared.reopen(true).map_err(|e| corrupt(format!("reopening the pin table: {e}")))?;
         drop(pins_shared);
-        let pin_len = pins_file.len().map_err(|e| corrupt(format!("pin table: {e}")))? as usize;
+        let pin_len = pins_file.size().map_err(|e| corrupt(format!("pin table: {e}")))? as usize;
         if pin_len != layout.pin_words() * 8 {
             return Err(corrupt(format!("pin table of {pin_len} bytes, expected {}", layout.pin_words() * 8)));
         }

@@ -181,7 +181,7 @@ impl StoreWriter {
         let needed = ((k + 1) * self.plane_bytes()) as u64;
         // Only ever grow: the file may already be longer (an observer may grow it; shrinking
         // is sealed), and the pool is mapped in full from the start.
-        if self.pool_file.len().map_err(|e| store_err("read the pool's size")(io_errno(e)))? < needed {
+        if self.pool_file.size().map_err(|e| store_err("read the pool's size")(io_errno(e)))? < needed {
             self.pool_file.set_len(needed).map_err(|e| store_err("grow the pool")(io_errno(e)))?;
         }
         self.planes += 1;

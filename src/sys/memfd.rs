@@ -31,7 +31,8 @@ impl SharedFile {
         self.file.set_len(len)
     }
 
-    pub fn len(&self) -> std::io::Result<u64> {
+    /// The file's size in bytes.
+    pub fn size(&self) -> std::io::Result<u64> {
         Ok(self.file.metadata()?.len())
     }
 
