@@ -42,6 +42,28 @@
 //! run and version number is checked before it is used.
 //!
 //! The protocol's atomics go through [`protocol`], which `tests/model.rs` runs under loom.
+//!
+//! # Fragmentation
+//! Scattered writes scatter a version's pages over planes, and a view needs one mapping per
+//! run. DESIGN.md proposed that the producer copy stale pages into the current plane to keep
+//! runs long. Measured here, one `mmap` of a page costs 2.5–7.5 µs and copying a page 0.35 µs,
+//! so the cheaper place to pay is the observer: it maps only runs long enough to be worth a
+//! mapping and copies the rest into private memory, raising the bar until the mapped runs fit
+//! a budget far below `vm.max_map_count` (see [`crate::observer`]). The producer's publish
+//! cost stays proportional to what it wrote.
+//!
+//! # Who may do what
+//! Observers get the control block and the pool through read-only descriptors and map them
+//! `PROT_READ`; both files are mode 0400 and sealed against shrinking (so no mapping loses its
+//! pages) and against further seals; the control block also against growing and against any
+//! new writable mapping (`F_SEAL_FUTURE_WRITE`). The pool cannot take that seal: the kernel
+//! counts a hole punch as a write, and the pool returns memory by punching. An observer of
+//! the same uid could still `fchmod` the pool and reopen it for writing through /proc — as it
+//! could ptrace the producer — so the boundary against hostile code is the uid, enforced by
+//! the endpoint (directory mode 0700, peer credentials); within it the read-only paths make a
+//! buggy observer fault instead of corrupting snapshots. The pin table is writable by every
+//! observer: scribbling on it can delay reclamation (memory, bounded by
+//! [`layout::MAX_PLANES`] planes), not change a pinned snapshot or stop the producer.
 pub mod layout;
 pub mod pagemap;
 pub mod protocol;

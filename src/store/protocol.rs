@@ -6,7 +6,7 @@
 //! - `latest`: the newest published version, written only by the producer.
 //! - `pin`: one word per held snapshot in the pin table, written only by its observer.
 //!
-//! The guarantee: if [`pin_latest`] returns `v`, every later [`read_pins`] of the producer
+//! The guarantee: if [`pin_latest`] returns `v`, every later [`read_pin`] of the producer
 //! that decides which slots to reuse sees `v` (or a later value of that observer's pin), so no
 //! page of `v` is overwritten while the observer holds it. It is a hazard-pointer handshake:
 //! the observer stores its pin then re-reads `latest`; the producer stores `latest` then (in a
