@@ -42,7 +42,7 @@ pub fn pin_latest(latest: &impl Word, pin: &impl Word) -> u64 {
             return UNPINNED;
         }
         // SYNC: store-then-load against the producer's store-then-load (`publish`, then
-        // `read_pins`): SeqCst on all four makes at least one side see the other.
+        // `read_pin`): SeqCst on all four makes at least one side see the other.
         pin.store(v, Ordering::SeqCst);
         let now = latest.load(Ordering::SeqCst);
         if now == v {
@@ -54,7 +54,7 @@ pub fn pin_latest(latest: &impl Word, pin: &impl Word) -> u64 {
 
 /// Observer: gives a pin back. Every read of the pinned pages happens before this store.
 pub fn unpin(pin: &impl Word) {
-    // SYNC: Release pairs with the SeqCst load in `read_pins`: the producer reuses the slots
+    // SYNC: Release pairs with the SeqCst load in `read_pin`: the producer reuses the slots
     // only after the observer's reads of them are done.
     pin.store(UNPINNED, Ordering::Release);
 }
