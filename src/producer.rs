@@ -94,7 +94,7 @@ impl Producer {
         let (kind, detected) = match options.tracker {
             TrackerKind::Copy => (TrackerKind::Copy, None),
             asked => {
-                let d = Detected::probe();
+                let d = track::detect();
                 let kind = d
                     .resolve(asked)
                     .map_err(|reason| CreateError::Tracker { kind: asked, reason })?;

@@ -75,9 +75,13 @@ pub struct Detected {
     pub unprivileged_userfaultfd: Option<u32>,
 }
 
+/// Probes this kernel and process: whether async tracking works here, and if not, why.
+pub fn detect() -> Detected {
+    Detected::probe()
+}
+
 impl Detected {
-    /// Probes this kernel and process.
-    pub fn probe() -> Detected {
+    fn probe() -> Detected {
         let cap_sys_ptrace =
             caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_PTRACE).unwrap_or(false);
         let unprivileged_userfaultfd = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
@@ -119,6 +123,6 @@ pub fn create(kind: TrackerKind) -> Result<Box<dyn Tracker>, String> {
     match kind {
         TrackerKind::Async => Ok(Box::new(AsyncTracker::new()?)),
         TrackerKind::Copy => Ok(Box::new(CopyTracker::default())),
-        TrackerKind::Auto => create(Detected::probe().resolve(TrackerKind::Auto)?),
+        TrackerKind::Auto => create(detect().resolve(TrackerKind::Auto)?),
     }
 }

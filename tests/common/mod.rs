@@ -18,7 +18,7 @@ pub fn endpoint_dir(test: &str) -> PathBuf {
 /// Whether async tracking works here. When it does not, says why; under
 /// `TCASM_REQUIRE_KERNEL=1` (CI) that is a failure instead of a skip.
 pub fn async_tracking_available(test: &str) -> bool {
-    let d = tcasm::track::Detected::probe();
+    let d = tcasm::track::detect();
     if d.async_ok {
         return true;
     }
