@@ -32,6 +32,8 @@ pub struct SlotInfo {
     pub pins: Vec<u64>,
     /// Whether a live process holds the slot (ours counts).
     pub alive: bool,
+    /// Whether it is the slot of the observer asking.
+    pub ours: bool,
 }
 
 /// Why a version's page map could not be read.
@@ -265,6 +267,7 @@ impl StoreReader {
                     pid: words[at + pins::PID].load(Ordering::Relaxed),
                     pins,
                     alive,
+                    ours: slot == self.slot,
                 })
             })
             .collect()

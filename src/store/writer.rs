@@ -1,5 +1,6 @@
 //! The producer's side of the store: choosing slots, copying pages, writing records,
 //! reclaiming slots no live version needs, and giving memory back to the kernel.
+use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -42,6 +43,13 @@ pub struct Published {
     pub live_pins: usize,
 }
 
+/// Publishes a freed slot stays allocated before it is returned to the kernel. A slot can
+/// only ever hold its own page, so it is worth keeping only if that page is written again
+/// soon, which is what simulations do (the same active pages, version after version) and
+/// what an observer's pins make likely (its pin delays the reuse of the slots it holds by a
+/// publish or two). Memory this keeps: at most the pages written in the last COOLING publishes.
+pub const COOLING: u64 = 4;
+
 /// How often a pin slot's owner is checked for life (one `fcntl` each).
 const LIVENESS_PERIOD: Duration = Duration::from_millis(20);
 
@@ -72,7 +80,8 @@ pub struct StoreWriter {
     written: Vec<u64>,
     occupied: Vec<u64>,
     retired: Vec<Retired>,
-    freed: Vec<(u16, u32)>,
+    /// Slots freed by reclaim, with the version that freed them, oldest first.
+    cooling: VecDeque<(u64, u16, u32)>,
     checks: Vec<Option<SlotCheck>>,
     live_pins: Vec<u64>,
 }
@@ -127,7 +136,7 @@ impl StoreWriter {
             written: vec![0; n],
             occupied: vec![0; n],
             retired: Vec::new(),
-            freed: Vec::new(),
+            cooling: VecDeque::new(),
             checks: vec![None; slots],
             live_pins: Vec::new(),
             layout,
@@ -239,13 +248,14 @@ impl StoreWriter {
         self.live_pins.push(self.version);
         let pins = &self.live_pins;
         let occupied = &mut self.occupied;
-        let freed = &mut self.freed;
+        let cooling = &mut self.cooling;
+        let now = self.version + 1;
         self.retired.retain(|r| {
             if retained(r.since, r.until, pins) {
                 return true;
             }
             occupied[r.page as usize] &= !(1u64 << r.plane);
-            freed.push((r.plane, r.page));
+            cooling.push_back((now, r.plane, r.page));
             false
         });
         self.live_pins.truncate(pins_held);
@@ -314,7 +324,7 @@ impl StoreWriter {
         let map = PageMap::from_pages(&self.plane, &self.written);
         let mapping_runs = map.mapping_count();
         let record = self.write_record(n, &map);
-        self.punch_freed();
+        self.punch_cooled(n);
         let store_bytes = self.pool_file.allocated_bytes().unwrap_or(0);
         self.version = n;
         let words = self.control.words();
@@ -400,19 +410,28 @@ impl StoreWriter {
         words[at + ver::VERSION].store(n, Ordering::Release);
     }
 
-    /// Returns to the kernel the slots freed by this publish's reclaim that it did not reuse,
-    /// one `fallocate` per stretch of free slots in a plane.
-    fn punch_freed(&mut self) {
-        let mut freed = std::mem::take(&mut self.freed);
-        freed.retain(|&(k, p)| self.occupied[p as usize] & (1 << k) == 0);
-        freed.sort_unstable();
+    /// Returns to the kernel the slots freed COOLING publishes ago that stayed free, one
+    /// `fallocate` per stretch of free slots in a plane.
+    fn punch_cooled(&mut self, n: u64) {
+        let mut due = Vec::new();
+        while let Some(&(freed_at, k, p)) = self.cooling.front() {
+            if freed_at + COOLING > n {
+                break;
+            }
+            self.cooling.pop_front();
+            if self.occupied[p as usize] & (1 << k) == 0 {
+                due.push((k, p));
+            }
+        }
+        due.sort_unstable();
+        due.dedup();
         let mut i = 0;
-        while i < freed.len() {
-            let (k, first) = freed[i];
+        while i < due.len() {
+            let (k, first) = due[i];
             let mut last = first as usize;
             i += 1;
-            while i < freed.len() && freed[i].0 == k {
-                let next = freed[i].1 as usize;
+            while i < due.len() && due[i].0 == k {
+                let next = due[i].1 as usize;
                 // Bridge the gap if every slot in it is free (a hole or free) in plane k.
                 if (last + 1..next).all(|p| self.occupied[p] & (1 << k) == 0) {
                     last = next;
@@ -428,8 +447,6 @@ impl StoreWriter {
                 tracing::warn!("punching {len} bytes of plane {k} failed: {e}");
             }
         }
-        freed.clear();
-        self.freed = freed;
     }
 
     fn wake(&self) {

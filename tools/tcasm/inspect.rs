@@ -1,5 +1,135 @@
-//! Placeholder until written.
+//! `tcasm ls` and `tcasm inspect`: which producers run here, and what state one is in, read
+//! from the outside the way any observer reads it. `inspect` attaches as an observer, so
+//! while it runs it holds one pin slot (and pins nothing); the slot table marks it.
+use std::time::Duration;
+
+use indicatif::HumanBytes;
+use tcasm::sys::monotonic_ns;
+use tcasm::{endpoint, Observer};
+
 #[derive(clap::Args)]
-pub struct Args {}
-pub fn run(_: Args) -> crate::Result { Err("not written yet".into()) }
-pub fn ls() -> crate::Result { Err("not written yet".into()) }
+pub struct Args {
+    /// The producer's name, as `tcasm ls` shows it.
+    name: String,
+    /// How many of the newest versions to show.
+    #[arg(long, default_value_t = 10)]
+    versions: u64,
+}
+
+/// How long to wait for a producer that has not published its first version yet.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(3);
+
+pub fn ls() -> crate::Result {
+    let dir = endpoint::directory()?;
+    let producers = endpoint::list()?;
+    if producers.is_empty() {
+        println!("no live producers in {}", dir.display());
+        return Ok(());
+    }
+    println!("live producers in {}:", dir.display());
+    print_table(
+        &["NAME", "PID"],
+        producers.into_iter().map(|p| vec![p.name, p.pid.to_string()]).collect(),
+    );
+    Ok(())
+}
+
+pub fn run(args: Args) -> crate::Result {
+    let observer = Observer::attach_timeout(&args.name, ATTACH_TIMEOUT)?;
+    let latest = observer.latest_version();
+    let now = monotonic_ns();
+    let gone = if observer.producer_gone() { " (exiting)" } else { "" };
+    println!("producer {:?}: pid {}{gone}, latest version {latest}", args.name, observer.producer_pid());
+
+    let regions = observer.regions();
+    let region_bytes: usize = regions.iter().map(|r| r.bytes()).sum();
+    println!("\nregions ({} pages, {}):", observer.pages(), HumanBytes(region_bytes as u64));
+    print_table(
+        &["NAME", "DTYPE", "SHAPE", "BYTES", "PAGES"],
+        regions
+            .iter()
+            .map(|r| {
+                let shape: Vec<String> = r.shape.iter().map(|d| d.to_string()).collect();
+                vec![
+                    r.name.clone(),
+                    r.dtype.to_string(),
+                    shape.join(" x "),
+                    HumanBytes(r.bytes() as u64).to_string(),
+                    format!("{} (from {})", r.pages, r.first_page),
+                ]
+            })
+            .collect(),
+    );
+
+    // The ring may have moved on while we read: show what it still holds.
+    let first = latest.saturating_sub(args.versions.saturating_sub(1)).max(1);
+    let versions: Vec<_> = (first..=latest).rev().filter_map(|v| observer.version_info(v)).collect();
+    println!("\nnewest versions:");
+    print_table(
+        &["VERSION", "AGE", "WRITTEN", "COPIED", "PUBLISH", "RUNS", "STORE"],
+        versions
+            .iter()
+            .map(|v| {
+                vec![
+                    v.version.to_string(),
+                    human_time(Duration::from_nanos(now.saturating_sub(v.time_ns))),
+                    v.dirty_pages.to_string(),
+                    v.copied_pages.to_string(),
+                    human_time(Duration::from_nanos(v.publish_ns)),
+                    v.mapping_runs.to_string(),
+                    HumanBytes(v.store_bytes).to_string(),
+                ]
+            })
+            .collect(),
+    );
+
+    println!("\nobserver slots:");
+    print_table(
+        &["SLOT", "PID", "PINNED", "ALIVE"],
+        observer
+            .slots()
+            .into_iter()
+            .map(|s| {
+                let pins: Vec<String> = s.pins.iter().map(|v| v.to_string()).collect();
+                let alive = if s.ours { "yes (this inspect)" } else if s.alive { "yes" } else { "no" };
+                vec![s.slot.to_string(), s.pid.to_string(), if pins.is_empty() { "-".into() } else { pins.join(" ") }, alive.into()]
+            })
+            .collect(),
+    );
+
+    if let Some(v) = versions.first() {
+        println!(
+            "\nstore memory: {} at version {} ({:.2}x the regions)",
+            HumanBytes(v.store_bytes),
+            v.version,
+            v.store_bytes as f64 / region_bytes as f64
+        );
+    }
+    Ok(())
+}
+
+/// Prints `rows` under `header` in left-aligned columns.
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let header = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(header).chain(rows) {
+        let cells: Vec<String> = row.iter().zip(&widths).map(|(cell, &w)| format!("{cell:<w$}")).collect();
+        println!("  {}", cells.join("  ").trim_end());
+    }
+}
+
+/// A duration for people: 850 ns, 12.3 µs, 4.56 ms, 1.20 s.
+pub fn human_time(d: Duration) -> String {
+    let ns = d.as_nanos() as f64;
+    match ns {
+        _ if ns < 1e3 => format!("{ns} ns"),
+        _ if ns < 1e6 => format!("{:.1} µs", ns / 1e3),
+        _ if ns < 1e9 => format!("{:.2} ms", ns / 1e6),
+        _ => format!("{:.2} s", ns / 1e9),
+    }
+}
