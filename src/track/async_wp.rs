@@ -27,12 +27,20 @@ fn open_uffd() -> Result<Uffd, String> {
         }
         uffd::OpenError::Unavailable(errno) => format!(
             "userfaultfd(UFFD_USER_MODE_ONLY) failed ({errno}): a seccomp filter or container \
-             policy forbids it; allow the userfaultfd syscall or use the copy tracker"
+             policy forbids the system call; allow it, or use the copy tracker"
         ),
-        uffd::OpenError::FeaturesRefused(errno) => format!(
-            "the kernel refuses UFFD_FEATURE_WP_ASYNC|WP_UNPOPULATED ({errno}); Linux 6.7 or \
-             later is needed; use the copy tracker"
-        ),
+        uffd::OpenError::FeaturesRefused { errno, offered } => {
+            let missing: Vec<&str> = [(uffd::FEATURE_WP_ASYNC, "WP_ASYNC"), (uffd::FEATURE_WP_UNPOPULATED, "WP_UNPOPULATED")]
+                .into_iter()
+                .filter(|(bit, _)| offered & bit == 0)
+                .map(|(_, name)| name)
+                .collect();
+            format!(
+                "the kernel refuses UFFD_FEATURE_WP_ASYNC|WP_UNPOPULATED ({errno}; missing: {}); \
+                 Linux 6.7 or later is needed; use the copy tracker",
+                if missing.is_empty() { "none reported".to_string() } else { missing.join(", ") }
+            )
+        }
     })
 }
 

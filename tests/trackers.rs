@@ -1,0 +1,264 @@
+//! Tracker conformance (STYLE.md: one test, run against every implementation): the same
+//! deterministic writes, published after each batch, must give every tracker byte-identical
+//! snapshots, equal to the producer's memory at each publish.
+//!
+//! The writes cover what a tracker can get wrong: scattered and contiguous pages, pages that
+//! several threads write between two publishes, memory the kernel writes for the producer
+//! (`read(2)`), batches that write nothing, and buffers that neither start nor end on a page
+//! boundary, whose head and tail pages hold other data that must never reach observers. Each
+//! snapshot is also held across the next publish and checked again: it must not change.
+mod common;
+
+use std::alloc::Layout;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::ptr::NonNull;
+
+use tcasm::sys::page_size;
+use tcasm::{Observer, Producer, ProducerOptions, Region, Snapshot, TrackerKind};
+
+/// Pages of the allocated region.
+const GRID_PAGES: usize = 24;
+/// Length of the wrapped `Vec<u8>`: odd, so its tail page is shared with other heap data.
+const VEC_BYTES: usize = 3 * 4096 + 777;
+/// Where the wrapped raw buffer starts in its page-aligned block, and its `f64`s.
+const RAW_OFFSET: usize = 200;
+const RAW_COUNT: usize = 1000;
+/// Batches of writes after the first version; every fourth writes nothing.
+const BATCHES: u64 = 8;
+
+/// Per version, each region's bytes as an observer saw them (in `Snapshot::regions` order).
+type Versions = Vec<Vec<Vec<u8>>>;
+
+/// A small deterministic generator, so every tracker sees the same writes.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self, below: usize) -> usize {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 % below as u64) as usize
+    }
+}
+
+/// Page-aligned memory that only raw pointers touch, as a C or Fortran buffer would be.
+struct RawBlock {
+    ptr: NonNull<u8>,
+    layout: Layout,
+}
+
+impl RawBlock {
+    fn new(len: usize) -> RawBlock {
+        let layout = Layout::from_size_align(len, page_size()).unwrap();
+        // SAFETY: the layout has a non-zero size.
+        let ptr = NonNull::new(unsafe { std::alloc::alloc_zeroed(layout) }).expect("allocation failed");
+        RawBlock { ptr, layout }
+    }
+
+    fn write(&self, at: usize, bytes: &[u8]) {
+        assert!(at + bytes.len() <= self.layout.size());
+        // SAFETY: in bounds (checked above); no reference to the block exists, and the
+        // producer reads it only inside publish(), on this thread.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.as_ptr().add(at), bytes.len()) }
+    }
+
+    fn read(&self, at: usize, len: usize) -> Vec<u8> {
+        assert!(at + len <= self.layout.size());
+        // SAFETY: in bounds (checked above), initialized (allocated zeroed).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().add(at), len) }.to_vec()
+    }
+}
+
+impl Drop for RawBlock {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout, freed once.
+        unsafe { std::alloc::dealloc(self.ptr.as_ptr(), self.layout) }
+    }
+}
+
+/// A `Vec<u8>` whose storage does not start on a page boundary.
+fn unaligned_vec(len: usize) -> Vec<u8> {
+    // Heap allocations this small are never page-aligned in practice; keep the rare
+    // exception alive so the next allocation lands elsewhere.
+    let mut aligned = Vec::new();
+    loop {
+        let v = vec![0u8; len];
+        if v.as_ptr() as usize & (page_size() - 1) != 0 {
+            return v;
+        }
+        aligned.push(v);
+    }
+}
+
+/// Each region's bytes in `snap`, after checking that the bytes its pages hold outside the
+/// region (other data sharing the head and tail pages) are zero.
+fn read_snapshot(snap: &Snapshot) -> Vec<Vec<u8>> {
+    let page = page_size();
+    snap.regions()
+        .iter()
+        .map(|r| {
+            let head = &snap.page(r.first_page)[..r.offset];
+            let end = r.offset + r.bytes() - (r.pages - 1) * page;
+            let tail = &snap.page(r.first_page + r.pages - 1)[end..];
+            assert!(
+                head.iter().chain(tail).all(|&b| b == 0),
+                "version {}: bytes next to region {:?} reached the observer",
+                snap.version(),
+                r.name
+            );
+            snap.bytes(&r.name).unwrap().to_vec()
+        })
+        .collect()
+}
+
+fn as_bytes(words: &[u64]) -> Vec<u8> {
+    words.iter().flat_map(|w| w.to_ne_bytes()).collect()
+}
+
+/// Runs the write sequence under tracker `kind`; checks each version against the producer's
+/// memory at its publish and returns what the observer saw.
+fn run(kind: TrackerKind) -> Versions {
+    let page = page_size();
+    // Declared before the producer, so dropped after it: the buffer it wraps stays mapped.
+    let block = RawBlock::new(4 * page);
+    let name = format!("trackers-{kind}");
+    let mut producer = Producer::create(&name, ProducerOptions { tracker: kind, ..Default::default() }).unwrap();
+    assert_eq!(producer.tracker(), kind);
+
+    let mut grid: Region<u64> = producer.region("grid", &[GRID_PAGES * page / 8]).unwrap();
+    let mut bytes: Region<u8> = producer.wrap_vec("bytes", unaligned_vec(VEC_BYTES), &[VEC_BYTES]).unwrap();
+    // SAFETY: RAW_COUNT f64s from RAW_OFFSET lie inside the block (8-aligned), which outlives
+    // the producer.
+    unsafe {
+        producer
+            .wrap_raw("raw", block.ptr.as_ptr().add(RAW_OFFSET).cast::<f64>(), &[RAW_COUNT])
+            .unwrap()
+    };
+    let raw_end = RAW_OFFSET + RAW_COUNT * 8;
+    let (pipe_out, pipe_in) = nix::unistd::pipe().unwrap();
+    let (mut pipe_out, mut pipe_in) = (File::from(pipe_out), File::from(pipe_in));
+
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut seen = Versions::new();
+    let mut observer: Option<Observer> = None;
+    let mut held: Option<(Snapshot, Vec<Vec<u8>>)> = None;
+    for batch in 0..=BATCHES {
+        let mark = batch * 1000;
+        if batch % 4 != 3 {
+            // Scattered words, and a contiguous stretch over three and a half pages.
+            for i in 0..20 {
+                let at = rng.next(grid.len());
+                grid[at] = mark + i;
+            }
+            let start = rng.next(grid.len() - 4 * page / 8);
+            grid[start..start + 7 * page / 16].fill(mark + 1);
+            // Three threads, each on its own chunk; chunk borders fall inside pages, so two
+            // threads write some of the same pages.
+            let third = grid.len() / 3;
+            let (a, rest) = grid.split_at_mut(third + 5);
+            let (b, c) = rest.split_at_mut(rest.len() / 2 + 3);
+            std::thread::scope(|s| {
+                for (t, chunk) in [a, b, c].into_iter().enumerate() {
+                    s.spawn(move || {
+                        for i in (t * 7..chunk.len()).step_by(61 + t) {
+                            chunk[i] = mark + 100 + t as u64;
+                        }
+                    });
+                }
+            });
+            // The kernel writes the Vec's memory: a read(2) across a page boundary.
+            let len = page + rng.next(page);
+            let at = rng.next(VEC_BYTES - len);
+            let data: Vec<u8> = (0..len).map(|i| (i as u64 + mark) as u8 | 1).collect();
+            pipe_in.write_all(&data).unwrap();
+            pipe_out.read_exact(&mut bytes[at..at + len]).unwrap();
+            bytes[0] = batch as u8;
+            bytes[VEC_BYTES - 1] = batch as u8;
+            // The raw buffer: its first, last and one random element, and every byte around
+            // it in its block, which must not reach observers.
+            for i in [0, RAW_COUNT - 1, rng.next(RAW_COUNT)] {
+                block.write(RAW_OFFSET + i * 8, &(mark as f64 + i as f64).to_ne_bytes());
+            }
+            block.write(0, &[0xa0 | batch as u8; RAW_OFFSET]);
+            block.write(raw_end, &vec![0xa0 | batch as u8; 4 * page - raw_end]);
+        }
+        let version = producer.publish().unwrap();
+        let expected = vec![as_bytes(&grid), bytes.to_vec(), block.read(RAW_OFFSET, RAW_COUNT * 8)];
+
+        let observer = observer.get_or_insert_with(|| Observer::attach(&name).unwrap());
+        let snap = observer.latest().unwrap();
+        assert_eq!(snap.version(), version);
+        let got = read_snapshot(&snap);
+        assert!(got == expected, "{kind}: version {version} differs from the producer's memory");
+        if let Some((old, old_bytes)) = held.take() {
+            assert!(read_snapshot(&old) == old_bytes, "{kind}: version {} changed while held", old.version());
+        }
+        seen.push(got.clone());
+        held = Some((snap, got));
+    }
+    seen
+}
+
+/// Runs every tracker this process can use and compares what their observers saw.
+fn trackers_agree(test: &str) {
+    common::endpoint_dir(test);
+    let mut kinds = vec![TrackerKind::Copy];
+    if common::async_tracking_available(test) {
+        kinds.push(TrackerKind::Async);
+    }
+    let runs: Vec<(TrackerKind, Versions)> = kinds.into_iter().map(|k| (k, run(k))).collect();
+    let (first, reference) = &runs[0];
+    for (kind, seen) in &runs[1..] {
+        assert_eq!(seen.len(), reference.len());
+        for (v, (a, b)) in seen.iter().zip(reference).enumerate() {
+            assert!(a == b, "version {}: {kind} and {first} snapshots differ", v + 1);
+        }
+    }
+}
+
+#[test]
+fn trackers_give_identical_snapshots_equal_to_memory() {
+    trackers_agree("trackers");
+}
+
+/// Set in the child that `unprivileged_trackers_agree_too` starts.
+const UNPRIVILEGED: &str = "TCASM_TEST_UNPRIVILEGED";
+
+/// The same as an unprivileged user, when the tests run as root. DESIGN.md: with
+/// `UFFD_USER_MODE_ONLY`, userfaultfd works for any user, so async tracking must not need
+/// root; the user-mode-only descriptor must also see the kernel's `read(2)` writes.
+#[test]
+fn unprivileged_trackers_agree_too() {
+    const TEST: &str = "unprivileged_trackers_agree_too";
+    if std::env::var_os(UNPRIVILEGED).is_some() {
+        return trackers_agree("trackers-unprivileged");
+    }
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIP {TEST}: not root, so the other test already runs unprivileged");
+        return;
+    }
+    // The build directory may not be reachable for uid 65534 (a checkout under /root): run a
+    // copy of this binary from a directory anyone may enter.
+    let dir = std::env::temp_dir().join(format!("tcasm-unprivileged-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.join("trackers");
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = std::process::Command::new(&exe);
+    child.args(["--exact", TEST, "--nocapture"]).env(UNPRIVILEGED, "1").uid(65534).gid(65534);
+    if common::async_tracking_available(TEST) {
+        child.env("TCASM_REQUIRE_KERNEL", "1");
+    }
+    let out = child.output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "as uid 65534: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
