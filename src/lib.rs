@@ -12,6 +12,7 @@
 //! raw system calls).
 #![deny(unsafe_code)]
 
+pub mod checkpoint;
 pub mod endpoint;
 pub mod error;
 pub mod observer;

@@ -1,11 +1,14 @@
-//! `tcasm`: run the demo, list and inspect live producers, and stress-test the store.
+//! `tcasm`: run the demo, list and inspect live producers, checkpoint them, and stress-test
+//! and benchmark the store.
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod checkpoint;
 mod demo;
 mod inspect;
 mod stress;
+mod top;
 
 #[derive(Parser)]
 #[command(name = "tcasm", version, about = "Consistent, versioned snapshots of a running program's memory")]
@@ -24,12 +27,29 @@ enum Command {
     Inspect(inspect::Args),
     /// One producer and N observers verifying every byte of every snapshot.
     Stress(stress::Args),
+    /// Follow a producer and write incremental, crash-consistent checkpoints to a directory.
+    Checkpoint(checkpoint::Args),
+    /// Rebuild a checkpointed version as one .npy file per region.
+    Restore(checkpoint::RestoreArgs),
+    /// Check every checksum and chain link of a checkpoint directory.
+    Verify(checkpoint::VerifyArgs),
+    /// A live view of a producer: version rate, pages per version, memory, observers.
+    Top(top::Args),
+    /// Measure the tools.
+    #[command(subcommand)]
+    Bench(Bench),
     /// The observer half of `demo` (started by it).
     #[command(hide = true)]
     DemoObserver(demo::ObserverArgs),
     /// The observer half of `stress` (started by it).
     #[command(hide = true)]
     StressObserver(stress::ObserverArgs),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Checkpoint drain rate against the directory's sequential write bandwidth.
+    Checkpoint(checkpoint::BenchArgs),
 }
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -53,6 +73,16 @@ pub fn parse_size(s: &str) -> std::result::Result<usize, String> {
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// Parses a positive number of seconds such as `0.5` or `10`.
+pub fn parse_seconds(s: &str) -> std::result::Result<std::time::Duration, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|x| x.is_finite() && *x > 0.0 && *x < 1e9)
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| format!("{s:?} is not a positive number of seconds"))
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt().with_writer(std::io::stderr).without_time().init();
     let cli = Cli::parse();
@@ -61,6 +91,11 @@ fn main() -> ExitCode {
         Command::Ls => inspect::ls(),
         Command::Inspect(a) => inspect::run(a),
         Command::Stress(a) => stress::run(a),
+        Command::Checkpoint(a) => checkpoint::run(a),
+        Command::Restore(a) => checkpoint::restore(a),
+        Command::Verify(a) => checkpoint::verify(a),
+        Command::Top(a) => top::run(a),
+        Command::Bench(Bench::Checkpoint(a)) => checkpoint::bench(a),
         Command::DemoObserver(a) => demo::observe(a),
         Command::StressObserver(a) => stress::observe(a),
     };
@@ -82,5 +117,13 @@ mod tests {
         assert_eq!(super::parse_size("1GiB"), Ok(1 << 30));
         assert!(super::parse_size("12XB").is_err());
         assert!(super::parse_size("MiB").is_err());
+    }
+
+    #[test]
+    fn seconds_parse() {
+        assert_eq!(super::parse_seconds("0.25"), Ok(std::time::Duration::from_millis(250)));
+        assert!(super::parse_seconds("0").is_err());
+        assert!(super::parse_seconds("-1").is_err());
+        assert!(super::parse_seconds("NaN").is_err());
     }
 }

@@ -1,0 +1,314 @@
+//! The format and its checks, against an in-memory page source whose every version is known.
+use std::fs;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use super::format::{self, Manifest};
+use super::*;
+use crate::region::{Dtype, RegionInfo};
+
+const PAGE: usize = 4096;
+/// Enough pages for several chunks.
+const PAGES: usize = 600;
+
+/// The version at which page `p` was last written, as of version `v`: every page at version
+/// 1, then page `p` whenever `(p + v) % 5 == 0`.
+fn written(p: usize, v: u64) -> u64 {
+    (1..=v).rev().find(|&u| u == 1 || (p as u64 + u).is_multiple_of(5)).unwrap_or(1)
+}
+
+/// The bytes of page `p` as written at version `w`.
+fn page_bytes(p: usize, w: u64) -> Vec<u8> {
+    (0..PAGE).map(|i| (p as u64 * 31 + w * 17 + i as u64 * 7) as u8).collect()
+}
+
+struct Fake {
+    version: u64,
+    pages: Vec<Vec<u8>>,
+}
+
+impl Fake {
+    fn at(version: u64) -> Fake {
+        Fake { version, pages: (0..PAGES).map(|p| page_bytes(p, written(p, version))).collect() }
+    }
+    fn image(&self) -> Vec<u8> {
+        self.pages.concat()
+    }
+}
+
+impl PageSource for Fake {
+    fn version(&self) -> u64 {
+        self.version
+    }
+    fn page(&self, p: usize) -> &[u8] {
+        &self.pages[p]
+    }
+    fn changed_since(&self, since: u64) -> Vec<Range<usize>> {
+        let mut out: Vec<Range<usize>> = Vec::new();
+        for p in (0..PAGES).filter(|&p| written(p, self.version) > since) {
+            match out.last_mut() {
+                Some(r) if r.end == p => r.end += 1,
+                _ => out.push(p..p + 1),
+            }
+        }
+        out
+    }
+}
+
+fn space() -> PageSpace {
+    let region = |name: &str, dtype: Dtype, shape: Vec<usize>, first_page, pages, offset| RegionInfo {
+        name: name.into(),
+        dtype,
+        shape,
+        first_page,
+        pages,
+        offset,
+    };
+    PageSpace {
+        producer: "fake".into(),
+        page_size: PAGE,
+        page_count: PAGES,
+        regions: vec![
+            region("grid/u", Dtype::U8, vec![3, 100 * PAGE / 3 + 1], 0, 101, 0),
+            region("t", Dtype::F64, vec![(499 * PAGE - 8 - 24) / 8], 101, 499, 8),
+        ],
+    }
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tcasm-ckpt-unit-{test}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    dir
+}
+
+/// Writes checkpoints of `versions` and returns what each wrote.
+fn write(dir: &Path, versions: &[u64], options: WriterOptions) -> Vec<Written> {
+    let mut w = Writer::create(dir, space(), options).unwrap();
+    versions.iter().map(|&v| w.write(&Fake::at(v), |_, _| {}).unwrap()).collect()
+}
+
+fn restored(dir: &Path, version: Option<u64>) -> Result<Vec<u8>, CheckpointError> {
+    let r = Restore::open(dir, version)?;
+    let mut image = vec![0u8; PAGES * PAGE];
+    r.read(|first, bytes| {
+        image[first * PAGE..first * PAGE + bytes.len()].copy_from_slice(bytes);
+        Ok(())
+    })?;
+    Ok(image)
+}
+
+#[test]
+fn increments_replay_to_every_version_checkpointed() {
+    let dir = scratch("replay");
+    let written = write(&dir, &[1, 2, 5, 6, 9, 14], WriterOptions { full_every: Some(4), keep: None });
+    assert_eq!(written.iter().map(|w| w.parent).collect::<Vec<_>>(), [None, Some(1), Some(2), Some(5), None, Some(9)]);
+    assert_eq!(written[1].pages, Fake::at(2).changed_since(1).iter().map(|r| r.len()).sum::<usize>());
+    assert!(written[0].chunks > 1, "a base spans several chunks");
+    for v in [1, 2, 5, 6, 9, 14] {
+        assert!(restored(&dir, Some(v)).unwrap() == Fake::at(v).image(), "version {v}");
+    }
+    assert!(restored(&dir, None).unwrap() == Fake::at(14).image());
+    let report = verify(&dir).unwrap();
+    assert!(report.intact(), "{:?}", report.damage);
+    assert_eq!(report.restorable.len(), 6);
+    assert!(matches!(Restore::open(&dir, Some(3)), Err(CheckpointError::NoSuchVersion { version: 3, .. })));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_second_writer_is_refused_and_older_versions_too() {
+    let dir = scratch("busy");
+    let mut w = Writer::create(&dir, space(), WriterOptions::default()).unwrap();
+    w.write(&Fake::at(4), |_, _| {}).unwrap();
+    assert!(matches!(w.write(&Fake::at(4), |_, _| {}), Err(CheckpointError::NotNewer { version: 4, last: 4 })));
+    assert!(matches!(Writer::create(&dir, space(), WriterOptions::default()), Err(CheckpointError::Busy { .. })));
+    drop(w);
+    Writer::create(&dir, space(), WriterOptions::default()).unwrap();
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn keep_retires_whole_chains_once_a_newer_base_is_complete() {
+    let dir = scratch("keep");
+    let written = write(&dir, &[1, 2, 3, 4, 5, 6, 7], WriterOptions { full_every: Some(2), keep: Some(2) });
+    let retired: Vec<u64> = written.iter().flat_map(|w| w.retired.clone()).collect();
+    assert_eq!(retired, [1, 2]);
+    let catalog = Catalog::open(&dir).unwrap();
+    assert_eq!(catalog.chains.iter().map(|c| c.number).collect::<Vec<_>>(), [3, 4]);
+    assert!(restored(&dir, Some(5)).unwrap() == Fake::at(5).image());
+    // A new writer starts a new chain after them; a leftover retiring chain is cleaned up.
+    fs::create_dir(format::retired_dir(&dir, 9)).unwrap();
+    let again = write(&dir, &[8], WriterOptions::default());
+    assert_eq!(again[0].chain, 5);
+    assert!(!format::retired_dir(&dir, 9).exists());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn leftovers_of_a_killed_writer_are_ignored() {
+    let dir = scratch("leftovers");
+    write(&dir, &[1, 2], WriterOptions::default());
+    let chain = format::chain_dir(&dir, 1);
+    fs::write(format::data_path(&chain, 3), b"half a checkpoint").unwrap();
+    fs::write(format::temp_manifest_path(&chain, 3), b"half a manifest").unwrap();
+    let report = verify(&dir).unwrap();
+    assert!(report.intact());
+    assert_eq!(report.incomplete.len(), 2);
+    assert!(restored(&dir, None).unwrap() == Fake::at(2).image());
+    assert!(matches!(Restore::open(&dir, Some(3)), Err(CheckpointError::MissingManifest { version: 3, .. })));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Writes chain 1 with versions 1..=4 and applies `damage` to its directory.
+fn damaged(test: &str, damage: impl FnOnce(&Path)) -> (PathBuf, VerifyReport) {
+    let dir = scratch(test);
+    write(&dir, &[1, 2, 3, 4], WriterOptions::default());
+    damage(&format::chain_dir(&dir, 1));
+    let report = verify(&dir).unwrap();
+    assert!(!report.intact());
+    (dir, report)
+}
+
+fn flip(file: &Path, at: u64) {
+    let mut b = fs::read(file).unwrap();
+    b[at as usize] ^= 0x40;
+    fs::write(file, b).unwrap();
+}
+
+#[test]
+fn a_flipped_byte_names_its_chunk_and_the_versions_it_costs() {
+    let (dir, report) = damaged("flip", |chain| {
+        let (m, _) = super::reader::load_manifest(chain, 1, 2).unwrap();
+        let (offset, _) = m.chunk_offsets().nth(1).unwrap();
+        flip(&format::data_path(chain, 2), offset + 5);
+    });
+    assert_eq!(report.damage.len(), 1);
+    let d = &report.damage[0];
+    assert!(matches!(d.error, CheckpointError::ChunkChecksum { chunk: 1, .. }), "{}", d.error);
+    assert!(d.error.to_string().contains("v000000000002.data: chunk 1"), "{}", d.error);
+    assert_eq!(d.unrestorable, [2, 3, 4]);
+    assert_eq!(report.restorable, [(1, 1)]);
+    assert!(matches!(restored(&dir, Some(4)), Err(CheckpointError::ChunkChecksum { chunk: 1, .. })));
+    assert!(restored(&dir, Some(1)).unwrap() == Fake::at(1).image());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_damaged_chunk_costs_only_the_versions_that_still_take_its_pages() {
+    let dir = scratch("rewritten");
+    write(&dir, &[1, 2, 7], WriterOptions::default());
+    let chain = format::chain_dir(&dir, 1);
+    // v2's first chunk is page 3 alone, which v7 writes again.
+    let (m, _) = super::reader::load_manifest(&chain, 1, 2).unwrap();
+    assert_eq!(m.chunks[0].page_range(), 3..4);
+    flip(&format::data_path(&chain, 2), format::DATA_HEADER as u64);
+    let report = verify(&dir).unwrap();
+    assert_eq!(report.damage[0].unrestorable, [2]);
+    assert_eq!(report.restorable, [(1, 1), (1, 7)]);
+    assert!(restored(&dir, Some(7)).unwrap() == Fake::at(7).image());
+    assert!(matches!(restored(&dir, Some(2)), Err(CheckpointError::ChunkChecksum { chunk: 0, .. })));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_truncated_data_file_is_reported() {
+    let (dir, report) = damaged("truncate", |chain| {
+        let f = fs::OpenOptions::new().write(true).open(format::data_path(chain, 3)).unwrap();
+        f.set_len(f.metadata().unwrap().len() - 1).unwrap();
+    });
+    assert!(matches!(report.damage[0].error, CheckpointError::Truncated { .. }));
+    assert_eq!(report.damage[0].unrestorable, [3, 4]);
+    assert!(matches!(restored(&dir, None), Err(CheckpointError::Truncated { .. })));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn missing_manifests_break_the_chain_after_them() {
+    let (dir, report) = damaged("missing", |chain| fs::remove_file(format::manifest_path(chain, 2)).unwrap());
+    let e = &report.damage[0].error;
+    assert!(matches!(e, CheckpointError::MissingManifest { version: 2, .. }), "{e}");
+    assert_eq!(report.damage[0].unrestorable, [3, 4]);
+    assert!(matches!(restored(&dir, Some(4)), Err(CheckpointError::MissingManifest { version: 2, .. })));
+    fs::remove_dir_all(&dir).unwrap();
+    let (dir, report) = damaged("missing-base", |chain| fs::remove_file(format::manifest_path(chain, 1)).unwrap());
+    assert!(matches!(report.damage[0].error, CheckpointError::MissingBase { version: 1, .. }));
+    assert_eq!(report.damage[0].unrestorable, [2, 3, 4]);
+    assert!(report.restorable.is_empty());
+    assert!(matches!(restored(&dir, None), Err(CheckpointError::MissingBase { version: 1, .. })));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_replaced_parent_breaks_the_link() {
+    let (dir, report) = damaged("link", |chain| {
+        // A manifest of v2 that checks out on its own, but is not the one v3 was written on.
+        let path = format::manifest_path(chain, 2);
+        let mut m = Manifest::decode(&fs::read(&path).unwrap(), &path).unwrap();
+        m.space.producer = "another".into();
+        fs::write(&path, m.encode()).unwrap();
+    });
+    assert!(matches!(report.damage[0].error, CheckpointError::BrokenLink { parent: 2, .. }));
+    assert_eq!(report.damage[0].unrestorable, [3, 4]);
+    assert!(matches!(restored(&dir, Some(3)), Err(CheckpointError::BrokenLink { .. })));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn each_manifest_check_has_its_error() {
+    let dir = scratch("manifest");
+    write(&dir, &[1], WriterOptions::default());
+    let path = format::manifest_path(&format::chain_dir(&dir, 1), 1);
+    let good = fs::read(&path).unwrap();
+    let decode = |b: &[u8]| Manifest::decode(b, &path).unwrap_err();
+    let mut b = good.clone();
+    b[0] = b'X';
+    assert!(matches!(decode(&b), CheckpointError::BadMagic { .. }));
+    let mut b = good.clone();
+    b[8] = 9;
+    assert!(matches!(decode(&b), CheckpointError::UnsupportedFormat { found: 9, .. }));
+    let mut b = good.clone();
+    b[40] ^= 1;
+    assert!(matches!(decode(&b), CheckpointError::ManifestChecksum { .. }));
+    assert!(matches!(decode(&good[..good.len() - 3]), CheckpointError::Truncated { .. }));
+    assert!(matches!(decode(&good[..20]), CheckpointError::Truncated { .. }));
+    assert!(matches!(decode(&[good.as_slice(), b"x"].concat()), CheckpointError::TrailingBytes { .. }));
+    // A checksum that holds over contents that do not: a chunk past the page space.
+    let mut m = Manifest::decode(&good, &path).unwrap();
+    m.chunks[0].first_page = PAGES;
+    assert!(matches!(decode(&m.encode()), CheckpointError::BadManifest { .. }));
+    // A data file of another checkpoint in its place.
+    let chain = format::chain_dir(&dir, 1);
+    let mut other = Manifest::decode(&good, &path).unwrap();
+    other.version = 7;
+    let mut data = fs::read(format::data_path(&chain, 1)).unwrap();
+    data[..format::DATA_HEADER].copy_from_slice(&format::data_header(&other));
+    fs::write(format::data_path(&chain, 1), data).unwrap();
+    assert!(matches!(restored(&dir, None), Err(CheckpointError::ForeignData { .. })));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn npy_files_hold_each_region_after_a_standard_header() {
+    let dir = scratch("npy");
+    write(&dir, &[1, 3], WriterOptions::default());
+    let out = dir.join("out");
+    let regions = restore_npy(&Restore::open(&dir, None).unwrap(), &out).unwrap();
+    assert_eq!(regions[0].file, "grid%2Fu.npy");
+    let image = Fake::at(3).image();
+    for (r, info) in regions.iter().zip(&space().regions) {
+        let file = fs::read(out.join(&r.file)).unwrap();
+        let header = npy::header(info.dtype, &info.shape);
+        assert_eq!(header.len() % 64, 0);
+        assert_eq!(&file[..header.len()], header.as_slice());
+        let start = info.first_page * PAGE + info.offset;
+        assert!(file[header.len()..] == image[start..start + info.bytes()], "region {}", info.name);
+    }
+    let json: serde_json::Value = serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(json["version"], 3);
+    assert_eq!(json["regions"][1]["numpy_descr"], "<f8");
+    let h = npy::header(Dtype::F64, &[3, 4]);
+    assert_eq!(&h[..10], b"\x93NUMPY\x01\x00\x76\x00");
+    assert!(String::from_utf8_lossy(&h[10..]).starts_with("{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }"));
+    assert!(String::from_utf8_lossy(&npy::header(Dtype::U8, &[5])[10..]).contains("'shape': (5,)"));
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,260 @@
+//! Writing checkpoints: a base holding every page, then increments holding the pages changed
+//! since the previous checkpoint, each made durable before its manifest appears.
+use std::fs::{self, File, OpenOptions};
+use std::io::{IoSlice, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{posix_fadvise, PosixFadviseAdvice};
+
+use super::format::{self, chunk_pages, Chunk, Link, Manifest, Name, CHUNK_BYTES, DATA_HEADER};
+use super::reader::Catalog;
+use super::{CheckpointError, PageSource, PageSpace};
+use crate::sys::lock;
+
+/// How a writer chains and retires checkpoints.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct WriterOptions {
+    /// Start a new base after this many checkpoints in a chain (`None`: one chain per writer).
+    pub full_every: Option<u64>,
+    /// Keep this many chains with a complete base (at least the current one); older chains
+    /// are removed.
+    pub keep: Option<usize>,
+}
+
+/// What one checkpoint wrote.
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub chain: u64,
+    pub version: u64,
+    /// The version it is an increment of (`None`: a base).
+    pub parent: Option<u64>,
+    pub pages: usize,
+    pub chunks: usize,
+    /// Bytes of pages written.
+    pub bytes: u64,
+    /// From the call to the manifest being durable.
+    pub elapsed: Duration,
+    /// Chains removed after this checkpoint.
+    pub retired: Vec<u64>,
+}
+
+/// The chain being extended.
+struct Chain {
+    number: u64,
+    dir: PathBuf,
+    base: u64,
+    last: Link,
+    checkpoints: u64,
+}
+
+/// Writes the checkpoints of one page space into a directory it holds exclusively.
+pub struct Writer {
+    dir: PathBuf,
+    space: PageSpace,
+    options: WriterOptions,
+    chain: Option<Chain>,
+    /// Holds the directory's OFD lock for the writer's life.
+    _lock: File,
+}
+
+impl Writer {
+    /// Takes the directory `dir` (creating it) for checkpoints of `space`. The first
+    /// checkpoint starts a new chain.
+    pub fn create(dir: &Path, space: PageSpace, options: WriterOptions) -> Result<Writer, CheckpointError> {
+        fs::create_dir_all(dir).map_err(CheckpointError::io("creating", dir))?;
+        let lock_path = dir.join(".lock");
+        let lock_file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(CheckpointError::io("opening", &lock_path))?;
+        match lock::try_lock(&lock_file, 0, 0) {
+            Ok(true) => {}
+            Ok(false) => return Err(CheckpointError::Busy { dir: dir.to_path_buf() }),
+            Err(e) => return Err(CheckpointError::io("locking", &lock_path)(e.into())),
+        }
+        // Finish what a writer killed while retiring chains left.
+        for entry in fs::read_dir(dir).map_err(CheckpointError::io("listing", dir))? {
+            let entry = entry.map_err(CheckpointError::io("listing", dir))?;
+            if let Some(Name::Retired(_)) = entry.file_name().to_str().and_then(Name::parse) {
+                fs::remove_dir_all(entry.path()).map_err(CheckpointError::io("removing", entry.path()))?;
+            }
+        }
+        Ok(Writer { dir: dir.to_path_buf(), space, options, chain: None, _lock: lock_file })
+    }
+
+    /// The version checkpointed last, if any.
+    pub fn last(&self) -> Option<u64> {
+        self.chain.as_ref().map(|c| c.last.version)
+    }
+
+    /// Checkpoints `source`: as an increment of the last checkpoint, or as a new base when
+    /// there is none or the chain is full. `progress(done, total)` is called with bytes of
+    /// pages as they are written. On error nothing is left that a reader would take for a
+    /// checkpoint (unless only the final directory sync failed), and the next call starts
+    /// from the same parent.
+    pub fn write(&mut self, source: &impl PageSource, mut progress: impl FnMut(u64, u64)) -> Result<Written, CheckpointError> {
+        let started = Instant::now();
+        let version = source.version();
+        if let Some(c) = &self.chain {
+            if version <= c.last.version {
+                return Err(CheckpointError::NotNewer { version, last: c.last.version });
+            }
+        }
+        let full_every = self.options.full_every;
+        let extend = self.chain.as_ref().filter(|c| full_every.is_none_or(|k| c.checkpoints < k));
+        let (number, dir, base, parent, changed, checkpoints) = match extend {
+            Some(c) => (c.number, c.dir.clone(), c.base, Some(c.last), source.changed_since(c.last.version), c.checkpoints + 1),
+            None => {
+                let (number, dir) = self.new_chain()?;
+                let every_page = 0..self.space.page_count;
+                (number, dir, version, None, vec![every_page], 1)
+            }
+        };
+        let mut manifest = Manifest { chain: number, version, base, parent, space: self.space.clone(), chunks: Vec::new() };
+        let checksum = match write_checkpoint(&dir, &mut manifest, &changed, source, &mut progress) {
+            Ok(sum) => sum,
+            Err(e) if format::manifest_path(&dir, version).exists() => {
+                // Only the last directory sync failed: readers see a complete checkpoint,
+                // whose files must stay. The next checkpoint is written on the old parent.
+                return Err(e);
+            }
+            Err(e) => {
+                // Best effort: the caller hears of `e`, and readers ignore what is left anyway.
+                if parent.is_none() {
+                    let _ = fs::remove_dir_all(&dir);
+                } else {
+                    let _ = fs::remove_file(format::data_path(&dir, version));
+                    let _ = fs::remove_file(format::temp_manifest_path(&dir, version));
+                }
+                return Err(e);
+            }
+        };
+        self.chain = Some(Chain { number, dir, base, last: Link { version, checksum }, checkpoints });
+        let retired = match (parent, self.options.keep) {
+            (None, Some(keep)) => self.retire(keep)?,
+            _ => Vec::new(),
+        };
+        let pages = manifest.chunks.iter().map(|c| c.pages).sum::<usize>();
+        Ok(Written {
+            chain: number,
+            version,
+            parent: parent.map(|l| l.version),
+            pages,
+            chunks: manifest.chunks.len(),
+            bytes: (pages * self.space.page_size) as u64,
+            elapsed: started.elapsed(),
+            retired,
+        })
+    }
+
+    /// Creates the directory of a chain numbered after every chain present or retiring.
+    fn new_chain(&self) -> Result<(u64, PathBuf), CheckpointError> {
+        let mut number = Catalog::highest_chain(&self.dir)? + 1;
+        loop {
+            let dir = format::chain_dir(&self.dir, number);
+            match fs::create_dir(&dir) {
+                Ok(()) => {
+                    sync_dir(&self.dir)?;
+                    return Ok((number, dir));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => number += 1,
+                Err(e) => return Err(CheckpointError::io("creating", dir)(e)),
+            }
+        }
+    }
+
+    /// Removes every chain older than the `keep` newest chains with a complete base. Each is
+    /// first renamed out of readers' sight, so a crash never leaves half a chain visible.
+    fn retire(&self, keep: usize) -> Result<Vec<u64>, CheckpointError> {
+        let catalog = Catalog::open(&self.dir)?;
+        let mut based = catalog.chains.iter().rev().filter(|c| catalog.has_base(c));
+        let Some(oldest_kept) = based.nth(keep.max(1) - 1).map(|c| c.number) else {
+            return Ok(Vec::new());
+        };
+        let old: Vec<u64> = catalog.chains.iter().map(|c| c.number).filter(|&n| n < oldest_kept).collect();
+        for &n in &old {
+            let from = format::chain_dir(&self.dir, n);
+            fs::rename(&from, format::retired_dir(&self.dir, n)).map_err(CheckpointError::io("retiring", from))?;
+        }
+        sync_dir(&self.dir)?;
+        for &n in &old {
+            let retired = format::retired_dir(&self.dir, n);
+            fs::remove_dir_all(&retired).map_err(CheckpointError::io("removing", retired))?;
+        }
+        Ok(old)
+    }
+}
+
+/// Writes the data file of `manifest` from the pages of `changed`, then the manifest; returns
+/// the manifest's checksum. The order of writes and syncs is what makes a checkpoint
+/// complete exactly when its manifest exists (module docs).
+fn write_checkpoint(
+    dir: &Path,
+    manifest: &mut Manifest,
+    changed: &[Range<usize>],
+    source: &impl PageSource,
+    progress: &mut impl FnMut(u64, u64),
+) -> Result<u32, CheckpointError> {
+    let page_size = manifest.space.page_size;
+    let data_path = format::data_path(dir, manifest.version);
+    let io = |what| CheckpointError::io(what, &data_path);
+    let mut data = File::create(&data_path).map_err(io("creating"))?;
+    data.write_all(&format::data_header(manifest)).map_err(io("writing"))?;
+    let total = changed.iter().map(|r| r.len() * page_size).sum::<usize>() as u64;
+    let (mut done, mut kicked) = (0, 0);
+    let most = chunk_pages(page_size);
+    for range in changed {
+        for start in range.clone().step_by(most) {
+            let pages: Vec<&[u8]> = (start..range.end.min(start + most)).map(|p| source.page(p)).collect();
+            let mut sum = crc32fast::Hasher::new();
+            pages.iter().for_each(|p| sum.update(p));
+            let mut slices: Vec<IoSlice> = pages.iter().map(|p| IoSlice::new(p)).collect();
+            write_all_vectored(&mut data, &mut slices).map_err(io("writing"))?;
+            manifest.chunks.push(Chunk { first_page: start, pages: pages.len(), checksum: sum.finalize() });
+            done += (pages.len() * page_size) as u64;
+            if done - kicked >= CHUNK_BYTES as u64 {
+                // Start writing back what was written since the last kick, so the disk works
+                // while the next chunks are copied rather than all at the final sync: Linux
+                // starts writeback of a range advised DONTNEED (sync_file_range without the
+                // unsafe). Advice only: its failure costs speed, not data.
+                let at = (DATA_HEADER as u64 + kicked) as i64;
+                let _ = posix_fadvise(&data, at, (done - kicked) as i64, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+                kicked = done;
+            }
+            progress(done, total);
+        }
+    }
+    data.sync_data().map_err(io("syncing"))?;
+    sync_dir(dir)?;
+    let bytes = manifest.encode();
+    let temp = format::temp_manifest_path(dir, manifest.version);
+    let mut file = File::create(&temp).map_err(CheckpointError::io("creating", &temp))?;
+    file.write_all(&bytes).map_err(CheckpointError::io("writing", &temp))?;
+    file.sync_all().map_err(CheckpointError::io("syncing", &temp))?;
+    let done_path = format::manifest_path(dir, manifest.version);
+    fs::rename(&temp, &done_path).map_err(CheckpointError::io("renaming to", &done_path))?;
+    sync_dir(dir)?;
+    Ok(format::manifest_checksum(&bytes))
+}
+
+/// `write_all` for scattered pages, without copying them into one buffer.
+fn write_all_vectored(file: &mut File, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Makes the entries of directory `dir` durable.
+fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(CheckpointError::io("syncing", dir))
+}

@@ -1,0 +1,388 @@
+//! `tcasm checkpoint`, `restore`, `verify` and `bench checkpoint`: incremental checkpoints of
+//! a running producer to a directory (a burst buffer), without slowing the producer. The
+//! format and its checks live in `tcasm::checkpoint`; this is the command line around them.
+use std::fs::{self, File};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
+use tcasm::checkpoint::{self, PageSpace, Restore, Writer, WriterOptions, Written};
+use tcasm::{Observer, Producer, ProducerOptions, ReadError};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The producer's endpoint name.
+    name: String,
+    /// Where checkpoints go (created if missing); one checkpointer per directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Checkpoint every version it can catch, taking the newest when it falls behind (default).
+    #[arg(long, conflicts_with = "interval")]
+    every_version: bool,
+    /// Instead, checkpoint the newest version every SECONDS.
+    #[arg(long, value_name = "SECONDS", value_parser = crate::parse_seconds)]
+    interval: Option<Duration>,
+    /// Start a new full base after K checkpoints (default: one base per run).
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
+    full_every: Option<u64>,
+    /// Keep the newest N chains; older chains are removed once a newer base is complete.
+    #[arg(long, value_name = "N", requires = "full_every", value_parser = clap::value_parser!(u64).range(1..))]
+    keep: Option<u64>,
+    /// Stop after N checkpoints (default: until the producer exits).
+    #[arg(long, value_name = "N")]
+    count: Option<u64>,
+}
+
+/// What a run has done so far.
+#[derive(Default)]
+struct Totals {
+    checkpoints: u64,
+    skipped: u64,
+    bytes: u64,
+    busy: Duration,
+    first: Option<u64>,
+    last: u64,
+}
+
+impl Totals {
+    fn add(&mut self, w: &Written, skipped: u64) {
+        self.checkpoints += 1;
+        self.skipped += skipped;
+        self.bytes += w.bytes;
+        self.busy += w.elapsed;
+        self.first.get_or_insert(w.version);
+        self.last = w.version;
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "{} checkpoints (v{}..v{}), {} versions skipped, {} written at {}/s",
+            self.checkpoints,
+            self.first.unwrap_or(0),
+            self.last,
+            self.skipped,
+            HumanBytes(self.bytes),
+            HumanBytes(rate(self.bytes, self.busy)),
+        )
+    }
+}
+
+fn rate(bytes: u64, took: Duration) -> u64 {
+    (bytes as f64 / took.as_secs_f64().max(1e-9)) as u64
+}
+
+/// One line per checkpoint.
+fn describe(w: &Written, skipped: u64) -> String {
+    let kind = match w.parent {
+        None => "base".to_string(),
+        Some(p) => format!("increment on v{p}"),
+    };
+    let mut line = format!(
+        "v{} ({kind}, chain {}): {} pages in {} chunks, {} in {:.1} ms ({}/s)",
+        w.version,
+        w.chain,
+        w.pages,
+        w.chunks,
+        HumanBytes(w.bytes),
+        w.elapsed.as_secs_f64() * 1e3,
+        HumanBytes(rate(w.bytes, w.elapsed)),
+    );
+    if skipped > 0 {
+        line += &format!(", {skipped} versions skipped");
+    }
+    if !w.retired.is_empty() {
+        line += &format!(", retired chains {:?}", w.retired);
+    }
+    line
+}
+
+/// A progress bar on a terminal, plain lines elsewhere.
+enum Progress {
+    Terminal(ProgressBar),
+    Plain,
+}
+
+impl Progress {
+    fn new() -> Progress {
+        if !std::io::stderr().is_terminal() {
+            return Progress::Plain;
+        }
+        let bar = ProgressBar::new(0).with_style(
+            ProgressStyle::with_template("{prefix:>26} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}")
+                .expect("template is valid")
+                .progress_chars("=> "),
+        );
+        Progress::Terminal(bar)
+    }
+
+    fn starting(&self, version: u64) {
+        if let Progress::Terminal(bar) = self {
+            bar.set_prefix(format!("v{version}"));
+            bar.set_position(0);
+        }
+    }
+
+    fn bytes(&self, done: u64, total: u64) {
+        if let Progress::Terminal(bar) = self {
+            bar.set_length(total);
+            bar.set_position(done);
+        }
+    }
+
+    fn checkpoint(&self, w: &Written, skipped: u64, totals: &Totals) {
+        match self {
+            Progress::Terminal(bar) => {
+                if w.parent.is_none() {
+                    bar.println(describe(w, skipped));
+                }
+                bar.set_message(format!(
+                    "{} checkpoints, {} skipped, {}/s",
+                    totals.checkpoints,
+                    totals.skipped,
+                    HumanBytes(rate(totals.bytes, totals.busy))
+                ));
+            }
+            Progress::Plain => eprintln!("{}", describe(w, skipped)),
+        }
+    }
+
+    fn finish(&self, why: &str, totals: &Totals) {
+        if let Progress::Terminal(bar) = self {
+            bar.finish_and_clear();
+        }
+        eprintln!("{why}: {}", totals.summary());
+    }
+}
+
+/// Follows the producer and checkpoints its versions until it exits (or `--count`).
+pub fn run(args: Args) -> crate::Result {
+    let observer = Observer::attach(&args.name)?;
+    let options = WriterOptions { full_every: args.full_every, keep: args.keep.map(|k| k as usize) };
+    let mut writer = Writer::create(&args.dir, PageSpace::of(&observer), options)?;
+    let progress = Progress::new();
+    let mut totals = Totals::default();
+    let mut due = Instant::now();
+    let why = loop {
+        if let Some(interval) = args.interval {
+            thread::sleep(due.saturating_duration_since(Instant::now()));
+            due = Instant::now().max(due) + interval;
+        }
+        let taken = match observer.wait_newer(writer.last().unwrap_or(0), Duration::from_millis(500)) {
+            Ok(None) => continue,
+            Ok(Some(_)) => observer.latest(),
+            Err(e) => Err(e),
+        };
+        let snapshot = match taken {
+            Ok(s) => s,
+            Err(ReadError::ProducerGone { .. }) => break format!("producer {:?} exited", args.name),
+            Err(e) => return Err(e.into()),
+        };
+        // Versions published since the last checkpoint and not taken: the writer never
+        // holds the producer back, it takes the newest.
+        let skipped = writer.last().map_or(0, |l| snapshot.version() - l - 1);
+        progress.starting(snapshot.version());
+        let written = writer.write(&snapshot, |done, total| progress.bytes(done, total))?;
+        drop(snapshot);
+        totals.add(&written, skipped);
+        progress.checkpoint(&written, skipped, &totals);
+        if args.count.is_some_and(|n| totals.checkpoints >= n) {
+            break format!("{} checkpoints taken", totals.checkpoints);
+        }
+    };
+    progress.finish(&why, &totals);
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    /// A checkpoint directory.
+    dir: PathBuf,
+    /// The version to restore (default: the newest complete checkpoint).
+    #[arg(long)]
+    version: Option<u64>,
+    /// Where to write one .npy file per region and manifest.json.
+    #[arg(long)]
+    out: PathBuf,
+}
+
+pub fn restore(args: RestoreArgs) -> crate::Result {
+    let restore = Restore::open(&args.dir, args.version)?;
+    let regions = checkpoint::restore_npy(&restore, &args.out)?;
+    let m = restore.manifest();
+    println!(
+        "restored version {} of {:?} (chain {}: base v{} and {} increments) into {}",
+        m.version,
+        m.space.producer,
+        m.chain,
+        m.base,
+        restore.replayed().len() - 1,
+        args.out.display()
+    );
+    for r in regions {
+        println!("  {:<24} {:<4} {:<18} {}", r.name, r.dtype, format!("{:?}", r.shape), r.file);
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// A checkpoint directory.
+    dir: PathBuf,
+}
+
+/// Versions for a message: all of them when few, else the first ones, the last and a count.
+fn versions(vs: &[u64]) -> String {
+    match vs {
+        [first @ .., last] if vs.len() > 8 => {
+            let shown: Vec<String> = first[..6].iter().map(|v| format!("v{v}")).collect();
+            format!("{} … v{last} ({} in all)", shown.join(", "), vs.len())
+        }
+        _ => vs.iter().map(|v| format!("v{v}")).collect::<Vec<_>>().join(", "),
+    }
+}
+
+/// Checks everything; the exit status says whether every complete checkpoint is intact.
+pub fn verify(args: VerifyArgs) -> crate::Result {
+    let report = checkpoint::verify(&args.dir)?;
+    for path in &report.incomplete {
+        println!("incomplete (never finished, ignored): {}", path.display());
+    }
+    for d in &report.damage {
+        println!("DAMAGED: {}", d.error);
+        println!("  unrestorable in chain {}: {}", d.chain, versions(&d.unrestorable));
+    }
+    let chains = report.restorable.iter().map(|(c, _)| c).collect::<std::collections::BTreeSet<_>>();
+    for chain in chains {
+        let vs: Vec<u64> = report.restorable.iter().filter(|(c, _)| c == chain).map(|(_, v)| *v).collect();
+        println!("chain {chain}: {} restorable checkpoints, v{}..v{}", vs.len(), vs[0], vs[vs.len() - 1]);
+    }
+    println!("{} chunks ({}) checked", report.chunks_checked, HumanBytes(report.bytes_checked));
+    if report.intact() {
+        println!("intact: {} checkpoints restorable", report.restorable.len());
+        Ok(())
+    } else {
+        let lost: std::collections::BTreeSet<_> =
+            report.damage.iter().flat_map(|d| d.unrestorable.iter().map(move |v| (d.chain, *v))).collect();
+        Err(format!("{} problems; {} checkpoints unrestorable, {} restorable", report.damage.len(), lost.len(), report.restorable.len()).into())
+    }
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// The directory to measure (a scratch directory is made inside and removed).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Size of the producer's region: every checkpoint writes this much.
+    #[arg(long, default_value = "256MiB", value_parser = crate::parse_size)]
+    size: usize,
+    /// Rounds of one plain write and one checkpoint, each of SIZE bytes.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    checkpoints: u64,
+}
+
+/// Drain rate of the checkpointer against the directory's sequential write bandwidth, in the
+/// same run: a producer rewrites its whole region every version, so every checkpoint writes
+/// `size` bytes, and each checkpoint is paired with a plain write of `size` bytes to a new
+/// file (large writes, then fsync). The two alternate while the producer runs, so both see
+/// the same disk and the same competition for the CPU.
+pub fn bench(args: BenchArgs) -> crate::Result {
+    let scratch = args.dir.join(format!("tcasm-bench-{}", std::process::id()));
+    fs::create_dir_all(&scratch)?;
+    let name = format!("bench-checkpoint-{}", std::process::id());
+    let producer = BenchProducer::start(&name, args.size)?;
+    let observer = Observer::attach(&name)?;
+    let mut writer = Writer::create(&scratch.join("checkpoints"), PageSpace::of(&observer), WriterOptions::default())?;
+    let mib_per_s = |bytes: u64, took: Duration| bytes as f64 / took.as_secs_f64() / (1 << 20) as f64;
+    let (mut sequential, mut drain) = (Duration::ZERO, Duration::ZERO);
+    let (mut drained, mut ratios) = (0, Vec::new());
+    for round in 1..=args.checkpoints {
+        let plain = sequential_write(&scratch.join("sequential"), args.size)?;
+        observer.wait_newer(writer.last().unwrap_or(0), Duration::from_secs(10))?.ok_or("the bench producer stopped publishing")?;
+        let written = writer.write(&observer.latest()?, |_, _| {})?;
+        let (s, d) = (mib_per_s(args.size as u64, plain), mib_per_s(written.bytes, written.elapsed));
+        println!("round {round}: sequential {s:.0} MiB/s, checkpoint {d:.0} MiB/s");
+        ratios.push(d / s);
+        (sequential, drain, drained) = (sequential + plain, drain + written.elapsed, drained + written.bytes);
+    }
+    drop(writer);
+    producer.stop()?;
+    fs::remove_dir_all(&scratch)?;
+    let (sequential, drain) = (mib_per_s(args.size as u64 * args.checkpoints, sequential), mib_per_s(drained, drain));
+    ratios.sort_by(f64::total_cmp);
+    println!("sequential write: {sequential:.0} MiB/s ({} files of {} in 8 MiB writes, each synced)", args.checkpoints, HumanBytes(args.size as u64));
+    println!("checkpoint drain: {drain:.0} MiB/s ({} checkpoints of {}, each synced)", args.checkpoints, HumanBytes(args.size as u64));
+    println!(
+        "ratio: {:.0} % overall, {:.0} % the median round (goal >= 80 %)",
+        100.0 * drain / sequential,
+        100.0 * ratios[ratios.len() / 2]
+    );
+    Ok(())
+}
+
+/// How long writing `bytes` bytes to a new file at `path` in large writes, then fsync, takes.
+fn sequential_write(path: &Path, bytes: usize) -> crate::Result<Duration> {
+    let block = vec![0x5au8; 8 << 20];
+    let started = Instant::now();
+    let mut file = File::create(path)?;
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(block.len());
+        file.write_all(&block[..n])?;
+        left -= n;
+    }
+    file.sync_all()?;
+    let took = started.elapsed();
+    fs::remove_file(path)?;
+    Ok(took)
+}
+
+/// A producer thread that rewrites every page of a `size`-byte region, publishes it and rests
+/// 200 ms: every checkpoint finds a new version to write, and the bench measures the drain
+/// rather than a race for the CPU with a producer spinning as fast as it can.
+struct BenchProducer {
+    stop: mpsc::Sender<()>,
+    thread: thread::JoinHandle<Result<(), String>>,
+}
+
+impl BenchProducer {
+    /// Starts it and waits for its first version.
+    fn start(name: &str, size: usize) -> crate::Result<BenchProducer> {
+        let (ready_tx, ready) = mpsc::channel();
+        let (stop, stopped) = mpsc::channel::<()>();
+        let name = name.to_string();
+        let thread = thread::spawn(move || -> Result<(), String> {
+            let mut p = Producer::create(&name, ProducerOptions::default()).map_err(|e| e.to_string())?;
+            let mut field = p.region::<u64>("field", &[size / 8]).map_err(|e| e.to_string())?;
+            let per_page = tcasm::sys::page_size() / 8;
+            let mut version = 0;
+            while stopped.try_recv().is_err() {
+                version += 1;
+                field.iter_mut().step_by(per_page).for_each(|x| *x = version);
+                p.publish().map_err(|e| e.to_string())?;
+                if version == 1 {
+                    let _ = ready_tx.send(());
+                }
+                thread::sleep(Duration::from_millis(200));
+            }
+            Ok(())
+        });
+        match ready.recv_timeout(Duration::from_secs(60)) {
+            Ok(()) => Ok(BenchProducer { stop, thread }),
+            // It ended without a first version: say why.
+            Err(mpsc::RecvTimeoutError::Disconnected) => match thread.join() {
+                Ok(Err(e)) => Err(format!("the bench producer failed: {e}").into()),
+                _ => Err("the bench producer panicked".into()),
+            },
+            Err(mpsc::RecvTimeoutError::Timeout) => Err("the bench producer published nothing in 60 s".into()),
+        }
+    }
+
+    fn stop(self) -> crate::Result {
+        let _ = self.stop.send(());
+        self.thread.join().map_err(|_| "the bench producer panicked")??;
+        Ok(())
+    }
+}
