@@ -54,6 +54,12 @@ pub enum RegionError {
              it must be anonymous or shared memory (malloc, mmap, a Vec), not a file mapping or \
              a program's static data. Allocate it with Producer::region, or use the copy tracker")]
     CannotTrack { name: String, addr: usize, tracker: TrackerKind, errno: nix::Error },
+    #[error("region {name:?}: the {tracker} tracker stops every write to a protected page until \
+             its handler thread lets it through, so it protects only pages a region owns whole; the \
+             buffer at {addr:#x} ({bytes} bytes) shares its first or last page with other data \
+             (heap metadata, other objects), whose writes could block forever. Use page-aligned \
+             buffers of whole pages (Producer::region, posix_memalign), or the async tracker")]
+    SharesPages { name: String, addr: usize, bytes: usize, tracker: TrackerKind },
     #[error("region {name:?}: allocating {bytes} bytes failed: {errno}")]
     Alloc { name: String, bytes: usize, errno: nix::Error },
 }

@@ -25,7 +25,7 @@ mod view;
 
 pub use error::{CreateError, EndpointError, PublishError, ReadError, RegionError};
 pub use observer::{Observer, Snapshot};
-pub use producer::{Producer, ProducerOptions, ProducerStats};
+pub use producer::{Freed, Producer, ProducerOptions, ProducerStats};
 pub use region::{Dtype, Element, RegionInfo};
 pub use track::TrackerKind;
 pub use view::Region;

@@ -1,6 +1,8 @@
 //! Tracker conformance (STYLE.md: one test, run against every implementation): the same
-//! deterministic writes, published after each batch, must give every tracker byte-identical
-//! snapshots, equal to the producer's memory at each publish.
+//! deterministic writes, published after each batch, must give every tracker and publish path
+//! (async, sync, deferred, copy, auto) byte-identical snapshots, equal to the producer's
+//! memory at each publish. Each version is checked after the next batch of writes, which
+//! under the deferred path race the background copy and must be caught by the fault handler.
 //!
 //! The writes cover what a tracker can get wrong: scattered and contiguous pages, pages that
 //! several threads write between two publishes, memory the kernel writes for the producer
@@ -23,11 +25,29 @@ use tcasm::{Observer, Producer, ProducerOptions, Region, Snapshot, TrackerKind};
 const GRID_PAGES: usize = 24;
 /// Length of the wrapped `Vec<u8>`: odd, so its tail page is shared with other heap data.
 const VEC_BYTES: usize = 3 * 4096 + 777;
-/// Where the wrapped raw buffer starts in its page-aligned block, and its `f64`s.
-const RAW_OFFSET: usize = 200;
-const RAW_COUNT: usize = 1000;
+/// Pages of the block a raw buffer is wrapped in.
+const BLOCK_PAGES: usize = 4;
 /// Batches of writes after the first version; every fourth writes nothing.
 const BATCHES: u64 = 8;
+
+/// Where the regions sit. The sync and deferred trackers accept only regions that own their
+/// pages whole (they would block other data's writes), so every tracker runs `WholePages`;
+/// the others also run `Shared`, where two regions share head and tail pages with other data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Placement {
+    WholePages,
+    Shared,
+}
+
+impl Placement {
+    /// Where the raw buffer starts in its block, and its `f64`s.
+    fn raw(self) -> (usize, usize) {
+        match self {
+            Placement::WholePages => (0, BLOCK_PAGES * page_size() / 8),
+            Placement::Shared => (200, 1000),
+        }
+    }
+}
 
 /// Per version, each region's bytes as an observer saw them (in `Snapshot::regions` order).
 type Versions = Vec<Vec<Vec<u8>>>;
@@ -120,24 +140,28 @@ fn as_bytes(words: &[u64]) -> Vec<u8> {
 
 /// Runs the write sequence under tracker `kind`; checks each version against the producer's
 /// memory at its publish and returns what the observer saw.
-fn run(kind: TrackerKind) -> Versions {
+fn run(kind: TrackerKind, placement: Placement) -> Versions {
     let page = page_size();
+    let (raw_offset, raw_count) = placement.raw();
     // Declared before the producer, so dropped after it: the buffer it wraps stays mapped.
-    let block = RawBlock::new(4 * page);
-    let name = format!("trackers-{kind}");
+    let block = RawBlock::new(BLOCK_PAGES * page);
+    let name = format!("trackers-{kind}-{placement:?}");
     let mut producer = Producer::create(&name, ProducerOptions { tracker: kind, ..Default::default() }).unwrap();
     assert_eq!(producer.tracker(), kind);
 
     let mut grid: Region<u64> = producer.region("grid", &[GRID_PAGES * page / 8]).unwrap();
-    let mut bytes: Region<u8> = producer.wrap_vec("bytes", unaligned_vec(VEC_BYTES), &[VEC_BYTES]).unwrap();
-    // SAFETY: RAW_COUNT f64s from RAW_OFFSET lie inside the block (8-aligned), which outlives
+    let mut bytes: Region<u8> = match placement {
+        Placement::WholePages => producer.region("bytes", &[VEC_BYTES]).unwrap(),
+        Placement::Shared => producer.wrap_vec("bytes", unaligned_vec(VEC_BYTES), &[VEC_BYTES]).unwrap(),
+    };
+    // SAFETY: raw_count f64s from raw_offset lie inside the block (8-aligned), which outlives
     // the producer.
     unsafe {
         producer
-            .wrap_raw("raw", block.ptr.as_ptr().add(RAW_OFFSET).cast::<f64>(), &[RAW_COUNT])
+            .wrap_raw("raw", block.ptr.as_ptr().add(raw_offset).cast::<f64>(), &[raw_count])
             .unwrap()
     };
-    let raw_end = RAW_OFFSET + RAW_COUNT * 8;
+    let raw_end = raw_offset + raw_count * 8;
     let (pipe_out, pipe_in) = nix::unistd::pipe().unwrap();
     let (mut pipe_out, mut pipe_in) = (File::from(pipe_out), File::from(pipe_in));
 
@@ -145,6 +169,22 @@ fn run(kind: TrackerKind) -> Versions {
     let mut seen = Versions::new();
     let mut observer: Option<Observer> = None;
     let mut held: Option<(Snapshot, Vec<Vec<u8>>)> = None;
+    // The last version published and the producer's memory then, checked only after the
+    // next batch of writes: with the deferred tracker those writes race its copy.
+    let mut unchecked: Option<(u64, Vec<Vec<u8>>)> = None;
+    let mut check = |producer: &mut Producer, version: u64, expected: Vec<Vec<u8>>| {
+        producer.flush();
+        let observer = observer.get_or_insert_with(|| Observer::attach(&name).unwrap());
+        let snap = observer.latest().unwrap();
+        assert_eq!(snap.version(), version);
+        let got = read_snapshot(&snap);
+        assert!(got == expected, "{kind}: version {version} differs from the producer's memory at its publish");
+        if let Some((old, old_bytes)) = held.take() {
+            assert!(read_snapshot(&old) == old_bytes, "{kind}: version {} changed while held", old.version());
+        }
+        seen.push(got.clone());
+        held = Some((snap, got));
+    };
     for batch in 0..=BATCHES {
         let mark = batch * 1000;
         if batch % 4 != 3 {
@@ -179,43 +219,68 @@ fn run(kind: TrackerKind) -> Versions {
             bytes[VEC_BYTES - 1] = batch as u8;
             // The raw buffer: its first, last and one random element, and every byte around
             // it in its block, which must not reach observers.
-            for i in [0, RAW_COUNT - 1, rng.next(RAW_COUNT)] {
-                block.write(RAW_OFFSET + i * 8, &(mark as f64 + i as f64).to_ne_bytes());
+            for i in [0, raw_count - 1, rng.next(raw_count)] {
+                block.write(raw_offset + i * 8, &(mark as f64 + i as f64).to_ne_bytes());
             }
-            block.write(0, &[0xa0 | batch as u8; RAW_OFFSET]);
-            block.write(raw_end, &vec![0xa0 | batch as u8; 4 * page - raw_end]);
+            block.write(0, &vec![0xa0 | batch as u8; raw_offset]);
+            block.write(raw_end, &vec![0xa0 | batch as u8; BLOCK_PAGES * page - raw_end]);
+        }
+        if let Some((version, expected)) = unchecked.take() {
+            check(&mut producer, version, expected);
         }
         let version = producer.publish().unwrap();
-        let expected = vec![as_bytes(&grid), bytes.to_vec(), block.read(RAW_OFFSET, RAW_COUNT * 8)];
-
-        let observer = observer.get_or_insert_with(|| Observer::attach(&name).unwrap());
-        let snap = observer.latest().unwrap();
-        assert_eq!(snap.version(), version);
-        let got = read_snapshot(&snap);
-        assert!(got == expected, "{kind}: version {version} differs from the producer's memory");
-        if let Some((old, old_bytes)) = held.take() {
-            assert!(read_snapshot(&old) == old_bytes, "{kind}: version {} changed while held", old.version());
-        }
-        seen.push(got.clone());
-        held = Some((snap, got));
+        unchecked = Some((version, vec![as_bytes(&grid), bytes.to_vec(), block.read(raw_offset, raw_count * 8)]));
     }
+    let (version, expected) = unchecked.take().unwrap();
+    check(&mut producer, version, expected);
     seen
 }
 
-/// Runs every tracker this process can use and compares what their observers saw.
+/// Runs every tracker this process can use, in each placement it accepts, and compares what
+/// their observers saw.
 fn trackers_agree(test: &str) {
     common::endpoint_dir(test);
     let mut kinds = vec![TrackerKind::Copy];
     if common::async_tracking_available(test) {
-        kinds.push(TrackerKind::Async);
+        kinds.extend([TrackerKind::Async, TrackerKind::Auto]);
     }
-    let runs: Vec<(TrackerKind, Versions)> = kinds.into_iter().map(|k| (k, run(k))).collect();
-    let (first, reference) = &runs[0];
-    for (kind, seen) in &runs[1..] {
-        assert_eq!(seen.len(), reference.len());
-        for (v, (a, b)) in seen.iter().zip(reference).enumerate() {
-            assert!(a == b, "version {}: {kind} and {first} snapshots differ", v + 1);
+    // The sync trackers take the kernel's own writes (the read(2) below) only when this
+    // process may handle kernel-mode faults; without, such a read fails with EFAULT, as the
+    // tracker documents.
+    let sync = [TrackerKind::Sync, TrackerKind::Deferred];
+    if tcasm::track::kernel_faults_allowed() {
+        kinds.extend(sync);
+    } else {
+        eprintln!("{test}: sync and deferred not run: no CAP_SYS_PTRACE and vm.unprivileged_userfaultfd=0, so read(2) into a protected page fails");
+    }
+    for placement in [Placement::WholePages, Placement::Shared] {
+        let runs: Vec<(TrackerKind, Versions)> = kinds
+            .iter()
+            .filter(|k| placement == Placement::WholePages || !sync.contains(k))
+            .map(|&k| (k, run(k, placement)))
+            .collect();
+        let (first, reference) = &runs[0];
+        for (kind, seen) in &runs[1..] {
+            assert_eq!(seen.len(), reference.len());
+            for (v, (a, b)) in seen.iter().zip(reference).enumerate() {
+                assert!(a == b, "{placement:?}, version {}: {kind} and {first} snapshots differ", v + 1);
+            }
         }
+    }
+}
+
+/// The sync trackers refuse a buffer that shares a page with other data, saying why.
+#[test]
+fn sync_trackers_refuse_shared_pages() {
+    common::endpoint_dir("sync-refuse");
+    if !tcasm::track::kernel_faults_allowed() && !common::async_tracking_available("sync_trackers_refuse_shared_pages") {
+        return;
+    }
+    for kind in [TrackerKind::Sync, TrackerKind::Deferred] {
+        let mut producer = Producer::create(&format!("refuse-{kind}"), ProducerOptions { tracker: kind, ..Default::default() }).unwrap();
+        let err = producer.wrap_vec("v", unaligned_vec(100), &[100]).map(drop).unwrap_err();
+        assert!(matches!(err, tcasm::RegionError::SharesPages { .. }), "{kind}: {err}");
+        assert!(err.to_string().contains("async tracker"), "{err}");
     }
 }
 
@@ -261,4 +326,34 @@ fn unprivileged_trackers_agree_too() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// The copy-on-first-write race at full size: right after a deferred publish the producer
+/// rewrites every page of a 32 MiB region from the last page down, while the copier works
+/// from the first page up, so half the pages reach the fault handler before the copier,
+/// and the handler must copy each before letting its write through. Every version must hold
+/// exactly the bytes it was published with.
+#[test]
+fn deferred_versions_survive_writes_racing_their_copy() {
+    common::endpoint_dir("deferred-race");
+    let mut producer =
+        Producer::create("deferred-race", ProducerOptions { tracker: TrackerKind::Deferred, ..Default::default() }).unwrap();
+    let mut data: Region<u64> = producer.region("data", &[32 << 17]).unwrap();
+    data.fill(1);
+    producer.publish().unwrap();
+    let observer = Observer::attach("deferred-race").unwrap();
+    for round in 2..8u64 {
+        data.fill(round);
+        let version = producer.publish().unwrap();
+        for page in data.chunks_mut(page_size() / 8).rev() {
+            page.fill(round + 100);
+        }
+        producer.flush();
+        let snap = observer.latest().unwrap();
+        assert_eq!(snap.version(), version);
+        let seen = snap.view::<u64>("data").unwrap();
+        if let Some(i) = seen.iter().position(|&x| x != round) {
+            panic!("version {version}: element {i} is {}, published as {round}", seen[i]);
+        }
+    }
 }

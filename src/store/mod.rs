@@ -78,7 +78,7 @@ mod tests {
 
     use super::layout::{Layout, PINS_PER_SLOT};
     use super::reader::StoreReader;
-    use super::writer::{Source, StoreWriter};
+    use super::writer::{Freed, Source, StoreWriter};
     use crate::region::{Dtype, RegionInfo};
     use crate::sys::mem::RegionMemory;
     use crate::sys::page_size;
@@ -94,7 +94,7 @@ mod tests {
         }
     }
 
-    fn store(pages: usize) -> (StoreWriter, Region<u8>) {
+    fn store(pages: usize, freed: Freed) -> (StoreWriter, Region<u8>) {
         let page = page_size();
         let memory = Arc::new(RegionMemory::allocate(pages * page).unwrap());
         let layout = Layout {
@@ -105,7 +105,7 @@ mod tests {
             pin_slots: 4,
         };
         let source = Source { first_page: 0, pages, offset: 0, bytes: pages * page, memory: memory.clone() };
-        (StoreWriter::create(layout, vec![source]).unwrap(), Region::new(memory, pages * page))
+        (StoreWriter::create(layout, vec![source], freed).unwrap(), Region::new(memory, pages * page))
     }
 
     /// The byte every page of a pinned version holds, per page, read from the pool.
@@ -129,12 +129,18 @@ mod tests {
 
     /// Random writes, random pins: every pinned version reads back exactly as it was
     /// published, however many versions and slot reuses pass, and once every pin is gone the
-    /// store holds one page per page once the freed slots have cooled.
+    /// store holds one page per page: after one publish with `Freed::Release`, once the freed
+    /// slots have cooled with `Freed::Reuse`.
     #[test]
     fn pinned_versions_never_change_and_memory_returns() {
+        pinned_versions_check(Freed::Reuse, super::writer::COOLING + 1);
+        pinned_versions_check(Freed::Release, 1);
+    }
+
+    fn pinned_versions_check(freed: Freed, settle: u64) {
         let pages = 64;
         let page = page_size();
-        let (mut writer, mut region) = store(pages);
+        let (mut writer, mut region) = store(pages, freed);
         let reader = StoreReader::open(writer.observer_files().unwrap()).unwrap();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut expected: Vec<Vec<u8>> = vec![Vec::new()];
@@ -183,11 +189,10 @@ mod tests {
                 reader.unpin(k);
             }
         }
-        // One publish reclaims what the pins held; the slots stay allocated while they cool.
-        for _ in 0..=super::writer::COOLING {
+        for _ in 0..settle {
             writer.publish(&[]).unwrap();
         }
-        assert_eq!(writer.store_bytes(), (pages * page) as u64, "memory held after every pin is gone");
+        assert_eq!(writer.store_bytes(), (pages * page) as u64, "{freed:?}: memory held after every pin is gone");
         assert_eq!(read_version(&reader, reader.pin_latest(0)), current);
     }
 }

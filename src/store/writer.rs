@@ -2,7 +2,7 @@
 //! reclaiming slots no live version needs, and giving memory back to the kernel.
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -32,22 +32,24 @@ struct Retired {
     until: u64,
 }
 
-/// What one publish did.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Published {
-    pub version: u64,
-    pub dirty_pages: usize,
-    pub mapping_runs: usize,
-    pub planes: usize,
-    pub store_bytes: u64,
-    pub live_pins: usize,
+/// What the store does with a slot no live version needs any more.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Freed {
+    /// Keep it allocated for [`COOLING`] publishes, so that a page written again soon reuses
+    /// it without a page fault. A slot can only ever hold its own page, so this pays when the
+    /// same pages are written version after version, as simulations do, and when observers'
+    /// pins delay reuse by a publish or two. Memory: the latest version, what pinned versions
+    /// hold, and at most one more copy of each page written in the last [`COOLING`] versions
+    /// (2x the page space for a producer that rewrites everything, like double buffering).
+    #[default]
+    Reuse,
+    /// Return it to the kernel as soon as the version that superseded it is published.
+    /// Memory: the latest version plus what pinned versions hold, nothing more; each page a
+    /// publish writes then costs a page fault (allocating and zeroing a shared page).
+    Release,
 }
 
-/// Publishes a freed slot stays allocated before it is returned to the kernel. A slot can
-/// only ever hold its own page, so it is worth keeping only if that page is written again
-/// soon, which is what simulations do (the same active pages, version after version) and
-/// what an observer's pins make likely (its pin delays the reuse of the slots it holds by a
-/// publish or two). Memory this keeps: at most the pages written in the last COOLING publishes.
+/// Publishes a freed slot stays allocated under [`Freed::Reuse`].
 pub const COOLING: u64 = 4;
 
 /// How often a pin slot's owner is checked for life (one `fcntl` each).
@@ -60,16 +62,39 @@ struct SlotCheck {
     alive: bool,
 }
 
-/// The three shared files of a store and the producer's bookkeeping of its slots.
-pub struct StoreWriter {
+/// The store's shared files as the producer maps them, and the regions pages are copied
+/// from: what any thread needs to fill a prepared version and release it. The producer's
+/// thread prepares versions ([`StoreWriter::prepare`]); the copies and the release may
+/// happen on other threads (the deferred publish path).
+pub struct Mapped {
     layout: Layout,
     sources: Vec<Source>,
-    control_file: SharedFile,
     control: Mapping,
-    pool_file: SharedFile,
     pool: Mapping,
-    pins_file: SharedFile,
     pins: Mapping,
+}
+
+/// A version whose slots are chosen and whose record is written, but whose pages may not
+/// be copied yet and which observers cannot see yet.
+#[derive(Clone, Debug)]
+pub struct Prepared {
+    pub version: u64,
+    /// Page-space pages to copy and the plane each run goes to.
+    pub copies: Vec<(Range<usize>, u16)>,
+    pub dirty_pages: usize,
+    pub mapping_runs: usize,
+    pub planes: usize,
+    pub store_bytes: u64,
+    pub live_pins: usize,
+    record: u64,
+}
+
+/// The three shared files of a store and the producer's bookkeeping of its slots.
+pub struct StoreWriter {
+    mapped: Arc<Mapped>,
+    control_file: SharedFile,
+    pool_file: SharedFile,
+    pins_file: SharedFile,
     planes: usize,
     version: u64,
     log_pos: u64,
@@ -84,6 +109,8 @@ pub struct StoreWriter {
     cooling: VecDeque<(u64, u16, u32)>,
     checks: Vec<Option<SlotCheck>>,
     live_pins: Vec<u64>,
+    /// Publishes a freed slot stays allocated before it is punched.
+    cooling_publishes: u64,
 }
 
 fn store_err(what: &str) -> impl Fn(nix::Error) -> PublishError + '_ {
@@ -96,7 +123,7 @@ fn io_errno(e: std::io::Error) -> nix::Error {
 
 impl StoreWriter {
     /// Creates the control block, pool and pin table for `layout`.
-    pub fn create(layout: Layout, sources: Vec<Source>) -> Result<StoreWriter, PublishError> {
+    pub fn create(layout: Layout, sources: Vec<Source>, freed: Freed) -> Result<StoreWriter, PublishError> {
         let page = layout.page_size;
         let control_file = SharedFile::create("tcasm-control").map_err(|e| store_err("create the control block")(io_errno(e)))?;
         let control_bytes = layout.control_words() * 8;
@@ -120,14 +147,19 @@ impl StoreWriter {
 
         let n = layout.page_count;
         let slots = layout.pin_slots;
+        let words = control.words();
+        for (i, v) in layout.encode(std::process::id()) {
+            words[i].store(v, Ordering::Relaxed);
+        }
+        words[hdr::STATE].store(layout::STATE_LIVE, Ordering::Relaxed);
+        let p = pins.words();
+        p[pins::MAGIC].store(layout::PINS_MAGIC, Ordering::Relaxed);
+        p[pins::SLOTS].store(slots as u64, Ordering::Relaxed);
         let mut w = StoreWriter {
-            sources,
+            mapped: Arc::new(Mapped { layout, sources, control, pool, pins }),
             control_file,
-            control,
             pool_file,
-            pool,
             pins_file,
-            pins,
             planes: 0,
             version: 0,
             log_pos: 0,
@@ -139,25 +171,26 @@ impl StoreWriter {
             cooling: VecDeque::new(),
             checks: vec![None; slots],
             live_pins: Vec::new(),
-            layout,
+            cooling_publishes: match freed {
+                Freed::Reuse => COOLING,
+                Freed::Release => 0,
+            },
         };
-        let words = w.control.words();
-        for (i, v) in w.layout.encode(std::process::id()) {
-            words[i].store(v, Ordering::Relaxed);
-        }
-        words[hdr::STATE].store(layout::STATE_LIVE, Ordering::Relaxed);
-        let p = w.pins.words();
-        p[pins::MAGIC].store(layout::PINS_MAGIC, Ordering::Relaxed);
-        p[pins::SLOTS].store(slots as u64, Ordering::Relaxed);
         w.add_plane()?;
         w.add_plane()?;
         Ok(w)
     }
 
     pub fn layout(&self) -> &Layout {
-        &self.layout
+        &self.mapped.layout
     }
 
+    /// What other threads need to fill and release prepared versions.
+    pub fn mapped(&self) -> Arc<Mapped> {
+        self.mapped.clone()
+    }
+
+    /// The last version prepared (and, once it is released, the latest).
     pub fn version(&self) -> u64 {
         self.version
     }
@@ -172,11 +205,7 @@ impl StoreWriter {
     }
 
     fn plane_bytes(&self) -> usize {
-        self.layout.page_count * self.layout.page_size
-    }
-
-    fn slot_offset(&self, plane: u16, page: usize) -> usize {
-        (plane as usize * self.layout.page_count + page) * self.layout.page_size
+        self.layout().page_count * self.layout().page_size
     }
 
     fn add_plane(&mut self) -> Result<u16, PublishError> {
@@ -196,7 +225,7 @@ impl StoreWriter {
         self.planes += 1;
         // SYNC: Release pairs with the Acquire load in StoreReader::record: an observer that
         // sees a record naming plane k sees a pool large enough to map it.
-        self.control.words()[hdr::PLANES].store(self.planes as u64, Ordering::Release);
+        self.mapped.control.words()[hdr::PLANES].store(self.planes as u64, Ordering::Release);
         Ok(k as u16)
     }
 
@@ -205,8 +234,8 @@ impl StoreWriter {
     /// observer: its pins are ignored, so its versions are reclaimed.
     fn read_live_pins(&mut self) {
         self.live_pins.clear();
-        let words = self.pins.words();
-        for slot in 0..self.layout.pin_slots {
+        let words = self.mapped.pins.words();
+        for slot in 0..self.mapped.layout.pin_slots {
             let at = Layout::slot_at(slot);
             let mut held = [UNPINNED; PINS_PER_SLOT];
             let mut count = 0;
@@ -249,7 +278,7 @@ impl StoreWriter {
         let pins = &self.live_pins;
         let occupied = &mut self.occupied;
         let cooling = &mut self.cooling;
-        let now = self.version + 1;
+        let now = self.version;
         self.retired.retain(|r| {
             if retained(r.since, r.until, pins) {
                 return true;
@@ -294,16 +323,36 @@ impl StoreWriter {
 
     /// Publishes version `version + 1`: the pages in `dirty` (sorted, disjoint page ranges)
     /// are copied from their regions; every other page keeps its previous slot.
-    pub fn publish(&mut self, dirty: &[Range<usize>]) -> Result<Published, PublishError> {
+    pub fn publish(&mut self, dirty: &[Range<usize>]) -> Result<Prepared, PublishError> {
         let started = Instant::now();
+        let prepared = self.prepare(dirty)?;
+        for (pages, plane) in &prepared.copies {
+            self.mapped.copy_pages(pages.clone(), *plane);
+        }
+        self.mapped.release(&prepared, started.elapsed());
+        if self.cooling_publishes == 0 {
+            // The slots this version superseded are free now unless pinned: give them back.
+            self.reclaim();
+            self.punch_cooled(prepared.version);
+        }
+        Ok(prepared)
+    }
+
+    /// Prepares version `version + 1` for the pages in `dirty` (sorted, disjoint page
+    /// ranges): reclaims what no live version needs, chooses a free slot for each page and
+    /// writes the version's record. The caller then copies `copies` (any thread, any order)
+    /// and releases it with [`Mapped::release`]; until then observers see the previous
+    /// version, and no other version may be prepared.
+    pub fn prepare(&mut self, dirty: &[Range<usize>]) -> Result<Prepared, PublishError> {
         let n = self.version + 1;
         self.reclaim();
         let target = self.choose_plane(dirty)?;
         let mut dirty_pages = 0;
+        let mut copies = Vec::new();
         for r in dirty {
             let mut p = r.start;
             while p < r.end {
-                // A stretch of pages that go to one plane: one copy per region it crosses.
+                // A stretch of pages that go to one plane.
                 let k = self.free_plane_for(p, target)?;
                 let start = p;
                 while p < r.end && (p == start || self.occupied[p] & (1 << k) == 0) {
@@ -317,7 +366,7 @@ impl StoreWriter {
                     self.written[p] = n;
                     p += 1;
                 }
-                self.copy_pages(start..p, k);
+                copies.push((start..p, k));
                 dirty_pages += p - start;
             }
         }
@@ -325,58 +374,29 @@ impl StoreWriter {
         let mapping_runs = map.mapping_count();
         let record = self.write_record(n, &map);
         self.punch_cooled(n);
-        let store_bytes = self.pool_file.allocated_bytes().unwrap_or(0);
         self.version = n;
-        let words = self.control.words();
-        self.write_version_entry(n, &[
-            (ver::RECORD, record),
-            (ver::TIME_NS, crate::sys::monotonic_ns()),
-            (ver::DIRTY_PAGES, dirty_pages as u64),
-            (ver::COPIED_PAGES, dirty_pages as u64),
-            (ver::PUBLISH_NS, started.elapsed().as_nanos() as u64),
-            (ver::RUNS, mapping_runs as u64),
-            (ver::STORE_BYTES, store_bytes),
-        ]);
-        protocol::publish(&words[hdr::LATEST], n);
-        self.wake();
-        Ok(Published {
+        Ok(Prepared {
             version: n,
+            copies,
             dirty_pages,
             mapping_runs,
             planes: self.planes,
-            store_bytes,
+            store_bytes: self.pool_file.allocated_bytes().unwrap_or(0),
             live_pins: self.live_pins.len(),
+            record,
         })
-    }
-
-    /// Copies pages `pages` of the page space from their region(s) into plane `k`.
-    fn copy_pages(&self, pages: Range<usize>, k: u16) {
-        let page = self.layout.page_size;
-        let i = self.sources.partition_point(|s| s.first_page + s.pages <= pages.start);
-        for s in &self.sources[i..] {
-            if s.first_page >= pages.end {
-                break;
-            }
-            let lo = pages.start.max(s.first_page) - s.first_page;
-            let hi = pages.end.min(s.first_page + s.pages) - s.first_page;
-            // Page j of the region holds its bytes [j*page - offset, (j+1)*page - offset).
-            let from = (lo * page).saturating_sub(s.offset);
-            let to = (hi * page - s.offset).min(s.bytes);
-            let dst = self.slot_offset(k, s.first_page + lo) + (from + s.offset - lo * page);
-            self.pool.copy_in(dst, &s.memory, from, to - from);
-        }
     }
 
     /// Appends version `n`'s record to the log and returns its position.
     fn write_record(&mut self, n: u64, map: &PageMap) -> u64 {
-        let cap = self.layout.log_words as u64;
+        let cap = self.layout().log_words as u64;
         let len = 2 + 2 * map.runs.len() as u64;
         let mut pos = self.log_pos;
         if pos % cap + len > cap {
             pos += cap - pos % cap;
         }
-        let words = self.control.words();
-        let base = self.layout.log_at();
+        let words = self.mapped.control.words();
+        let base = self.layout().log_at();
         if pos + len > cap {
             // SYNC: seqlock writer. The mark says which positions are about to be overwritten;
             // the Release fence orders it before the overwriting stores, and pairs with the
@@ -396,26 +416,12 @@ impl StoreWriter {
         pos
     }
 
-    fn write_version_entry(&self, n: u64, fields: &[(usize, u64)]) {
-        let words = self.control.words();
-        let at = self.layout.versions_at() + (n as usize % layout::VERSION_RING) * layout::VERSION_WORDS;
-        // SYNC: seqlock writer: 0 marks the entry as changing; pairs with the Acquire fence in
-        // StoreReader::version_entry.
-        words[at + ver::VERSION].store(0, Ordering::Relaxed);
-        fence(Ordering::Release);
-        for &(f, v) in fields {
-            words[at + f].store(v, Ordering::Relaxed);
-        }
-        // SYNC: Release pairs with the Acquire load of the entry's version word.
-        words[at + ver::VERSION].store(n, Ordering::Release);
-    }
-
-    /// Returns to the kernel the slots freed COOLING publishes ago that stayed free, one
+    /// Returns to the kernel the slots freed `cooling_publishes` ago that stayed free, one
     /// `fallocate` per stretch of free slots in a plane.
     fn punch_cooled(&mut self, n: u64) {
         let mut due = Vec::new();
         while let Some(&(freed_at, k, p)) = self.cooling.front() {
-            if freed_at + COOLING > n {
+            if freed_at + self.cooling_publishes > n {
                 break;
             }
             self.cooling.pop_front();
@@ -440,8 +446,8 @@ impl StoreWriter {
                     break;
                 }
             }
-            let off = self.slot_offset(k, first as usize) as u64;
-            let len = ((last + 1 - first as usize) * self.layout.page_size) as u64;
+            let off = self.mapped.slot_offset(k, first as usize) as u64;
+            let len = ((last + 1 - first as usize) * self.layout().page_size) as u64;
             if let Err(e) = self.pool_file.punch_hole(off, len) {
                 // The slots stay allocated and reusable: memory, not correctness.
                 tracing::warn!("punching {len} bytes of plane {k} failed: {e}");
@@ -449,22 +455,9 @@ impl StoreWriter {
         }
     }
 
-    fn wake(&self) {
-        let words = self.control.words();
-        // SYNC: Dekker pair with StoreReader::wait_newer, which increments WAITERS then reads
-        // WAKE: either the waiter sees the new value, or this load sees the waiter.
-        words[hdr::WAKE].store(self.version & 0xffff_ffff, Ordering::SeqCst);
-        if self.pins.words()[pins::WAITERS].load(Ordering::SeqCst) != 0 {
-            futex::wake_all(&words[hdr::WAKE]);
-        }
-    }
-
     /// Marks the store closed and wakes every waiting observer.
     pub fn close(&self) {
-        let words = self.control.words();
-        words[hdr::STATE].store(layout::STATE_CLOSED, Ordering::SeqCst);
-        words[hdr::WAKE].fetch_add(1, Ordering::SeqCst);
-        futex::wake_all(&words[hdr::WAKE]);
+        self.mapped.close();
     }
 
     /// Bytes of memory the pool holds now.
@@ -479,7 +472,7 @@ impl StoreWriter {
 
     /// Observer slots whose owner holds its lock now.
     pub fn observers(&self) -> usize {
-        (0..self.layout.pin_slots)
+        (0..self.layout().pin_slots)
             .filter(|&s| {
                 let at = (Layout::slot_at(s) * 8) as u64;
                 lock::is_locked_by_other(&self.pins_file, at, (layout::SLOT_WORDS * 8) as u64).unwrap_or(false)
@@ -491,7 +484,79 @@ impl StoreWriter {
         self.planes
     }
 
-    pub fn words(&self) -> &[AtomicU64] {
-        self.control.words()
-    }
 }
+
+impl Mapped {
+    fn slot_offset(&self, plane: u16, page: usize) -> usize {
+        (plane as usize * self.layout.page_count + page) * self.layout.page_size
+    }
+
+    /// Copies pages `pages` of the page space from their region(s) into plane `k`.
+    pub fn copy_pages(&self, pages: Range<usize>, k: u16) {
+        let page = self.layout.page_size;
+        let i = self.sources.partition_point(|s| s.first_page + s.pages <= pages.start);
+        for s in &self.sources[i..] {
+            if s.first_page >= pages.end {
+                break;
+            }
+            let lo = pages.start.max(s.first_page) - s.first_page;
+            let hi = pages.end.min(s.first_page + s.pages) - s.first_page;
+            // Page j of the region holds its bytes [j*page - offset, (j+1)*page - offset).
+            let from = (lo * page).saturating_sub(s.offset);
+            let to = (hi * page - s.offset).min(s.bytes);
+            let dst = self.slot_offset(k, s.first_page + lo) + (from + s.offset - lo * page);
+            self.pool.copy_in(dst, &s.memory, from, to - from);
+        }
+    }
+
+    /// Makes a prepared version, all of whose pages are copied, the latest; wakes waiters.
+    /// `spent` is what publishing it cost the producer.
+    pub fn release(&self, prepared: &Prepared, spent: Duration) {
+        let n = prepared.version;
+        self.write_version_entry(n, &[
+            (ver::RECORD, prepared.record),
+            (ver::TIME_NS, crate::sys::monotonic_ns()),
+            (ver::DIRTY_PAGES, prepared.dirty_pages as u64),
+            (ver::COPIED_PAGES, prepared.dirty_pages as u64),
+            (ver::PUBLISH_NS, spent.as_nanos() as u64),
+            (ver::RUNS, prepared.mapping_runs as u64),
+            (ver::STORE_BYTES, prepared.store_bytes),
+        ]);
+        protocol::publish(&self.control.words()[hdr::LATEST], n);
+        self.wake(n);
+    }
+
+    fn write_version_entry(&self, n: u64, fields: &[(usize, u64)]) {
+        let words = self.control.words();
+        let at = self.layout.versions_at() + (n as usize % layout::VERSION_RING) * layout::VERSION_WORDS;
+        // SYNC: seqlock writer: 0 marks the entry as changing; pairs with the Acquire fence in
+        // StoreReader::version_entry.
+        words[at + ver::VERSION].store(0, Ordering::Relaxed);
+        fence(Ordering::Release);
+        for &(f, v) in fields {
+            words[at + f].store(v, Ordering::Relaxed);
+        }
+        // SYNC: Release pairs with the Acquire load of the entry's version word.
+        words[at + ver::VERSION].store(n, Ordering::Release);
+    }
+
+    fn wake(&self, n: u64) {
+        let words = self.control.words();
+        // SYNC: Dekker pair with StoreReader::wait_newer, which increments WAITERS then reads
+        // WAKE: either the waiter sees the new value, or this load sees the waiter.
+        words[hdr::WAKE].store(n & 0xffff_ffff, Ordering::SeqCst);
+        if self.pins.words()[pins::WAITERS].load(Ordering::SeqCst) != 0 {
+            futex::wake_all(&words[hdr::WAKE]);
+        }
+    }
+
+    /// Marks the store closed and wakes every waiting observer.
+    pub fn close(&self) {
+        let words = self.control.words();
+        words[hdr::STATE].store(layout::STATE_CLOSED, Ordering::SeqCst);
+        words[hdr::WAKE].fetch_add(1, Ordering::SeqCst);
+        futex::wake_all(&words[hdr::WAKE]);
+    }
+
+}
+

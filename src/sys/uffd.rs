@@ -105,6 +105,17 @@ pub fn write_protect(uffd: &Uffd, start: usize, len: usize) -> nix::Result<()> {
     uffd.write_protect(start as *mut c_void, len).map_err(errno_of)
 }
 
+/// Removes the write protection of `[start, start + len)` and wakes the threads waiting to
+/// write there.
+pub fn unprotect(uffd: &Uffd, start: usize, len: usize) -> nix::Result<()> {
+    uffd.remove_write_protection(start as *mut c_void, len, true).map_err(errno_of)
+}
+
+/// Wakes the threads waiting on a fault in `[start, start + len)`.
+pub fn wake(uffd: &Uffd, start: usize, len: usize) -> nix::Result<()> {
+    uffd.wake(start as *mut c_void, len).map_err(errno_of)
+}
+
 /// Stops tracking `[start, start + len)`.
 pub fn unregister(uffd: &Uffd, start: usize, len: usize) -> nix::Result<()> {
     uffd.unregister(start as *mut c_void, len).map_err(errno_of)

@@ -5,18 +5,29 @@
 //! - [`TrackerKind::Async`]: userfaultfd asynchronous write-protect (`WP_ASYNC`) plus
 //!   `PAGEMAP_SCAN`. The kernel marks written pages itself (~0.1–0.3 µs extra on the first
 //!   write to a page); a publish reads and re-protects them in one ioctl. The fast path.
+//! - [`TrackerKind::Sync`]: userfaultfd write-protect faults served by a handler thread
+//!   (10–120 µs a fault here): the literal copy-on-first-write mechanism.
+//! - [`TrackerKind::Deferred`]: the sync tracker with the deferred publish path: `publish()`
+//!   re-protects the written pages and returns; a background thread copies them, and a write
+//!   to a page not yet copied makes the handler copy it first (see `crate::producer`).
 //! - [`TrackerKind::Copy`]: no tracking; every page counts as written. Works anywhere; the
 //!   baseline.
-//! - [`TrackerKind::Auto`]: async where the kernel offers it, copy otherwise, with the reason.
+//! - [`TrackerKind::Auto`]: async tracking where the kernel offers it, deciding per publish
+//!   whether scanning pays or copying everything is cheaper ([`auto`]); copy elsewhere, with
+//!   the reason.
 mod async_wp;
+pub mod auto;
 mod copy;
+mod sync_wp;
 
 use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
 
 pub use async_wp::AsyncTracker;
+pub use auto::AutoTracker;
 pub use copy::CopyTracker;
+pub use sync_wp::{kernel_faults_allowed, FirstWrite, SyncTracker};
 
 /// Learns which pages of the tracked ranges were written since it last said.
 pub trait Tracker: Send {
@@ -29,21 +40,35 @@ pub trait Tracker: Send {
     /// previous call, or since `track` for the first, and starts tracking anew. May report
     /// more than was written, never less.
     fn take_written(&mut self, found: &mut dyn FnMut(usize, usize)) -> nix::Result<()>;
+
+    /// The sync tracker behind this one, whose fault handler the deferred path hooks.
+    fn as_sync(&self) -> Option<&SyncTracker> {
+        None
+    }
 }
 
 /// Which tracker to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum TrackerKind {
     Async,
+    Sync,
+    Deferred,
     Copy,
     #[default]
     Auto,
+}
+
+impl TrackerKind {
+    pub const ALL: [TrackerKind; 5] =
+        [TrackerKind::Async, TrackerKind::Sync, TrackerKind::Deferred, TrackerKind::Copy, TrackerKind::Auto];
 }
 
 impl fmt::Display for TrackerKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             TrackerKind::Async => "async",
+            TrackerKind::Sync => "sync",
+            TrackerKind::Deferred => "deferred",
             TrackerKind::Copy => "copy",
             TrackerKind::Auto => "auto",
         })
@@ -53,12 +78,10 @@ impl fmt::Display for TrackerKind {
 impl FromStr for TrackerKind {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "async" => Ok(TrackerKind::Async),
-            "copy" => Ok(TrackerKind::Copy),
-            "auto" => Ok(TrackerKind::Auto),
-            _ => Err(format!("unknown tracker {s:?}: use async, copy or auto")),
-        }
+        TrackerKind::ALL
+            .into_iter()
+            .find(|k| k.to_string() == s)
+            .ok_or_else(|| format!("unknown tracker {s:?}: use async, sync, deferred, copy or auto"))
     }
 }
 
@@ -91,13 +114,13 @@ impl Detected {
         Detected { async_ok: reason.is_none(), reason, cap_sys_ptrace, unprivileged_userfaultfd }
     }
 
-    /// The tracker `kind` resolves to here, or why it cannot be had.
+    /// The tracker `kind` is built as here: `Auto` becomes `Copy` where async tracking is
+    /// unavailable; `Async` there is an error saying why.
     pub fn resolve(&self, kind: TrackerKind) -> Result<TrackerKind, String> {
         match kind {
-            TrackerKind::Copy => Ok(TrackerKind::Copy),
-            TrackerKind::Async | TrackerKind::Auto if self.async_ok => Ok(TrackerKind::Async),
-            TrackerKind::Auto => Ok(TrackerKind::Copy),
-            TrackerKind::Async => Err(self.reason.clone().unwrap_or_default()),
+            TrackerKind::Auto if !self.async_ok => Ok(TrackerKind::Copy),
+            TrackerKind::Async if !self.async_ok => Err(self.reason.clone().unwrap_or_default()),
+            k => Ok(k),
         }
     }
 
@@ -118,11 +141,12 @@ impl Detected {
     }
 }
 
-/// Builds a tracker of a resolved kind.
+/// Builds a tracker of a kind resolved with [`Detected::resolve`].
 pub fn create(kind: TrackerKind) -> Result<Box<dyn Tracker>, String> {
     match kind {
         TrackerKind::Async => Ok(Box::new(AsyncTracker::new()?)),
+        TrackerKind::Sync | TrackerKind::Deferred => Ok(Box::new(SyncTracker::new()?)),
         TrackerKind::Copy => Ok(Box::new(CopyTracker::default())),
-        TrackerKind::Auto => create(detect().resolve(TrackerKind::Auto)?),
+        TrackerKind::Auto => Ok(Box::new(AutoTracker::new()?)),
     }
 }

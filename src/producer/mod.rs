@@ -15,6 +15,12 @@
 //! Writes made while `publish()` runs (by other threads of the producer) land in this
 //! version or the next; a single-threaded producer's versions are exactly its memory at
 //! the moment it called `publish()`.
+//!
+//! With [`TrackerKind::Deferred`], `publish()` returns before the version is copied (see
+//! [`deferred`]); it becomes visible to observers moments later, and [`Producer::flush`]
+//! waits for that. Every other tracker makes the version visible before `publish()` returns.
+mod deferred;
+
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,11 +29,13 @@ use crate::endpoint::Server;
 use crate::error::{CreateError, PublishError, RegionError};
 use crate::region::{check_name, check_shape, Dtype, Element, RegionInfo};
 use crate::store::layout::Layout;
-use crate::store::writer::{Source, StoreWriter};
+use crate::store::writer::{Prepared, Source, StoreWriter};
+pub use crate::store::writer::Freed;
 use crate::sys::mem::RegionMemory;
 use crate::sys::page_size;
 use crate::track::{self, Detected, Tracker, TrackerKind};
 use crate::view::Region;
+use deferred::Deferred;
 
 /// How a producer is set up.
 #[derive(Clone, Debug)]
@@ -36,11 +44,14 @@ pub struct ProducerOptions {
     pub tracker: TrackerKind,
     /// Most observers attached at once.
     pub max_observers: usize,
+    /// Whether slots no version needs are kept for reuse (faster) or given back at once
+    /// (leaner); see [`Freed`].
+    pub freed: Freed,
 }
 
 impl Default for ProducerOptions {
     fn default() -> Self {
-        ProducerOptions { tracker: TrackerKind::Auto, max_observers: 64 }
+        ProducerOptions { tracker: TrackerKind::Auto, max_observers: 64, freed: Freed::Reuse }
     }
 }
 
@@ -77,7 +88,9 @@ struct ProducerRegion {
 /// A process sharing versioned snapshots of its memory.
 pub struct Producer {
     name: String,
+    kind: TrackerKind,
     tracker: Box<dyn Tracker>,
+    deferred: Option<Deferred>,
     detected: Option<Detected>,
     regions: Vec<ProducerRegion>,
     store: Option<StoreWriter>,
@@ -105,10 +118,19 @@ impl Producer {
             }
         };
         let tracker = track::create(kind).map_err(|reason| CreateError::Tracker { kind, reason })?;
+        let deferred = match kind {
+            TrackerKind::Deferred => Some(Deferred::new().map_err(|source| CreateError::Io {
+                what: "starting the copier thread".into(),
+                source,
+            })?),
+            _ => None,
+        };
         let server = Server::bind(name)?;
         Ok(Producer {
             name: name.to_string(),
+            kind,
             tracker,
+            deferred,
             detected,
             regions: Vec::new(),
             store: None,
@@ -123,9 +145,9 @@ impl Producer {
         &self.name
     }
 
-    /// The tracker in use.
+    /// The tracker (and publish path) in use.
     pub fn tracker(&self) -> TrackerKind {
-        self.tracker.kind()
+        self.kind
     }
 
     /// What the kernel probe found, when one was run (not for an explicit copy tracker).
@@ -200,6 +222,11 @@ impl Producer {
             )));
         }
         let page = page_size();
+        let sync = matches!(self.kind, TrackerKind::Sync | TrackerKind::Deferred);
+        // Memory the library allocated owns its last page whole even when `bytes` ends early.
+        if sync && !(addr.is_multiple_of(page) && memory.len().is_multiple_of(page)) {
+            return Err(RegionError::SharesPages { name: name.to_string(), addr, bytes, tracker: self.kind });
+        }
         let cover = addr - addr % page..(addr + bytes).div_ceil(page) * page;
         self.tracker.track(cover.clone()).map_err(|errno| RegionError::CannotTrack {
             name: name.to_string(),
@@ -242,50 +269,40 @@ impl Producer {
                 memory: r.memory.clone(),
             })
             .collect();
-        self.store = Some(StoreWriter::create(layout, sources)?);
+        self.store = Some(StoreWriter::create(layout, sources, self.options.freed)?);
         Ok(())
     }
 
     /// Publishes a new version: finds the pages written since the last publish, copies them
-    /// into the store, makes the version visible to observers at once, and wakes those that
-    /// wait. Never waits for an observer.
+    /// into the store, makes the version visible to observers, and wakes those that wait.
+    /// Never waits for an observer. With the deferred tracker the copy and the visibility
+    /// come after it returns (see [`Producer::flush`]).
     pub fn publish(&mut self) -> Result<u64, PublishError> {
         let started = Instant::now();
         if self.regions.is_empty() {
             return Err(PublishError::NoRegions);
         }
+        if let Some(d) = &mut self.deferred {
+            d.flush();
+        }
         let first = self.store.as_ref().is_none_or(|s| s.version() == 0);
-        // Scan (and re-arm) first: a write after this point belongs to the next version.
-        // `self.dirty` still holds the pages of a publish that failed: they are not lost.
-        let regions = &self.regions;
-        let dirty = &mut self.dirty;
-        self.tracker
-            .take_written(&mut |start, end| {
-                if !first {
-                    dirty_pages(regions, start, end, dirty);
-                }
-            })
-            .map_err(PublishError::Track)?;
         if self.store.is_none() {
             self.create_store()?;
         }
-        if first {
-            self.dirty.push(0..self.regions.iter().map(|r| r.info.pages).sum());
-        }
-        self.dirty.sort_unstable_by_key(|r| r.start);
-        let mut merged: Vec<Range<usize>> = Vec::with_capacity(self.dirty.len());
-        for r in self.dirty.drain(..) {
-            match merged.last_mut() {
-                Some(m) if r.start <= m.end => m.end = m.end.max(r.end),
-                _ => merged.push(r),
-            }
-        }
-        self.dirty = merged;
-        let store = self.store.as_mut().expect("store created above");
-        let done = store.publish(&self.dirty)?;
+        let done = if self.deferred.is_some() {
+            self.publish_deferred(first, started)?
+        } else {
+            self.collect_written(first)?;
+            let store = self.store.as_mut().expect("store created above");
+            store.publish(&self.dirty)?
+        };
         self.dirty.clear();
+        let store = self.store.as_ref().expect("store created above");
         if first {
-            // Observers are let in once there is a version to see.
+            if let Some(d) = &mut self.deferred {
+                // Observers are let in once there is a version to see.
+                d.flush();
+            }
             let files = store.observer_files().map_err(|e| PublishError::Store {
                 what: "open read-only descriptors for observers".into(),
                 errno: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
@@ -305,6 +322,72 @@ impl Producer {
             pages: store.layout().page_count,
         };
         Ok(done.version)
+    }
+
+    /// Adds the pages written since the last publish to `self.dirty` (which still holds
+    /// those of a publish that failed: they are not lost), sorted and merged; all pages for
+    /// the first version. The scan re-arms the tracker: a write after it belongs to the next
+    /// version.
+    fn collect_written(&mut self, first: bool) -> Result<(), PublishError> {
+        let regions = &self.regions;
+        let dirty = &mut self.dirty;
+        self.tracker
+            .take_written(&mut |start, end| {
+                if !first {
+                    dirty_pages(regions, start, end, dirty);
+                }
+            })
+            .map_err(PublishError::Track)?;
+        if first {
+            self.dirty.push(0..self.regions.iter().map(|r| r.info.pages).sum());
+        }
+        self.dirty.sort_unstable_by_key(|r| r.start);
+        let mut merged: Vec<Range<usize>> = Vec::with_capacity(self.dirty.len());
+        for r in self.dirty.drain(..) {
+            match merged.last_mut() {
+                Some(m) if r.start <= m.end => m.end = m.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        self.dirty = merged;
+        Ok(())
+    }
+
+    /// The deferred path: hook the fault handler, re-protect the written pages, choose their
+    /// slots, and hand the copies to the copier thread.
+    fn publish_deferred(&mut self, first: bool, started: Instant) -> Result<Prepared, PublishError> {
+        let store = self.store.as_mut().expect("store created before");
+        let deferred = self.deferred.as_mut().expect("deferred path");
+        let pending = deferred.begin(store.mapped());
+        self.tracker
+            .as_sync()
+            .expect("the deferred path runs on the sync tracker")
+            .set_first_write(Some(pending));
+        let prepared = self.collect_written(first).and_then(|()| {
+            self.store.as_mut().expect("store created before").prepare(&self.dirty)
+        });
+        let deferred = self.deferred.as_mut().expect("deferred path");
+        match prepared {
+            Ok(prepared) => {
+                let covers: Vec<(usize, usize, usize)> =
+                    self.regions.iter().map(|r| (r.info.first_page, r.info.pages, r.cover.start)).collect();
+                let pages = deferred::pages_of(&prepared.copies, &covers, page_size());
+                deferred.arm(prepared.clone(), started.elapsed(), pages);
+                Ok(prepared)
+            }
+            Err(e) => {
+                deferred.abandon();
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits until the last published version is visible to observers. Only the deferred
+    /// path returns from `publish()` earlier; this finishes its copy on the calling thread.
+    pub fn flush(&mut self) {
+        if let Some(d) = &mut self.deferred {
+            d.flush();
+        }
     }
 
     pub fn stats(&self) -> ProducerStats {
@@ -334,6 +417,7 @@ fn dirty_pages(regions: &[ProducerRegion], start: usize, end: usize, out: &mut V
 
 impl Drop for Producer {
     fn drop(&mut self) {
+        self.flush();
         if let Some(store) = &self.store {
             store.close();
         }

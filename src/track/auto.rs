@@ -1,0 +1,171 @@
+//! The auto tracker: async tracking that decides, publish by publish, whether tracking pays.
+//!
+//! Tracking a version with coverage `c` (share of pages written) costs the producer a scan,
+//! a first-write fault on each written page (the kernel's async write-protect path) and the
+//! copy of those pages: `scan + c * pages * (fault + copy)`. Copying every page without
+//! scanning costs `pages * copy` and no faults, because pages not re-protected stay writable.
+//! So tracking pays below `c* = (pages * copy - scan) / (pages * (fault + copy))`; with the
+//! costs measured on this kind of machine (copy ~0.35 µs, fault ~0.1–0.3 µs a page) that is
+//! around 0.6–0.75. `copy` and `fault` are measured once at start on scratch pages; `scan`
+//! at every tracked publish.
+//!
+//! States: *tracked* publishes scan and measure `c`. When `c >= c*`, the next `streak`
+//! publishes copy everything (*full*) without scanning. Then one *re-arm* publish scans (to
+//! write-protect again what was written) while still copying everything, and the next
+//! tracked publish measures the coverage of one version. `streak` doubles while coverage
+//! stays high (8 to 64 publishes), so a steady full-coverage producer pays the re-arm's
+//! faults once every 64 versions, and a producer whose coverage drops is back to tracking
+//! within `streak + 2` publishes.
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use super::{AsyncTracker, Tracker, TrackerKind};
+use crate::sys::mem::{Mapping, RegionMemory};
+use crate::sys::page_size;
+
+const STREAK_MIN: u32 = 8;
+const STREAK_MAX: u32 = 64;
+/// Scratch pages for the start-up measurements.
+const CALIBRATION_PAGES: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Tracked,
+    Full { left: u32 },
+    Rearm,
+}
+
+pub struct AutoTracker {
+    inner: AsyncTracker,
+    ranges: Vec<Range<usize>>,
+    pages: usize,
+    mode: Mode,
+    streak: u32,
+    /// Measured costs of one page.
+    copy: Duration,
+    fault: Duration,
+    /// The last scan's duration.
+    scan: Duration,
+}
+
+fn timed(f: impl FnOnce()) -> Duration {
+    let t = Instant::now();
+    f();
+    t.elapsed()
+}
+
+/// Measures what copying a page and a first write to a write-protected page cost here: the
+/// fastest of five tries of each, on scratch pages.
+fn calibrate() -> Result<(Duration, Duration), String> {
+    let page = page_size();
+    let bytes = CALIBRATION_PAGES * page;
+    let source = RegionMemory::allocate(bytes).map_err(|e| format!("calibration memory: {e}"))?;
+    let target = Mapping::anonymous(bytes).map_err(|e| format!("calibration memory: {e}"))?;
+    target.copy_in(0, &source, 0, bytes);
+    let copy = (0..5).map(|_| timed(|| target.copy_in(0, &source, 0, bytes))).min().unwrap_or_default();
+
+    let mut tracker = AsyncTracker::new()?;
+    let start = target.as_ptr() as usize;
+    tracker.track(start..start + bytes).map_err(|e| format!("calibration: {e}"))?;
+    let touch = || {
+        for p in 0..CALIBRATION_PAGES {
+            target.copy_in(p * page, &source, 0, 1);
+        }
+    };
+    let (mut protected, mut plain) = (Duration::MAX, Duration::MAX);
+    for _ in 0..5 {
+        tracker.take_written(&mut |_, _| {}).map_err(|e| format!("calibration scan: {e}"))?;
+        protected = protected.min(timed(touch));
+        plain = plain.min(timed(touch));
+    }
+    let pages = CALIBRATION_PAGES as u32;
+    Ok((copy / pages, protected.saturating_sub(plain) / pages))
+}
+
+impl AutoTracker {
+    pub fn new() -> Result<AutoTracker, String> {
+        let (copy, fault) = calibrate()?;
+        tracing::debug!("auto tracker: copy {copy:?} a page, first-write fault {fault:?} a page");
+        Ok(AutoTracker {
+            inner: AsyncTracker::new()?,
+            ranges: Vec::new(),
+            pages: 0,
+            mode: Mode::Tracked,
+            streak: 0,
+            copy,
+            fault,
+            scan: Duration::ZERO,
+        })
+    }
+
+    /// The coverage above which copying everything is cheaper than tracking.
+    pub fn threshold(&self) -> f64 {
+        let pages = self.pages.max(1) as f64;
+        let copy = self.copy.as_secs_f64();
+        let per_page = copy + self.fault.as_secs_f64();
+        if per_page == 0.0 {
+            return 1.0;
+        }
+        ((pages * copy - self.scan.as_secs_f64()) / (pages * per_page)).clamp(0.0, 1.0)
+    }
+
+    /// Whether the next publish will copy everything.
+    pub fn copies_everything(&self) -> bool {
+        self.mode != Mode::Tracked
+    }
+
+    fn report_all(&self, found: &mut dyn FnMut(usize, usize)) {
+        for r in &self.ranges {
+            found(r.start, r.end);
+        }
+    }
+
+    fn scan(&mut self, found: &mut dyn FnMut(usize, usize)) -> nix::Result<usize> {
+        let page = page_size();
+        let mut written = 0;
+        let started = Instant::now();
+        self.inner.take_written(&mut |s, e| {
+            written += (e - s) / page;
+            found(s, e);
+        })?;
+        self.scan = started.elapsed();
+        Ok(written)
+    }
+}
+
+impl Tracker for AutoTracker {
+    fn kind(&self) -> TrackerKind {
+        TrackerKind::Auto
+    }
+
+    fn track(&mut self, range: Range<usize>) -> nix::Result<()> {
+        self.inner.track(range.clone())?;
+        self.pages += (range.end - range.start) / page_size();
+        self.ranges.push(range);
+        Ok(())
+    }
+
+    fn take_written(&mut self, found: &mut dyn FnMut(usize, usize)) -> nix::Result<()> {
+        match self.mode {
+            Mode::Tracked => {
+                let written = self.scan(found)?;
+                if written as f64 >= self.threshold() * self.pages as f64 && written > 0 {
+                    self.streak = (self.streak * 2).clamp(STREAK_MIN, STREAK_MAX);
+                    self.mode = Mode::Full { left: self.streak };
+                } else {
+                    self.streak = 0;
+                }
+            }
+            Mode::Full { left } => {
+                self.report_all(found);
+                self.mode = if left > 1 { Mode::Full { left: left - 1 } } else { Mode::Rearm };
+            }
+            Mode::Rearm => {
+                self.scan(&mut |_, _| {})?;
+                self.report_all(found);
+                self.mode = Mode::Tracked;
+            }
+        }
+        Ok(())
+    }
+}
