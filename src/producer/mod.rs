@@ -65,7 +65,8 @@ pub struct ProducerStats {
     /// Time spent in the last publish, and in all of them.
     pub last_publish: Duration,
     pub total_publish: Duration,
-    /// Bytes of memory the snapshot store holds (as the kernel counts them).
+    /// Bytes of memory the snapshot store holds when publish returns (as the kernel counts
+    /// them).
     pub store_bytes: u64,
     /// Pins held by live observers at the last publish.
     pub live_pins: usize,
@@ -315,7 +316,7 @@ impl Producer {
             last_pages_copied: done.dirty_pages,
             last_publish: elapsed,
             total_publish: self.stats.total_publish + elapsed,
-            store_bytes: done.store_bytes,
+            store_bytes: store.store_bytes(),
             live_pins: done.live_pins,
             mapping_runs: done.mapping_runs,
             planes: done.planes,

@@ -15,7 +15,7 @@
 //!
 //! A version entry: version (seqlock word, 0 while being written), record position, publish
 //! time (CLOCK_MONOTONIC ns), pages written, pages copied, publish duration ns, mapping runs,
-//! store bytes.
+//! store bytes when the version was released.
 //!
 //! A record: version, run count, then two words per run (see [`super::pagemap`]).
 //!

@@ -72,6 +72,8 @@ pub struct Mapped {
     control: Mapping,
     pool: Mapping,
     pins: Mapping,
+    /// To measure the memory the pool holds when a version is released.
+    pool_file: SharedFile,
 }
 
 /// A version whose slots are chosen and whose record is written, but whose pages may not
@@ -84,7 +86,6 @@ pub struct Prepared {
     pub dirty_pages: usize,
     pub mapping_runs: usize,
     pub planes: usize,
-    pub store_bytes: u64,
     pub live_pins: usize,
     record: u64,
 }
@@ -156,7 +157,14 @@ impl StoreWriter {
         p[pins::MAGIC].store(layout::PINS_MAGIC, Ordering::Relaxed);
         p[pins::SLOTS].store(slots as u64, Ordering::Relaxed);
         let mut w = StoreWriter {
-            mapped: Arc::new(Mapped { layout, sources, control, pool, pins }),
+            mapped: Arc::new(Mapped {
+                layout,
+                sources,
+                control,
+                pool,
+                pins,
+                pool_file: pool_file.try_clone().map_err(|e| store_err("duplicate the pool's descriptor")(io_errno(e)))?,
+            }),
             control_file,
             pool_file,
             pins_file,
@@ -381,7 +389,6 @@ impl StoreWriter {
             dirty_pages,
             mapping_runs,
             planes: self.planes,
-            store_bytes: self.pool_file.allocated_bytes().unwrap_or(0),
             live_pins: self.live_pins.len(),
             record,
         })
@@ -520,7 +527,7 @@ impl Mapped {
             (ver::COPIED_PAGES, prepared.dirty_pages as u64),
             (ver::PUBLISH_NS, spent.as_nanos() as u64),
             (ver::RUNS, prepared.mapping_runs as u64),
-            (ver::STORE_BYTES, prepared.store_bytes),
+            (ver::STORE_BYTES, self.pool_file.allocated_bytes().unwrap_or(0)),
         ]);
         protocol::publish(&self.control.words()[hdr::LATEST], n);
         self.wake(n);

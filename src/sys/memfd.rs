@@ -23,6 +23,11 @@ impl SharedFile {
         Ok(SharedFile { file: memfd.into_file() })
     }
 
+    /// Another descriptor of the same open file description.
+    pub fn try_clone(&self) -> std::io::Result<SharedFile> {
+        Ok(SharedFile { file: self.file.try_clone()? })
+    }
+
     pub fn from_file(file: File) -> SharedFile {
         SharedFile { file }
     }

@@ -250,6 +250,7 @@ pub fn run(args: Args) -> crate::Result {
     let options = ProducerOptions {
         tracker: args.tracker,
         max_observers: ProducerOptions::default().max_observers.max(args.observers),
+        ..ProducerOptions::default()
     };
     let mut producer = Producer::create(&name, options)?;
     let region = producer.region::<u8>(REGION, &[args.size])?;
