@@ -16,13 +16,18 @@
 //! # Ok::<(), tcasm::ReadError>(())
 //! ```
 //!
-//! A snapshot's view is one address range holding the page space. Long runs of pages are
-//! mapped read-only straight from the producer's pool (no copy); runs shorter than a
-//! threshold are copied into the observer's private memory instead, because one `mmap`
-//! costs as much as copying several pages (DESIGN.md) and because mapping every short run of
-//! a scattered version would exhaust `vm.max_map_count`. The threshold doubles until the
-//! mapped runs fit a budget far below that limit. Views are reused: taking the next
-//! snapshot remaps or recopies only what changed.
+//! A snapshot's view is one address range holding the page space, in windows of
+//! [`WINDOW`] pages. A window is either *mapped*: each run of pages mapped read-only straight
+//! from the producer's pool, no copy; or *private*: its pages copied into the observer's
+//! memory. One `mmap` costs as much as copying 7 to 20 pages here (DESIGN.md), so a window
+//! whose pages lie in many short runs (scattered writes) is cheaper to copy, and mapping every
+//! such run would also exhaust `vm.max_map_count`. A window stays mapped while it has at most
+//! [`runs_per_window`] runs (a budget that keeps a view far below the limit) and becomes
+//! mapped again when its pages come back together (two runs or fewer).
+//!
+//! Views are reused: taking the next snapshot touches only what changed. In a mapped window
+//! a run already mapped from the same plane needs nothing (the slot now holds this version's
+//! bytes, the pin guarantees it); in a private window only pages written since are copied.
 use std::ops::Range;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
@@ -41,6 +46,9 @@ use crate::view::snapshot_slice;
 /// How long `attach` waits for a producer's first version by default.
 pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Pages per window of a view: 1 MiB of 4 KiB pages.
+pub const WINDOW: usize = 256;
+
 /// A plane value meaning "this page of the view is private memory".
 const PRIVATE: u16 = u16::MAX;
 
@@ -51,7 +59,10 @@ struct View {
     plane: Vec<u16>,
     /// Per private page: the version whose bytes it holds (0: none).
     written: Vec<u64>,
+    /// Per window: whether it is private.
+    private: Vec<bool>,
     map: PageMap,
+    version: u64,
 }
 
 struct State {
@@ -177,7 +188,7 @@ impl Observer {
                 }
             },
         };
-        if let Err(e) = update_view(&inner.reader, &mut state.pool, &mut view, map) {
+        if let Err(e) = update_view(&inner.reader, &mut state.pool, &mut view, version, map) {
             inner.reader.unpin(pin);
             state.pins_used[pin] = false;
             return Err(e);
@@ -202,68 +213,88 @@ impl Observer {
 
 fn new_view(pages: usize) -> Result<View, ReadError> {
     let memory = Mapping::anonymous(pages * page_size()).map_err(ReadError::Map)?;
-    Ok(View { memory, plane: vec![PRIVATE; pages], written: vec![0; pages], map: PageMap::default() })
+    Ok(View {
+        memory,
+        plane: vec![PRIVATE; pages],
+        written: vec![0; pages],
+        private: vec![true; pages.div_ceil(WINDOW)],
+        map: PageMap::default(),
+        version: 0,
+    })
 }
 
-/// The shortest run that is mapped rather than copied, for a map.
-fn map_threshold(map: &PageMap) -> usize {
-    let budget = (max_map_count() / 16).clamp(16, 4096);
-    let mut threshold = 4;
-    let lengths: Vec<usize> = map.mapping_runs().map(|(r, _)| r.len()).collect();
-    while lengths.iter().filter(|&&l| l >= threshold).count() > budget {
-        threshold *= 2;
+/// The most runs a mapped window may have, so that a whole view needs at most a sixteenth of
+/// `vm.max_map_count` mappings (and at most 16: past that, copying the window is cheaper).
+pub fn runs_per_window(pages: usize) -> usize {
+    let budget = (max_map_count() / 16).clamp(64, 4096);
+    (budget / pages.div_ceil(WINDOW)).clamp(1, 16)
+}
+
+/// Brings `view` to show version `version`, whose page map is `map`.
+fn update_view(reader: &StoreReader, pool: &mut Option<(usize, Mapping)>, view: &mut View, version: u64, map: PageMap) -> Result<(), ReadError> {
+    if view.version == version {
+        return Ok(());
     }
-    threshold
-}
-
-/// Brings `view` to show `map`: maps long runs, copies short ones, touching only pages whose
-/// placement or bytes differ from what the view holds.
-fn update_view(reader: &StoreReader, pool: &mut Option<(usize, Mapping)>, view: &mut View, map: PageMap) -> Result<(), ReadError> {
     let page = page_size();
-    let threshold = map_threshold(&map);
+    let pages = view.plane.len();
+    let most_runs = runs_per_window(pages);
     let planes = reader.planes();
-    let mut runs = map.runs.iter().peekable();
-    for (range, plane) in map.mapping_runs() {
-        if range.len() >= threshold {
-            while runs.next_if(|r| r.pages().end <= range.end).is_some() {}
-            if view.plane[range.clone()].iter().all(|&k| k == plane) {
-                continue; // mapped from the same slots: the file pages are this version's
+    let runs = &map.runs;
+    let mut i = 0;
+    // This window's runs, clipped to it: (pages, plane, written).
+    let mut clipped: Vec<(Range<usize>, u16, u64)> = Vec::new();
+    for (w, start) in (0..pages).step_by(WINDOW).enumerate() {
+        let end = (start + WINDOW).min(pages);
+        clipped.clear();
+        while let Some(r) = runs.get(i).filter(|r| r.pages().start < end) {
+            clipped.push((r.pages().start.max(start)..r.pages().end.min(end), r.plane, r.written));
+            if r.pages().end > end {
+                break; // it goes on in the next window
             }
-            view.memory
-                .map_file_at(range.start * page, reader.pool_file(), reader.slot_offset(plane, range.start), range.len() * page, Access::ReadOnly)
-                .map_err(ReadError::Map)?;
-            view.plane[range].fill(plane);
+            i += 1;
+        }
+        let mut mapped: Vec<(Range<usize>, u16)> = Vec::new();
+        for (r, plane, _) in &clipped {
+            match mapped.last_mut() {
+                Some((m, k)) if k == plane => m.end = r.end,
+                _ => mapped.push((r.clone(), *plane)),
+            }
+        }
+        let limit = if view.private[w] { 2 } else { most_runs };
+        if mapped.len() <= limit {
+            for (r, plane) in mapped {
+                if view.plane[r.clone()].iter().any(|&k| k != plane) {
+                    let at = reader.slot_offset(plane, r.start);
+                    view.memory
+                        .map_file_at(r.start * page, reader.pool_file(), at, r.len() * page, Access::ReadOnly)
+                        .map_err(ReadError::Map)?;
+                    view.plane[r].fill(plane);
+                }
+            }
+            view.private[w] = false;
             continue;
         }
-        // Private pages: first turn mapped ones back into private memory.
-        let mut p = range.start;
-        while p < range.end {
-            if view.plane[p] == PRIVATE {
-                p += 1;
-                continue;
-            }
-            let start = p;
-            while p < range.end && view.plane[p] != PRIVATE {
-                p += 1;
-            }
-            view.memory.map_anonymous_at(start * page, (p - start) * page).map_err(ReadError::Map)?;
-            view.plane[start..p].fill(PRIVATE);
-            view.written[start..p].fill(0);
+        if !view.private[w] {
+            view.memory.map_anonymous_at(start * page, (end - start) * page).map_err(ReadError::Map)?;
+            view.plane[start..end].fill(PRIVATE);
+            view.written[start..end].fill(0);
+            view.private[w] = true;
         }
         if pool.as_ref().is_none_or(|(n, _)| *n < planes) {
             *pool = Some((planes, reader.map_pool().map_err(ReadError::Map)?));
         }
         let (_, pool_map) = pool.as_ref().expect("pool mapped above");
-        while let Some(r) = runs.next_if(|r| r.pages().start < range.end) {
-            for p in r.pages() {
-                if view.written[p] != r.written {
-                    view.memory.copy_from(p * page, pool_map, reader.slot_offset(r.plane, p) as usize, page);
-                    view.written[p] = r.written;
+        for (r, plane, written) in &clipped {
+            for p in r.clone() {
+                if view.written[p] != *written {
+                    view.memory.copy_from(p * page, pool_map, reader.slot_offset(*plane, p) as usize, page);
+                    view.written[p] = *written;
                 }
             }
         }
     }
     view.map = map;
+    view.version = version;
     Ok(())
 }
 

@@ -6,13 +6,19 @@ use std::path::PathBuf;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-/// Points `TCASM_DIR` at a fresh directory for this test process and returns it.
+/// Points `TCASM_DIR` at a fresh directory for this test process, once, and returns it.
+/// Tests of one binary run on parallel threads and share it, so each test uses endpoint
+/// names of its own; `test` only labels the directory of the first test to ask.
 pub fn endpoint_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tcasm-test-{test}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    std::env::set_var("TCASM_DIR", &dir);
-    dir
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("tcasm-test-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::env::set_var("TCASM_DIR", &dir);
+        dir
+    })
+    .clone()
 }
 
 /// Whether async tracking works here. When it does not, says why; under
