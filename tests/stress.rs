@@ -14,7 +14,7 @@ use tcasm::TrackerKind;
 /// the details of any failure) goes to a file that failures print.
 fn stress(tracker: TrackerKind) {
     let test = format!("stress-{tracker}");
-    let dir = common::endpoint_dir(&test);
+    let dir = common::private_dir(&test);
     let log = dir.join("stderr");
     let mut child = Command::new(common::tcasm_bin())
         .args(["stress", "--observers", "3", "--seconds", "3", "--size", "16MiB"])

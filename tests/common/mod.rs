@@ -21,6 +21,16 @@ pub fn endpoint_dir(test: &str) -> PathBuf {
     .clone()
 }
 
+/// A fresh endpoint directory of test `test`'s own, inside this process's, for child
+/// processes given it as `TCASM_DIR`.
+pub fn private_dir(test: &str) -> PathBuf {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = endpoint_dir(test).join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::DirBuilder::new().mode(0o700).create(&dir).unwrap();
+    dir
+}
+
 /// Whether async tracking works here. When it does not, says why; under
 /// `TCASM_REQUIRE_KERNEL=1` (CI) that is a failure instead of a skip.
 pub fn async_tracking_available(test: &str) -> bool {
