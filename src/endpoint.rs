@@ -12,9 +12,11 @@
 //! producer of that name takes it and replaces the stale socket.
 //!
 //! Handshake: the producer's accept thread checks the peer's credentials (same uid, or root)
-//! and answers with one message: [`HELLO`] and a status word; on success the message
-//! carries the control block and pool (read-only) and the pin table. The connection then
-//! stays open for the observer's life: its hang-up tells the observer the producer is gone.
+//! and answers with one message: [`HELLO`], a status word and the observer's slot; on
+//! success the message carries the control block and pool (read-only) and the observer's own
+//! pin page ([`crate::store::pins`]). The connection then stays open for the observer's
+//! life, and is how each side learns the other is gone: the producer drops a hung-up
+//! observer's pins, an observer sees a hung-up producer as `ProducerGone`.
 use std::fs::{DirBuilder, File, OpenOptions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -22,13 +24,14 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::error::EndpointError;
+use crate::store::pins::PinBoard;
 use crate::sys::fdpass;
 use crate::sys::lock;
 use crate::sys::memfd::SharedFile;
@@ -37,6 +40,7 @@ use crate::sys::memfd::SharedFile;
 pub const HELLO: &[u8; 8] = b"TCASMEP1";
 const STATUS_OK: u32 = 0;
 const STATUS_REFUSED: u32 = 1;
+const STATUS_FULL: u32 = 2;
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> EndpointError {
     let what = what.into();
@@ -125,8 +129,14 @@ pub struct Server {
     socket_path: PathBuf,
     _lock_file: File,
     stop: Arc<AtomicBool>,
-    files: Arc<(Mutex<Option<[OwnedFd; 3]>>, Condvar)>,
+    store: Arc<Mutex<Option<Offer>>>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// What observers receive once there is a version to see.
+struct Offer {
+    files: [OwnedFd; 2],
+    board: Arc<PinBoard>,
 }
 
 impl Server {
@@ -157,23 +167,23 @@ impl Server {
         let listener = UnixListener::bind(&socket_path).map_err(io(format!("binding {}", socket_path.display())))?;
         listener.set_nonblocking(true).map_err(io("configuring the socket"))?;
         let stop = Arc::new(AtomicBool::new(false));
-        let files: Arc<(Mutex<Option<[OwnedFd; 3]>>, Condvar)> = Arc::new((Mutex::new(None), Condvar::new()));
+        let store = Arc::new(Mutex::new(None));
         let thread = {
             let stop = stop.clone();
-            let files = files.clone();
+            let store = store.clone();
             std::thread::Builder::new()
                 .name(format!("tcasm-endpoint-{name}"))
-                .spawn(move || serve(listener, &stop, &files))
+                .spawn(move || serve(listener, &stop, &store))
                 .map_err(io("starting the endpoint thread"))?
         };
-        Ok(Server { socket_path, _lock_file: lock_file, stop, files, thread: Some(thread) })
+        Ok(Server { socket_path, _lock_file: lock_file, stop, store, thread: Some(thread) })
     }
 
-    /// From now on observers receive these files.
-    pub fn offer(&self, files: [SharedFile; 3]) {
-        let fds = files.map(|f| OwnedFd::from(f.into_file()));
-        *self.files.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(fds);
-        self.files.1.notify_all();
+    /// From now on observers receive these files (the control block and the pool), and a
+    /// pin page of their own on `board`.
+    pub fn offer(&self, files: [SharedFile; 2], board: Arc<PinBoard>) {
+        let files = files.map(|f| OwnedFd::from(f.into_file()));
+        *self.store.lock().unwrap_or_else(|e| e.into_inner()) = Some(Offer { files, board });
     }
 }
 
@@ -189,10 +199,10 @@ impl Drop for Server {
 
 const TICK: Duration = Duration::from_millis(50);
 
-fn serve(listener: UnixListener, stop: &AtomicBool, files: &(Mutex<Option<[OwnedFd; 3]>>, Condvar)) {
+fn serve(listener: UnixListener, stop: &AtomicBool, store: &Mutex<Option<Offer>>) {
     let me = nix::unistd::geteuid().as_raw();
-    let mut waiting: Vec<UnixStream> = Vec::new();
-    let mut served: Vec<UnixStream> = Vec::new();
+    let mut waiting: Vec<(UnixStream, i32)> = Vec::new();
+    let mut served: Vec<(UnixStream, usize)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         let _ = poll(&mut fds, PollTimeout::from(TICK.as_millis() as u16));
@@ -200,44 +210,63 @@ fn serve(listener: UnixListener, stop: &AtomicBool, files: &(Mutex<Option<[Owned
             let _ = stream.set_nonblocking(false);
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
             match fdpass::peer(&stream) {
-                Ok((uid, _, _)) if uid == me || uid == 0 => waiting.push(stream),
-                Ok((uid, _, _)) => refuse(&stream, &format!("uid {uid} may not observe a producer of uid {me}")),
-                Err(e) => refuse(&stream, &format!("cannot read peer credentials: {e}")),
+                Ok((uid, _, pid)) if uid == me || uid == 0 => waiting.push((stream, pid)),
+                Ok((uid, _, _)) => refuse(&stream, STATUS_REFUSED, &format!("uid {uid} may not observe a producer of uid {me}")),
+                Err(e) => refuse(&stream, STATUS_REFUSED, &format!("cannot read peer credentials: {e}")),
             }
         }
-        if !waiting.is_empty() {
-            let ready = files.0.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(fds) = ready.as_ref() {
-                let raw = [fds[0].as_raw_fd(), fds[1].as_raw_fd(), fds[2].as_raw_fd()];
-                for s in waiting.drain(..) {
-                    if fdpass::send(&s, &hello(STATUS_OK, ""), &raw).is_ok() {
-                        served.push(s);
+        let offer = store.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(offer) = offer.as_ref() {
+            for (stream, pid) in waiting.drain(..) {
+                match offer.board.admit(pid.max(0) as u32) {
+                    Ok(Some((slot, pins))) => {
+                        let raw = [offer.files[0].as_raw_fd(), offer.files[1].as_raw_fd(), pins.as_fd().as_raw_fd()];
+                        if fdpass::send(&stream, &hello(STATUS_OK, slot as u32, ""), &raw).is_ok() {
+                            served.push((stream, slot));
+                        } else {
+                            offer.board.leave(slot);
+                        }
                     }
+                    Ok(None) => refuse(&stream, STATUS_FULL, "every observer slot is taken; raise ProducerOptions::max_observers"),
+                    Err(e) => refuse(&stream, STATUS_REFUSED, &format!("cannot create a pin page: {e}")),
                 }
             }
+            // Observers that hung up: their pins no longer count.
+            served.retain(|(s, slot)| {
+                let mut p = [PollFd::new(s.as_fd(), PollFlags::POLLIN)];
+                let gone = matches!(poll(&mut p, PollTimeout::ZERO), Ok(n) if n > 0);
+                if gone {
+                    offer.board.leave(*slot);
+                }
+                !gone
+            });
         }
-        // Forget observers that hung up.
-        served.retain(|s| {
-            let mut p = [PollFd::new(s.as_fd(), PollFlags::POLLIN)];
-            !matches!(poll(&mut p, PollTimeout::ZERO), Ok(n) if n > 0)
-        });
     }
 }
 
-fn hello(status: u32, text: &str) -> Vec<u8> {
+fn hello(status: u32, slot: u32, text: &str) -> Vec<u8> {
     let mut m = HELLO.to_vec();
     m.extend_from_slice(&status.to_le_bytes());
+    m.extend_from_slice(&slot.to_le_bytes());
     m.extend_from_slice(text.as_bytes());
     m
 }
 
-fn refuse(stream: &UnixStream, why: &str) {
-    let _ = fdpass::send(stream, &hello(STATUS_REFUSED, why), &[]);
+fn refuse(stream: &UnixStream, status: u32, why: &str) {
+    let _ = fdpass::send(stream, &hello(status, 0, why), &[]);
+}
+
+/// What an observer receives: the connection, the control block, the pool and its own pin
+/// page, and its slot.
+pub struct Attached {
+    pub stream: UnixStream,
+    pub files: [SharedFile; 3],
+    pub slot: usize,
 }
 
 /// The observer's side: connects to `name` and receives the store's files, waiting up to
 /// `timeout` for the producer's first version.
-pub fn attach(name: &str, timeout: Duration) -> Result<(UnixStream, [SharedFile; 3]), EndpointError> {
+pub fn attach(name: &str, timeout: Duration) -> Result<Attached, EndpointError> {
     check_name(name)?;
     let dir = directory()?;
     let (socket_path, _) = paths(&dir, name);
@@ -257,14 +286,16 @@ pub fn attach(name: &str, timeout: Duration) -> Result<(UnixStream, [SharedFile;
     if n == 0 {
         return Err(protocol("the producer closed the connection (it is exiting)"));
     }
-    if n < 12 || &buf[..8] != HELLO {
+    if n < 16 || &buf[..8] != HELLO {
         return Err(protocol("unexpected handshake: not a tcasm producer of this release"));
     }
     let status = u32::from_le_bytes(buf[8..12].try_into().unwrap());
-    let text = String::from_utf8_lossy(&buf[12..n]).into_owned();
+    let slot = u32::from_le_bytes(buf[12..16].try_into().unwrap()) as usize;
+    let text = String::from_utf8_lossy(&buf[16..n]).into_owned();
     match status {
         STATUS_OK => {}
         STATUS_REFUSED => return Err(EndpointError::Refused { name: name.to_string(), why: text }),
+        STATUS_FULL => return Err(EndpointError::Full { name: name.to_string() }),
         s => return Err(protocol(&format!("unknown handshake status {s}"))),
     }
     let files: [SharedFile; 3] = fds
@@ -275,7 +306,7 @@ pub fn attach(name: &str, timeout: Duration) -> Result<(UnixStream, [SharedFile;
         .map_err(|_| protocol("the handshake did not carry the store's three files"))?;
     stream.set_read_timeout(None).map_err(io("configuring the socket"))?;
     stream.set_nonblocking(true).map_err(io("configuring the socket"))?;
-    Ok((stream, files))
+    Ok(Attached { stream, files, slot })
 }
 
 /// Whether the producer at the other end of an attached stream has hung up.

@@ -18,6 +18,8 @@ pub enum EndpointError {
     NotFound { name: String, dir: PathBuf },
     #[error("producer {name:?} refused this observer: {why}")]
     Refused { name: String, why: String },
+    #[error("producer {name:?} has every observer slot taken; it may raise ProducerOptions::max_observers")]
+    Full { name: String },
     #[error("producer {name:?} has not published a first version within {waited_ms} ms")]
     NotReady { name: String, waited_ms: u64 },
     #[error("talking to producer {name:?}: {what}")]
@@ -92,8 +94,6 @@ pub enum ReadError {
     WrongLength { region: String, actual: usize, asked: usize },
     #[error("this observer already holds {held} snapshots, the most one observer may pin; drop one first")]
     TooManySnapshots { held: usize },
-    #[error("no free pin slot: {slots} observers are attached already")]
-    TooManyObservers { slots: usize },
     #[error("mapping the snapshot failed: {0}; raise vm.max_map_count or free address space")]
     Map(nix::Error),
     #[error("{what}: {source}")]

@@ -38,7 +38,7 @@ use crate::error::{EndpointError, ReadError};
 use crate::region::{Element, RegionInfo};
 use crate::store::layout::PINS_PER_SLOT;
 use crate::store::pagemap::PageMap;
-use crate::store::reader::{OpenError, RecordError, SlotInfo, StoreReader, VersionInfo};
+use crate::store::reader::{RecordError, SlotInfo, StoreReader, VersionInfo};
 use crate::sys::mem::{Access, Mapping};
 use crate::sys::{max_map_count, page_size};
 use crate::view::snapshot_slice;
@@ -91,11 +91,8 @@ impl Observer {
     }
 
     pub fn attach_timeout(name: &str, timeout: Duration) -> Result<Observer, ReadError> {
-        let (stream, files) = endpoint::attach(name, timeout)?;
-        let reader = StoreReader::open(files).map_err(|e| match e {
-            OpenError::NoFreeSlot(slots) => ReadError::TooManyObservers { slots },
-            OpenError::Corrupt(what) => ReadError::Corrupt { name: name.to_string(), what },
-        })?;
+        let endpoint::Attached { stream, files, slot } = endpoint::attach(name, timeout)?;
+        let reader = StoreReader::open(files, slot).map_err(|what| ReadError::Corrupt { name: name.to_string(), what })?;
         Ok(Observer {
             inner: Arc::new(Inner {
                 name: name.to_string(),

@@ -308,7 +308,7 @@ impl Producer {
                 what: "open read-only descriptors for observers".into(),
                 errno: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
             })?;
-            self.server.offer(files);
+            self.server.offer(files, store.board());
         }
         let elapsed = started.elapsed();
         self.stats = ProducerStats {

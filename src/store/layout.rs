@@ -7,6 +7,7 @@
 //! word 0                 header (HEADER_WORDS words, fields below)
 //! regions_at             region table: REGION_WORDS words per region
 //! versions_at            version ring: VERSION_WORDS words per entry, entry = version % ring
+//! observers_at           observer rows: OBSERVER_WORDS words per observer slot
 //! log_at .. +log_words   record log: one page-map record per version, written round-robin
 //! ```
 //!
@@ -17,12 +18,14 @@
 //! time (CLOCK_MONOTONIC ns), pages written, pages copied, publish duration ns, mapping runs,
 //! store bytes when the version was released.
 //!
+//! An observer row (OBSERVER_WORDS words, one per observer slot, for tools to show): pid
+//! (0 for a free slot), then the PINS_PER_SLOT pins it held at the last publish.
+//!
 //! A record: version, run count, then two words per run (see [`super::pagemap`]).
 //!
-//! The pin table (read-write for observers): a header of PINS_HEADER_WORDS words (magic,
-//! slot count, futex waiter count), then SLOT_WORDS words per observer slot: owner pid, owner
-//! generation, PINS_PER_SLOT pin words. An observer owns its slot by holding an OFD write lock
-//! on the slot's bytes.
+//! A pin page (one page, one per attached observer, writable by that observer only; see
+//! [`super::pins`]): magic, slot, waiting count, then PINS_PER_SLOT pin words from word
+//! `pins::PIN0`.
 use crate::region::{check_name, check_shape, Dtype, RegionInfo, MAX_DIMS};
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TCASM\0CB");
@@ -33,8 +36,8 @@ pub const HEADER_WORDS: usize = 64;
 pub const REGION_WORDS: usize = 16;
 pub const VERSION_WORDS: usize = 8;
 pub const VERSION_RING: usize = 1024;
-pub const PINS_HEADER_WORDS: usize = 8;
-pub const SLOT_WORDS: usize = 16;
+pub const OBSERVER_WORDS: usize = 16;
+/// Snapshots one observer may hold at once.
 pub const PINS_PER_SLOT: usize = 8;
 
 /// Header fields (word indices). Fields up to `PIN_SLOTS` are set once, before any observer
@@ -52,6 +55,7 @@ pub mod hdr {
     pub const LOG_WORDS: usize = 9;
     pub const PRODUCER_PID: usize = 10;
     pub const PIN_SLOTS: usize = 11;
+    pub const OBSERVERS_AT: usize = 12;
     /// Planes the pool holds now; grows.
     pub const PLANES: usize = 16;
     /// [`super::STATE_LIVE`] or [`super::STATE_CLOSED`].
@@ -64,15 +68,19 @@ pub mod hdr {
     pub const LOG_MARK: usize = 21;
 }
 
+/// Words of a pin page.
 pub mod pins {
     pub const MAGIC: usize = 0;
-    pub const SLOTS: usize = 1;
-    /// Observers currently sleeping in `wait_newer` (any observer may change it).
-    pub const WAITERS: usize = 2;
-    /// Slot fields, relative to the slot's first word.
+    pub const SLOT: usize = 1;
+    /// Threads of this observer sleeping in `wait_newer`.
+    pub const WAITING: usize = 2;
+    pub const PIN0: usize = 8;
+}
+
+/// Words of an observer row, relative to its first.
+pub mod obs {
     pub const PID: usize = 0;
-    pub const GENERATION: usize = 1;
-    pub const PIN0: usize = 2;
+    pub const PIN0: usize = 1;
 }
 
 pub mod ver {
@@ -93,8 +101,13 @@ pub const STATE_CLOSED: u64 = 2;
 /// allocate or map without bound.
 pub const MAX_REGIONS: usize = 4096;
 pub const MAX_PAGES: u64 = u32::MAX as u64;
-pub const MAX_PIN_SLOTS: usize = 4096;
-pub const MAX_PLANES: usize = 64;
+pub const MAX_PIN_SLOTS: usize = 1024;
+
+/// Planes a store may need: one per version that can be live at once (the latest, one being
+/// published, and each pin), so that pins can delay reclamation but never exhaust slots.
+pub fn max_planes(pin_slots: usize) -> usize {
+    2 + PINS_PER_SLOT * pin_slots
+}
 
 /// Everything fixed about a store once it exists.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -119,16 +132,16 @@ impl Layout {
         self.regions_at() + REGION_WORDS * self.regions.len()
     }
 
+    pub fn observers_at(&self) -> usize {
+        self.versions_at() + VERSION_WORDS * VERSION_RING
+    }
+
     pub fn log_at(&self) -> usize {
-        round_up(self.versions_at() + VERSION_WORDS * VERSION_RING, self.page_size / 8)
+        round_up(self.observers_at() + OBSERVER_WORDS * self.pin_slots, self.page_size / 8)
     }
 
     pub fn control_words(&self) -> usize {
         self.log_at() + self.log_words
-    }
-
-    pub fn pin_words(&self) -> usize {
-        round_up(PINS_HEADER_WORDS + SLOT_WORDS * self.pin_slots, self.page_size / 8)
     }
 
     /// Words of the largest possible record: one run per page.
@@ -139,10 +152,6 @@ impl Layout {
     /// A log that holds at least four largest records and 1 MiB.
     pub fn log_words_for(page_count: usize) -> usize {
         (4 * Self::max_record_words(page_count)).max(1 << 17)
-    }
-
-    pub fn slot_at(slot: usize) -> usize {
-        PINS_HEADER_WORDS + SLOT_WORDS * slot
     }
 
     /// The header and region table as words, for the producer to write.
@@ -160,6 +169,7 @@ impl Layout {
             (hdr::LOG_WORDS, self.log_words as u64),
             (hdr::PRODUCER_PID, producer_pid as u64),
             (hdr::PIN_SLOTS, self.pin_slots as u64),
+            (hdr::OBSERVERS_AT, self.observers_at() as u64),
         ];
         for (i, r) in self.regions.iter().enumerate() {
             let at = self.regions_at() + i * REGION_WORDS;
@@ -227,6 +237,7 @@ impl Layout {
         for (field, want) in [
             (hdr::REGIONS_AT, l.regions_at()),
             (hdr::VERSIONS_AT, l.versions_at()),
+            (hdr::OBSERVERS_AT, l.observers_at()),
             (hdr::LOG_AT, l.log_at()),
         ] {
             if read(field) != want as u64 {
@@ -325,7 +336,8 @@ mod tests {
     fn every_header_field_is_checked() {
         let l = sample();
         for field in [hdr::MAGIC, hdr::LAYOUT, hdr::PAGE_SIZE, hdr::PAGE_COUNT, hdr::REGION_COUNT,
-                      hdr::VERSION_RING, hdr::REGIONS_AT, hdr::VERSIONS_AT, hdr::LOG_AT, hdr::LOG_WORDS, hdr::PIN_SLOTS] {
+                      hdr::VERSION_RING, hdr::REGIONS_AT, hdr::VERSIONS_AT, hdr::OBSERVERS_AT, hdr::LOG_AT,
+                      hdr::LOG_WORDS, hdr::PIN_SLOTS] {
             let mut w = words_of(&l);
             w[field] = w[field].wrapping_add(1 << 40);
             assert!(Layout::decode(&|i| w[i], w.len()).is_err(), "field {field} not checked");

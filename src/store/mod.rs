@@ -12,17 +12,18 @@
 //! bytes were written ([`pagemap`]). See [`layout`] for the words of each shared file.
 //!
 //! # Protocol
-//! Parties: one producer (writes the control block and the pool; reads the pin table) and
+//! Parties: one producer (writes the control block and the pool; reads the pin pages) and
 //! any number of observers (read the control block and the pool through read-only
-//! descriptors; each writes only its own slot of the pin table).
+//! descriptors; each writes only its own pin page, [`pins`]).
 //!
 //! Publishing version `n` (producer, [`writer::StoreWriter::publish`]):
 //! 1. *Reclaim*: read every pin (SeqCst). A slot written at version `since` and superseded at
 //!    `until` is free when no live version lies in `[since, until)`. Live = the latest version
-//!    `n - 1` (never inside: `until <= n - 1`) and every pin of a live observer. A pin slot
-//!    whose OFD lock no process holds belongs to a dead observer and is ignored.
+//!    `n - 1` (never inside: `until <= n - 1`) and every pin of an attached observer. An
+//!    observer whose connection hung up (it died) is detached and its pins are ignored.
 //! 2. *Copy*: copy each written page into a free slot of the chosen plane; grow the pool by a
-//!    plane when no slot is free (at most [`layout::MAX_PLANES`]).
+//!    plane when no slot is free. Each live version needs at most one plane of its own, so
+//!    [`layout::max_planes`] (2 + one per possible pin) is never exceeded.
 //! 3. *Record*: append the map of `n` to the record log (a seqlock ring: the mark word says
 //!    which positions are being overwritten) and fill the version's ring entry (seqlock).
 //! 4. *Release*: store `latest = n` (SeqCst, so also Release), then wake futex waiters.
@@ -61,11 +62,12 @@
 //! the same uid could still `fchmod` the pool and reopen it for writing through /proc — as it
 //! could ptrace the producer — so the boundary against hostile code is the uid, enforced by
 //! the endpoint (directory mode 0700, peer credentials); within it the read-only paths make a
-//! buggy observer fault instead of corrupting snapshots. The pin table is writable by every
-//! observer: scribbling on it can delay reclamation (memory, bounded by
-//! [`layout::MAX_PLANES`] planes), not change a pinned snapshot or stop the producer.
+//! buggy observer fault instead of corrupting snapshots. An observer writes only its own pin
+//! page: by scribbling on it, it can delay reclamation (memory, at most one copy of the page
+//! space per pin word), not change another observer's snapshot or stop the producer.
 pub mod layout;
 pub mod pagemap;
+pub mod pins;
 pub mod protocol;
 pub mod reader;
 pub mod writer;
@@ -77,6 +79,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::layout::{Layout, PINS_PER_SLOT};
+    use crate::sys::memfd::SharedFile;
     use super::reader::StoreReader;
     use super::writer::{Freed, Source, StoreWriter};
     use crate::region::{Dtype, RegionInfo};
@@ -141,7 +144,9 @@ mod tests {
         let pages = 64;
         let page = page_size();
         let (mut writer, mut region) = store(pages, freed);
-        let reader = StoreReader::open(writer.observer_files().unwrap()).unwrap();
+        let (slot, pins) = writer.board().admit(1).unwrap().expect("a free observer slot");
+        let [control, pool]: [SharedFile; 2] = writer.observer_files().unwrap();
+        let reader = StoreReader::open([control, pool, pins], slot).unwrap();
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
         let mut expected: Vec<Vec<u8>> = vec![Vec::new()];
         let mut held: [Option<u64>; PINS_PER_SLOT] = [None; PINS_PER_SLOT];

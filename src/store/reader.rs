@@ -1,15 +1,15 @@
-//! The observer's side of the store: checking the control block, claiming a pin slot,
-//! pinning versions, reading their page maps, and waiting for new ones.
+//! The observer's side of the store: checking the control block, pinning versions in its
+//! own pin page, reading their page maps, and waiting for new ones.
 use std::ops::Range;
 use std::sync::atomic::{fence, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use super::layout::{self, hdr, pins, ver, Layout, PINS_PER_SLOT, SLOT_WORDS};
+use super::layout::{self, hdr, obs, pins, ver, Layout, OBSERVER_WORDS, PINS_PER_SLOT};
 use super::pagemap::{PageMap, Run};
 use super::protocol;
 use crate::sys::mem::{Access, Mapping};
 use crate::sys::memfd::SharedFile;
-use crate::sys::{futex, lock};
+use crate::sys::{futex, page_size};
 
 /// What the version ring says of one version.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -24,14 +24,13 @@ pub struct VersionInfo {
     pub store_bytes: u64,
 }
 
-/// One observer slot of the pin table, as `tcasm inspect` shows it.
+/// An attached observer as the producer last saw it (at its last publish), as
+/// `tcasm inspect` shows it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SlotInfo {
     pub slot: usize,
     pub pid: u64,
     pub pins: Vec<u64>,
-    /// Whether a live process holds the slot (ours counts).
-    pub alive: bool,
     /// Whether it is the slot of the observer asking.
     pub ours: bool,
 }
@@ -45,84 +44,43 @@ pub enum RecordError {
     Corrupt(String),
 }
 
-/// Why a store could not be opened.
-#[derive(Debug)]
-pub enum OpenError {
-    /// What was received is not a valid store.
-    Corrupt(String),
-    /// Every observer slot of the pin table is taken.
-    NoFreeSlot(usize),
-}
-
 /// An observer's mapping of a producer's store.
 pub struct StoreReader {
     layout: Layout,
     control: Mapping,
     pool_file: SharedFile,
-    pins_file: SharedFile,
+    /// Our own pin page.
     pins: Mapping,
     slot: usize,
 }
 
 impl StoreReader {
-    /// Maps and checks the files an observer received, and claims a free pin slot.
-    ///
-    /// `files` are the control block (read-only), the pool (read-only) and the pin table.
-    pub fn open(files: [SharedFile; 3]) -> Result<StoreReader, OpenError> {
-        Self::open_files(files)?.claim()
-    }
-
-    fn open_files(files: [SharedFile; 3]) -> Result<StoreReader, OpenError> {
-        let corrupt = OpenError::Corrupt;
-        let [control_file, pool_file, pins_shared] = files;
-        let len = control_file.size().map_err(|e| corrupt(format!("control block: {e}")))? as usize;
-        if len < layout::HEADER_WORDS * 8 || !len.is_multiple_of(8) {
-            return Err(corrupt(format!("control block of {len} bytes")));
+    /// Maps and checks the files an observer received: the control block and the pool
+    /// (read-only), and its own pin page for slot `slot`. Errors say what is corrupt.
+    pub fn open(files: [SharedFile; 3], slot: usize) -> Result<StoreReader, String> {
+        let [control_file, pool_file, pins_file] = files;
+        let len = control_file.size().map_err(|e| format!("control block: {e}"))? as usize;
+        if len < layout::HEADER_WORDS * 8 || len % 8 != 0 {
+            return Err(format!("control block of {len} bytes"));
         }
         let control = Mapping::shared(&control_file, 0, len, Access::ReadOnly)
-            .map_err(|e| corrupt(format!("mapping the control block: {e}")))?;
+            .map_err(|e| format!("mapping the control block: {e}"))?;
         let words = control.words();
-        let layout = Layout::decode(&|i| words[i].load(Ordering::Relaxed), words.len()).map_err(corrupt)?;
-        // A description of our own, so that our slot lock is ours and not the producer's.
-        let pins_file = pins_shared.reopen(true).map_err(|e| corrupt(format!("reopening the pin table: {e}")))?;
-        drop(pins_shared);
-        let pin_len = pins_file.size().map_err(|e| corrupt(format!("pin table: {e}")))? as usize;
-        if pin_len != layout.pin_words() * 8 {
-            return Err(corrupt(format!("pin table of {pin_len} bytes, expected {}", layout.pin_words() * 8)));
+        let layout = Layout::decode(&|i| words[i].load(Ordering::Relaxed), words.len())?;
+        if slot >= layout.pin_slots {
+            return Err(format!("observer slot {slot} of {}", layout.pin_slots));
+        }
+        let pin_len = pins_file.size().map_err(|e| format!("pin page: {e}"))? as usize;
+        if pin_len != page_size() {
+            return Err(format!("pin page of {pin_len} bytes"));
         }
         let pins = Mapping::shared(&pins_file, 0, pin_len, Access::ReadWrite)
-            .map_err(|e| corrupt(format!("mapping the pin table: {e}")))?;
+            .map_err(|e| format!("mapping the pin page: {e}"))?;
         let p = pins.words();
-        if p[pins::MAGIC].load(Ordering::Relaxed) != layout::PINS_MAGIC
-            || p[pins::SLOTS].load(Ordering::Relaxed) != layout.pin_slots as u64
-        {
-            return Err(corrupt("pin table header does not match the control block".into()));
+        if p[pins::MAGIC].load(Ordering::Relaxed) != layout::PINS_MAGIC || p[pins::SLOT].load(Ordering::Relaxed) != slot as u64 {
+            return Err("the pin page does not belong to this observer slot".into());
         }
-        Ok(StoreReader { layout, control, pool_file, pins_file, pins, slot: usize::MAX })
-    }
-
-    fn slot_bytes(slot: usize) -> (u64, u64) {
-        ((Layout::slot_at(slot) * 8) as u64, (SLOT_WORDS * 8) as u64)
-    }
-
-    /// Takes the first free observer slot: the one whose lock we get.
-    fn claim(mut self) -> Result<StoreReader, OpenError> {
-        for slot in 0..self.layout.pin_slots {
-            let (at, len) = Self::slot_bytes(slot);
-            let locked = lock::try_lock(&self.pins_file, at, len)
-                .map_err(|e| OpenError::Corrupt(format!("locking a pin slot: {e}")))?;
-            if locked {
-                let w = &self.pins.words()[Layout::slot_at(slot)..];
-                for k in 0..PINS_PER_SLOT {
-                    protocol::unpin(&w[pins::PIN0 + k]);
-                }
-                w[pins::PID].store(std::process::id() as u64, Ordering::Relaxed);
-                w[pins::GENERATION].fetch_add(1, Ordering::Relaxed);
-                self.slot = slot;
-                return Ok(self);
-            }
-        }
-        Err(OpenError::NoFreeSlot(self.layout.pin_slots))
+        Ok(StoreReader { layout, control, pool_file, pins, slot })
     }
 
     pub fn layout(&self) -> &Layout {
@@ -134,7 +92,7 @@ impl StoreReader {
     }
 
     fn pin_word(&self, index: usize) -> &AtomicU64 {
-        &self.pins.words()[Layout::slot_at(self.slot) + pins::PIN0 + index]
+        &self.pins.words()[pins::PIN0 + index]
     }
 
     /// Pins the newest version in pin word `index` (0..PINS_PER_SLOT); 0 if none yet.
@@ -232,14 +190,14 @@ impl StoreReader {
     pub fn wait_newer(&self, than: u64, timeout: Duration) -> u64 {
         let deadline = Instant::now() + timeout;
         let words = self.words();
-        let waiters = &self.pins.words()[pins::WAITERS];
+        let waiters = &self.pins.words()[pins::WAITING];
         loop {
             let latest = self.latest();
             let now = Instant::now();
             if latest > than || self.closed() || now >= deadline {
                 return latest;
             }
-            // SYNC: Dekker pair with StoreWriter::wake (store WAKE, then load WAITERS).
+            // SYNC: Dekker pair with Mapped::wake (store WAKE, then PinBoard::any_waiting).
             waiters.fetch_add(1, Ordering::SeqCst);
             let seq = words[hdr::WAKE].load(Ordering::SeqCst) as u32;
             if self.latest() <= than && !self.closed() {
@@ -250,23 +208,21 @@ impl StoreReader {
         }
     }
 
-    /// The pin table's occupied slots.
+    /// The attached observers, as the producer saw them at its last publish.
     pub fn slots(&self) -> Vec<SlotInfo> {
-        let words = self.pins.words();
+        let words = self.words();
+        let rows = self.layout.observers_at();
         (0..self.layout.pin_slots)
             .filter_map(|slot| {
-                let at = Layout::slot_at(slot);
-                let (b, len) = Self::slot_bytes(slot);
-                let alive = slot == self.slot || lock::is_locked_by_other(&self.pins_file, b, len).unwrap_or(false);
-                let pins: Vec<u64> = (0..PINS_PER_SLOT)
-                    .map(|k| words[at + pins::PIN0 + k].load(Ordering::Relaxed))
-                    .filter(|&v| v != protocol::UNPINNED)
-                    .collect();
-                (alive || !pins.is_empty()).then(|| SlotInfo {
+                let row = rows + slot * OBSERVER_WORDS;
+                let pid = words[row + obs::PID].load(Ordering::Relaxed);
+                (pid != 0).then(|| SlotInfo {
                     slot,
-                    pid: words[at + pins::PID].load(Ordering::Relaxed),
-                    pins,
-                    alive,
+                    pid,
+                    pins: (0..PINS_PER_SLOT)
+                        .map(|k| words[row + obs::PIN0 + k].load(Ordering::Relaxed))
+                        .filter(|&v| v != protocol::UNPINNED)
+                        .collect(),
                     ours: slot == self.slot,
                 })
             })
@@ -297,14 +253,8 @@ impl StoreReader {
 
 impl Drop for StoreReader {
     fn drop(&mut self) {
-        if self.slot == usize::MAX {
-            return;
-        }
         for k in 0..PINS_PER_SLOT {
             self.unpin(k);
         }
-        let (at, len) = Self::slot_bytes(self.slot);
-        // Closing the description drops the lock anyway; unlocking first just says so early.
-        let _ = lock::unlock(&self.pins_file, at, len);
     }
 }

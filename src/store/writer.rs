@@ -6,13 +6,14 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::layout::{self, hdr, pins, ver, Layout, MAX_PLANES, PINS_PER_SLOT};
+use super::layout::{self, hdr, obs, ver, Layout, OBSERVER_WORDS};
 use super::pagemap::PageMap;
+use super::pins::PinBoard;
 use super::protocol::{self, retained, UNPINNED};
 use crate::error::PublishError;
+use crate::sys::futex;
 use crate::sys::mem::{Access, Mapping, RegionMemory};
 use crate::sys::memfd::SharedFile;
-use crate::sys::{futex, lock};
 
 /// Where a region's bytes come from.
 pub struct Source {
@@ -52,16 +53,6 @@ pub enum Freed {
 /// Publishes a freed slot stays allocated under [`Freed::Reuse`].
 pub const COOLING: u64 = 4;
 
-/// How often a pin slot's owner is checked for life (one `fcntl` each).
-const LIVENESS_PERIOD: Duration = Duration::from_millis(20);
-
-#[derive(Clone, Copy)]
-struct SlotCheck {
-    generation: u64,
-    at: Instant,
-    alive: bool,
-}
-
 /// The store's shared files as the producer maps them, and the regions pages are copied
 /// from: what any thread needs to fill a prepared version and release it. The producer's
 /// thread prepares versions ([`StoreWriter::prepare`]); the copies and the release may
@@ -71,7 +62,8 @@ pub struct Mapped {
     sources: Vec<Source>,
     control: Mapping,
     pool: Mapping,
-    pins: Mapping,
+    /// The observers' pins (and whether they wait).
+    board: Arc<PinBoard>,
     /// To measure the memory the pool holds when a version is released.
     pool_file: SharedFile,
 }
@@ -90,17 +82,20 @@ pub struct Prepared {
     record: u64,
 }
 
-/// The three shared files of a store and the producer's bookkeeping of its slots.
+/// The shared files of a store and the producer's bookkeeping of its slots.
 pub struct StoreWriter {
     mapped: Arc<Mapped>,
     control_file: SharedFile,
     pool_file: SharedFile,
-    pins_file: SharedFile,
     planes: usize,
+    /// Planes the pool may grow to, and the words of a page's occupancy bits.
+    max_planes: usize,
+    occupancy_words: usize,
     version: u64,
     log_pos: u64,
     /// Per page: plane of the latest version's copy, version that wrote that slot, version
-    /// whose publish wrote the bytes, and a bit per plane holding a copy some version needs.
+    /// whose publish wrote the bytes, and a bit per plane holding a copy some version needs
+    /// (`occupancy_words` words a page).
     plane: Vec<u16>,
     since: Vec<u64>,
     written: Vec<u64>,
@@ -108,7 +103,6 @@ pub struct StoreWriter {
     retired: Vec<Retired>,
     /// Slots freed by reclaim, with the version that freed them, oldest first.
     cooling: VecDeque<(u64, u16, u32)>,
-    checks: Vec<Option<SlotCheck>>,
     live_pins: Vec<u64>,
     /// Publishes a freed slot stays allocated before it is punched.
     cooling_publishes: u64,
@@ -123,7 +117,7 @@ fn io_errno(e: std::io::Error) -> nix::Error {
 }
 
 impl StoreWriter {
-    /// Creates the control block, pool and pin table for `layout`.
+    /// Creates the control block and the pool for `layout`.
     pub fn create(layout: Layout, sources: Vec<Source>, freed: Freed) -> Result<StoreWriter, PublishError> {
         let page = layout.page_size;
         let control_file = SharedFile::create("tcasm-control").map_err(|e| store_err("create the control block")(io_errno(e)))?;
@@ -136,48 +130,40 @@ impl StoreWriter {
         // Map every plane the pool may ever have now: growing it is then only an ftruncate.
         // Pages past the file's end are never touched until it grows over them.
         let plane_bytes = layout.page_count * page;
-        let pool = Mapping::shared(&pool_file, 0, plane_bytes * MAX_PLANES, Access::ReadWrite)
+        let max_planes = layout::max_planes(layout.pin_slots);
+        let pool = Mapping::shared(&pool_file, 0, plane_bytes * max_planes, Access::ReadWrite)
             .map_err(store_err("map address space for the pool"))?;
         pool_file.seal_for_observers(true).map_err(|e| store_err("seal the pool")(io_errno(e)))?;
 
-        let pins_file = SharedFile::create("tcasm-pins").map_err(|e| store_err("create the pin table")(io_errno(e)))?;
-        let pin_bytes = layout.pin_words() * 8;
-        pins_file.set_len(pin_bytes as u64).map_err(|e| store_err("size the pin table")(io_errno(e)))?;
-        pins_file.seal_size().map_err(|e| store_err("seal the pin table")(io_errno(e)))?;
-        let pins = Mapping::shared(&pins_file, 0, pin_bytes, Access::ReadWrite).map_err(store_err("map the pin table"))?;
-
         let n = layout.page_count;
-        let slots = layout.pin_slots;
         let words = control.words();
         for (i, v) in layout.encode(std::process::id()) {
             words[i].store(v, Ordering::Relaxed);
         }
         words[hdr::STATE].store(layout::STATE_LIVE, Ordering::Relaxed);
-        let p = pins.words();
-        p[pins::MAGIC].store(layout::PINS_MAGIC, Ordering::Relaxed);
-        p[pins::SLOTS].store(slots as u64, Ordering::Relaxed);
+        let occupancy_words = max_planes.div_ceil(64);
         let mut w = StoreWriter {
             mapped: Arc::new(Mapped {
+                board: Arc::new(PinBoard::new(layout.pin_slots)),
                 layout,
                 sources,
                 control,
                 pool,
-                pins,
                 pool_file: pool_file.try_clone().map_err(|e| store_err("duplicate the pool's descriptor")(io_errno(e)))?,
             }),
             control_file,
             pool_file,
-            pins_file,
             planes: 0,
+            max_planes,
+            occupancy_words,
             version: 0,
             log_pos: 0,
             plane: vec![0; n],
             since: vec![0; n],
             written: vec![0; n],
-            occupied: vec![0; n],
+            occupied: vec![0; n * occupancy_words],
             retired: Vec::new(),
             cooling: VecDeque::new(),
-            checks: vec![None; slots],
             live_pins: Vec::new(),
             cooling_publishes: match freed {
                 Freed::Reuse => COOLING,
@@ -203,13 +189,27 @@ impl StoreWriter {
         self.version
     }
 
-    /// The files observers receive: control and pool read-only, the pin table read-write.
-    pub fn observer_files(&self) -> std::io::Result<[SharedFile; 3]> {
-        Ok([
-            self.control_file.reopen(false)?,
-            self.pool_file.reopen(false)?,
-            self.pins_file.reopen(true)?,
-        ])
+    /// The files every observer receives, both read-only: the control block and the pool.
+    pub fn observer_files(&self) -> std::io::Result<[SharedFile; 2]> {
+        Ok([self.control_file.reopen(false)?, self.pool_file.reopen(false)?])
+    }
+
+    /// Where observers' pin pages are kept; the endpoint adds and removes them.
+    pub fn board(&self) -> Arc<PinBoard> {
+        self.mapped.board.clone()
+    }
+
+    fn is_occupied(&self, page: usize, plane: u16) -> bool {
+        self.occupied[page * self.occupancy_words + plane as usize / 64] & (1 << (plane % 64)) != 0
+    }
+
+    fn set_occupied(&mut self, page: usize, plane: u16, on: bool) {
+        let word = &mut self.occupied[page * self.occupancy_words + plane as usize / 64];
+        if on {
+            *word |= 1 << (plane % 64);
+        } else {
+            *word &= !(1 << (plane % 64));
+        }
     }
 
     fn plane_bytes(&self) -> usize {
@@ -217,9 +217,11 @@ impl StoreWriter {
     }
 
     fn add_plane(&mut self) -> Result<u16, PublishError> {
-        if self.planes == MAX_PLANES {
+        if self.planes == self.max_planes {
+            // Unreachable by the protocol: each live version needs one plane at most, and at
+            // most max_planes versions are live. Reported rather than assumed.
             return Err(PublishError::Store {
-                what: format!("add a plane beyond {MAX_PLANES}: observers pin too many distinct versions"),
+                what: format!("add a plane beyond {}, more than live versions can need", self.max_planes),
                 errno: nix::Error::ENOSPC,
             });
         }
@@ -237,42 +239,24 @@ impl StoreWriter {
         Ok(k as u16)
     }
 
-    /// The pins of live observers, checking a slot's owner for life at most every
-    /// LIVENESS_PERIOD. A slot whose OFD lock is free belongs to a dead (or departed)
-    /// observer: its pins are ignored, so its versions are reclaimed.
+    /// The pins of attached observers, and their rows in the control block for tools.
     fn read_live_pins(&mut self) {
         self.live_pins.clear();
-        let words = self.mapped.pins.words();
-        for slot in 0..self.mapped.layout.pin_slots {
-            let at = Layout::slot_at(slot);
-            let mut held = [UNPINNED; PINS_PER_SLOT];
-            let mut count = 0;
-            for k in 0..PINS_PER_SLOT {
-                let v = protocol::read_pin(&words[at + pins::PIN0 + k]);
-                if v != UNPINNED {
-                    held[count] = v;
-                    count += 1;
-                }
+        let words = self.mapped.control.words();
+        let rows = self.mapped.layout.observers_at();
+        let mut attached = vec![false; self.mapped.layout.pin_slots];
+        let live_pins = &mut self.live_pins;
+        self.mapped.board.read(&mut |slot, pid, held| {
+            live_pins.extend(held.iter().copied().filter(|&v| v != UNPINNED));
+            let row = rows + slot * OBSERVER_WORDS;
+            words[row + obs::PID].store(pid.max(1) as u64, Ordering::Relaxed);
+            for (k, &v) in held.iter().enumerate() {
+                words[row + obs::PIN0 + k].store(v, Ordering::Relaxed);
             }
-            if count == 0 {
-                continue;
-            }
-            let generation = words[at + pins::GENERATION].load(Ordering::Relaxed);
-            let now = Instant::now();
-            let alive = match self.checks[slot] {
-                Some(c) if c.generation == generation && now - c.at < LIVENESS_PERIOD => c.alive,
-                _ => {
-                    let bytes = (at * 8) as u64;
-                    // An error here (impossible on a memfd) counts as alive: fail safe.
-                    let alive = lock::is_locked_by_other(&self.pins_file, bytes, (layout::SLOT_WORDS * 8) as u64)
-                        .unwrap_or(true);
-                    self.checks[slot] = Some(SlotCheck { generation, at: now, alive });
-                    alive
-                }
-            };
-            if alive {
-                self.live_pins.extend_from_slice(&held[..count]);
-            }
+            attached[slot] = true;
+        });
+        for (slot, _) in attached.iter().enumerate().filter(|(_, a)| !**a) {
+            words[rows + slot * OBSERVER_WORDS + obs::PID].store(0, Ordering::Relaxed);
         }
     }
 
@@ -283,50 +267,49 @@ impl StoreWriter {
         // The latest version is live too. After a complete publish no retired slot can hold
         // one of its pages, but after a publish that failed midway some can.
         self.live_pins.push(self.version);
-        let pins = &self.live_pins;
-        let occupied = &mut self.occupied;
-        let cooling = &mut self.cooling;
-        let now = self.version;
-        self.retired.retain(|r| {
-            if retained(r.since, r.until, pins) {
+        let mut retired = std::mem::take(&mut self.retired);
+        retired.retain(|r| {
+            if retained(r.since, r.until, &self.live_pins) {
                 return true;
             }
-            occupied[r.page as usize] &= !(1u64 << r.plane);
-            cooling.push_back((now, r.plane, r.page));
+            self.set_occupied(r.page as usize, r.plane, false);
+            self.cooling.push_back((self.version, r.plane, r.page));
             false
         });
+        self.retired = retired;
         self.live_pins.truncate(pins_held);
     }
 
     /// The plane that is free for the most dirty pages, so a publish lands in one plane.
     fn choose_plane(&mut self, dirty: &[Range<usize>]) -> Result<u16, PublishError> {
-        let mut conflicts = [0usize; MAX_PLANES];
+        let mut conflicts = vec![0usize; self.planes];
         for r in dirty {
             for p in r.clone() {
-                let mut bits = self.occupied[p];
-                while bits != 0 {
-                    conflicts[bits.trailing_zeros() as usize] += 1;
-                    bits &= bits - 1;
+                let words = &self.occupied[p * self.occupancy_words..(p + 1) * self.occupancy_words];
+                for (w, &word) in words.iter().enumerate() {
+                    let mut bits = word;
+                    while bits != 0 {
+                        conflicts[w * 64 + bits.trailing_zeros() as usize] += 1;
+                        bits &= bits - 1;
+                    }
                 }
             }
         }
         let best = (0..self.planes).min_by_key(|&k| (conflicts[k], k)).unwrap_or(0);
-        if conflicts[best] > 0 && self.planes < MAX_PLANES && self.planes < 3 {
+        if conflicts[best] > 0 && self.planes < 3 {
             return self.add_plane();
         }
         Ok(best as u16)
     }
 
     fn free_plane_for(&mut self, page: usize, preferred: u16) -> Result<u16, PublishError> {
-        let bits = self.occupied[page];
-        if bits & (1 << preferred) == 0 {
+        if !self.is_occupied(page, preferred) {
             return Ok(preferred);
         }
-        let free = !bits & if self.planes == 64 { u64::MAX } else { (1u64 << self.planes) - 1 };
-        if free != 0 {
-            return Ok(free.trailing_zeros() as u16);
+        match (0..self.planes as u16).find(|&k| !self.is_occupied(page, k)) {
+            Some(k) => Ok(k),
+            None => self.add_plane(),
         }
-        self.add_plane()
     }
 
     /// Publishes version `version + 1`: the pages in `dirty` (sorted, disjoint page ranges)
@@ -363,12 +346,12 @@ impl StoreWriter {
                 // A stretch of pages that go to one plane.
                 let k = self.free_plane_for(p, target)?;
                 let start = p;
-                while p < r.end && (p == start || self.occupied[p] & (1 << k) == 0) {
+                while p < r.end && (p == start || !self.is_occupied(p, k)) {
                     if self.since[p] != 0 {
                         let old = self.plane[p];
                         self.retired.push(Retired { page: p as u32, plane: old, since: self.since[p], until: n });
                     }
-                    self.occupied[p] |= 1 << k;
+                    self.set_occupied(p, k, true);
                     self.plane[p] = k;
                     self.since[p] = n;
                     self.written[p] = n;
@@ -432,7 +415,7 @@ impl StoreWriter {
                 break;
             }
             self.cooling.pop_front();
-            if self.occupied[p as usize] & (1 << k) == 0 {
+            if !self.is_occupied(p as usize, k) {
                 due.push((k, p));
             }
         }
@@ -446,7 +429,7 @@ impl StoreWriter {
             while i < due.len() && due[i].0 == k {
                 let next = due[i].1 as usize;
                 // Bridge the gap if every slot in it is free (a hole or free) in plane k.
-                if (last + 1..next).all(|p| self.occupied[p] & (1 << k) == 0) {
+                if (last + 1..next).all(|p| !self.is_occupied(p, k)) {
                     last = next;
                     i += 1;
                 } else {
@@ -477,14 +460,9 @@ impl StoreWriter {
         self.live_pins.len()
     }
 
-    /// Observer slots whose owner holds its lock now.
+    /// Observers attached now.
     pub fn observers(&self) -> usize {
-        (0..self.layout().pin_slots)
-            .filter(|&s| {
-                let at = (Layout::slot_at(s) * 8) as u64;
-                lock::is_locked_by_other(&self.pins_file, at, (layout::SLOT_WORDS * 8) as u64).unwrap_or(false)
-            })
-            .count()
+        self.mapped.board.observers()
     }
 
     pub fn planes(&self) -> usize {
@@ -552,7 +530,7 @@ impl Mapped {
         // SYNC: Dekker pair with StoreReader::wait_newer, which increments WAITERS then reads
         // WAKE: either the waiter sees the new value, or this load sees the waiter.
         words[hdr::WAKE].store(n & 0xffff_ffff, Ordering::SeqCst);
-        if self.pins.words()[pins::WAITERS].load(Ordering::SeqCst) != 0 {
+        if self.board.any_waiting() {
             futex::wake_all(&words[hdr::WAKE]);
         }
     }

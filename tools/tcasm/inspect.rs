@@ -83,16 +83,16 @@ pub fn run(args: Args) -> crate::Result {
             .collect(),
     );
 
-    println!("\nobserver slots:");
+    println!("\nobservers (as of the last publish):");
     print_table(
-        &["SLOT", "PID", "PINNED", "ALIVE"],
+        &["SLOT", "PID", "PINNED", ""],
         observer
             .slots()
             .into_iter()
             .map(|s| {
                 let pins: Vec<String> = s.pins.iter().map(|v| v.to_string()).collect();
-                let alive = if s.ours { "yes (this inspect)" } else if s.alive { "yes" } else { "no" };
-                vec![s.slot.to_string(), s.pid.to_string(), if pins.is_empty() { "-".into() } else { pins.join(" ") }, alive.into()]
+                let note = if s.ours { "this inspect" } else { "" };
+                vec![s.slot.to_string(), s.pid.to_string(), if pins.is_empty() { "-".into() } else { pins.join(" ") }, note.into()]
             })
             .collect(),
     );

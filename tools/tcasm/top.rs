@@ -36,19 +36,15 @@ fn sample(observer: &Observer, since: u64, elapsed: Duration) -> Sample {
     let latest = observer.latest_version();
     let infos: Vec<_> = (since + 1..=latest).rev().take(1024).filter_map(|v| observer.version_info(v)).collect();
     let n = infos.len().max(1) as f64;
-    let me = std::process::id() as u64;
     let observers = observer
         .slots()
         .into_iter()
-        .filter(|s| s.pid != me)
-        .map(|s| {
-            let state = if s.alive { "" } else { " (dead, pins reclaimed at the next publish)" };
-            match s.pins.iter().min() {
-                Some(&oldest) => {
-                    format!("pid {}: {} pins, oldest v{oldest}, lag {} versions{state}", s.pid, s.pins.len(), latest.saturating_sub(oldest))
-                }
-                None => format!("pid {}: no pins{state}", s.pid),
+        .filter(|s| !s.ours)
+        .map(|s| match s.pins.iter().min() {
+            Some(&oldest) => {
+                format!("pid {}: {} pins, oldest v{oldest}, lag {} versions", s.pid, s.pins.len(), latest.saturating_sub(oldest))
             }
+            None => format!("pid {}: no pins", s.pid),
         })
         .collect();
     Sample {
