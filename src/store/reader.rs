@@ -60,7 +60,7 @@ impl StoreReader {
     pub fn open(files: [SharedFile; 3], slot: usize) -> Result<StoreReader, String> {
         let [control_file, pool_file, pins_file] = files;
         let len = control_file.size().map_err(|e| format!("control block: {e}"))? as usize;
-        if len < layout::HEADER_WORDS * 8 || len % 8 != 0 {
+        if len < layout::HEADER_WORDS * 8 || !len.is_multiple_of(8) {
             return Err(format!("control block of {len} bytes"));
         }
         let control = Mapping::shared(&control_file, 0, len, Access::ReadOnly)
