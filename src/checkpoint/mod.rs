@@ -81,7 +81,7 @@ pub use format::{Chunk, Link, Manifest, CHUNK_BYTES, FORMAT};
 pub use npy::{restore_npy, RestoredRegion};
 pub use reader::{Catalog, ChainListing, Restore};
 pub use verify::{verify, Damage, VerifyReport};
-pub use writer::{Written, Writer, WriterOptions};
+pub use writer::{WriteBehind, Written, Writer, WriterOptions};
 
 /// What is checkpointed: the producer's page space and the regions laid out in it.
 #[derive(Clone, Debug, PartialEq, Eq)]

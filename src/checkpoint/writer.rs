@@ -192,6 +192,33 @@ impl Writer {
 /// Writes the data file of `manifest` from the pages of `changed`, then the manifest; returns
 /// the manifest's checksum. The order of writes and syncs is what makes a checkpoint
 /// complete exactly when its manifest exists (module docs).
+/// Keeps the disk busy while a file is written: every CHUNK_BYTES written are advised
+/// DONTNEED, which makes Linux start writing them back at once (sync_file_range without the
+/// unsafe), so the final sync waits for the last chunk rather than the whole file. Advice
+/// only: its failure costs speed, not data.
+pub struct WriteBehind {
+    /// Where in the file the counted bytes start.
+    base: u64,
+    done: u64,
+    kicked: u64,
+}
+
+impl WriteBehind {
+    pub fn new(base: u64) -> WriteBehind {
+        WriteBehind { base, done: 0, kicked: 0 }
+    }
+
+    /// `bytes` more were written to `file`, after the ones counted so far.
+    pub fn wrote(&mut self, file: &File, bytes: u64) {
+        self.done += bytes;
+        if self.done - self.kicked >= CHUNK_BYTES as u64 {
+            let at = (self.base + self.kicked) as i64;
+            let _ = posix_fadvise(file, at, (self.done - self.kicked) as i64, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+            self.kicked = self.done;
+        }
+    }
+}
+
 fn write_checkpoint(
     dir: &Path,
     manifest: &mut Manifest,
@@ -205,7 +232,8 @@ fn write_checkpoint(
     let mut data = File::create(&data_path).map_err(io("creating"))?;
     data.write_all(&format::data_header(manifest)).map_err(io("writing"))?;
     let total = changed.iter().map(|r| r.len() * page_size).sum::<usize>() as u64;
-    let (mut done, mut kicked) = (0, 0);
+    let mut done = 0;
+    let mut behind = WriteBehind::new(DATA_HEADER as u64);
     let most = chunk_pages(page_size);
     for range in changed {
         for start in range.clone().step_by(most) {
@@ -216,15 +244,7 @@ fn write_checkpoint(
             write_all_vectored(&mut data, &mut slices).map_err(io("writing"))?;
             manifest.chunks.push(Chunk { first_page: start, pages: pages.len(), checksum: sum.finalize() });
             done += (pages.len() * page_size) as u64;
-            if done - kicked >= CHUNK_BYTES as u64 {
-                // Start writing back what was written since the last kick, so the disk works
-                // while the next chunks are copied rather than all at the final sync: Linux
-                // starts writeback of a range advised DONTNEED (sync_file_range without the
-                // unsafe). Advice only: its failure costs speed, not data.
-                let at = (DATA_HEADER as u64 + kicked) as i64;
-                let _ = posix_fadvise(&data, at, (done - kicked) as i64, PosixFadviseAdvice::POSIX_FADV_DONTNEED);
-                kicked = done;
-            }
+            behind.wrote(&data, (pages.len() * page_size) as u64);
             progress(done, total);
         }
     }

@@ -112,7 +112,7 @@ impl Producer {
                 let kind = d
                     .resolve(asked)
                     .map_err(|reason| CreateError::Tracker { kind: asked, reason })?;
-                if kind != TrackerKind::Async {
+                if kind == TrackerKind::Copy {
                     tracing::warn!("{}; publishing with the copy tracker", d.describe());
                 }
                 (kind, Some(d))
