@@ -342,15 +342,7 @@ impl Producer {
         if first {
             self.dirty.push(0..self.regions.iter().map(|r| r.info.pages).sum());
         }
-        self.dirty.sort_unstable_by_key(|r| r.start);
-        let mut merged: Vec<Range<usize>> = Vec::with_capacity(self.dirty.len());
-        for r in self.dirty.drain(..) {
-            match merged.last_mut() {
-                Some(m) if r.start <= m.end => m.end = m.end.max(r.end),
-                _ => merged.push(r),
-            }
-        }
-        self.dirty = merged;
+        track::coalesce(&mut self.dirty);
         Ok(())
     }
 

@@ -166,15 +166,8 @@ mod tests {
                 current[p] = value;
                 dirty.push(p..p + 1);
             }
-            dirty.sort_by_key(|r| r.start);
-            let mut merged: Vec<std::ops::Range<usize>> = Vec::new();
-            for r in dirty {
-                match merged.last_mut() {
-                    Some(m) if r.start <= m.end => m.end = m.end.max(r.end),
-                    _ => merged.push(r),
-                }
-            }
-            let v = writer.publish(&merged).unwrap().version;
+            crate::track::coalesce(&mut dirty);
+            let v = writer.publish(&dirty).unwrap().version;
             expected.push(current.clone());
             let k = rng.below(PINS_PER_SLOT);
             match held[k] {

@@ -88,16 +88,8 @@ impl Tracker for AsyncTracker {
             let _ = uffd::unregister(&self.uffd, range.start, len);
             return Err(e);
         }
-        let i = self.ranges.partition_point(|r| r.start < range.start);
-        self.ranges.insert(i, range);
-        let mut merged: Vec<Range<usize>> = Vec::with_capacity(self.ranges.len());
-        for r in self.ranges.drain(..) {
-            match merged.last_mut() {
-                Some(m) if r.start <= m.end => m.end = m.end.max(r.end),
-                _ => merged.push(r),
-            }
-        }
-        self.ranges = merged;
+        self.ranges.push(range);
+        super::coalesce(&mut self.ranges);
         Ok(())
     }
 

@@ -47,6 +47,19 @@ pub trait Tracker: Send {
     }
 }
 
+/// Sorts `ranges` and merges those that overlap or touch.
+pub fn coalesce(ranges: &mut Vec<Range<usize>>) {
+    ranges.sort_unstable_by_key(|r| r.start);
+    let mut merged: Vec<Range<usize>> = Vec::with_capacity(ranges.len());
+    for r in ranges.drain(..) {
+        match merged.last_mut() {
+            Some(m) if r.start <= m.end => m.end = m.end.max(r.end),
+            _ => merged.push(r),
+        }
+    }
+    *ranges = merged;
+}
+
 /// Which tracker to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum TrackerKind {
