@@ -4,23 +4,37 @@
 //! mount between containers is enough): no shared /dev/shm, IPC or pid namespace.
 //!
 //! Directory: `$TCASM_DIR`, else `$XDG_RUNTIME_DIR/tcasm`, else `/tmp/tcasm-$UID`; created
-//! with mode 0700 and refused when another user owns it or anyone may write it.
+//! with mode 0700 and refused when anyone may write it. A producer's directory must be its
+//! user's (or root's): whoever owns it could replace the socket. An observer also accepts
+//! another user's directory when `TCASM_DIR` names it, which is how the members of a group
+//! reach a producer that admits them.
 //!
 //! Exclusivity: a producer holds the OFD lock of `NAME.lock` for its whole life and writes its
 //! pid there. A second producer fails to take the lock (`NameInUse`); a lock left by a dead
 //! producer is free again (the kernel drops OFD locks with the last descriptor), so the next
 //! producer of that name takes it and replaces the stale socket.
 //!
-//! Handshake: the producer's accept thread checks the peer's credentials (same uid, or root)
-//! and answers with one message: [`HELLO`], a status word and the observer's slot; on
+//! Who may attach: by default only the producer's user (and root): the directory is 0700,
+//! the socket and lock file the user's alone, and the accept thread checks the peer's
+//! credentials (`SO_PEERCRED`) as well, in case the files were opened up. With a group
+//! ([`crate::ProducerOptions::group`]) the directory becomes group-enterable, the socket
+//! 0660 and the lock file 0640, both of that group, and the accept thread also admits peers
+//! whose primary group (from `SO_PEERCRED`) or supplementary groups (from
+//! `/proc/PID/status`, when readable) include it. Whoever is refused is told why, and the
+//! producer logs it. The uid is the boundary the store's access model rests on
+//! ([`crate::store`]): a peer of another uid cannot reopen the read-only files it receives
+//! for writing, nor change their mode.
+//!
+//! Handshake: the producer's accept thread checks the peer's credentials and answers with
+//! one message: [`HELLO`], a status word and the observer's slot; on
 //! success the message carries the control block and pool (read-only) and the observer's own
 //! pin page ([`crate::store::pins`]). The connection then stays open for the observer's
 //! life, and is how each side learns the other is gone: the producer drops a hung-up
 //! observer's pins, an observer sees a hung-up producer as `ProducerGone`.
-use std::fs::{DirBuilder, File, OpenOptions};
+use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,11 +74,13 @@ pub fn check_name(name: &str) -> Result<(), EndpointError> {
     }
 }
 
-/// The endpoint directory, created if missing.
+/// The endpoint directory, created if missing. Another user's directory is accepted only
+/// when `TCASM_DIR` names it (an observer reaching a producer that admits its group).
 pub fn directory() -> Result<PathBuf, EndpointError> {
-    let dir = match std::env::var_os("TCASM_DIR") {
-        Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => match std::env::var_os("XDG_RUNTIME_DIR") {
+    let named = std::env::var_os("TCASM_DIR").filter(|d| !d.is_empty());
+    let dir = match &named {
+        Some(d) => PathBuf::from(d),
+        None => match std::env::var_os("XDG_RUNTIME_DIR") {
             Some(d) if !d.is_empty() => PathBuf::from(d).join("tcasm"),
             _ => PathBuf::from(format!("/tmp/tcasm-{}", nix::unistd::geteuid())),
         },
@@ -73,12 +89,8 @@ pub fn directory() -> Result<PathBuf, EndpointError> {
         return Err(EndpointError::Directory { dir, what: format!("cannot create it: {e}; set TCASM_DIR to a writable directory") });
     }
     let meta = std::fs::metadata(&dir).map_err(io(format!("reading {}", dir.display())))?;
-    let me = nix::unistd::geteuid().as_raw();
-    if meta.uid() != me && me != 0 {
-        return Err(EndpointError::Directory {
-            dir,
-            what: format!("owned by uid {}, not by you (uid {me}); set TCASM_DIR to a directory of yours", meta.uid()),
-        });
+    if named.is_none() {
+        check_owner(&dir, &meta)?;
     }
     if meta.mode() & 0o002 != 0 {
         return Err(EndpointError::Directory {
@@ -87,6 +99,103 @@ pub fn directory() -> Result<PathBuf, EndpointError> {
         });
     }
     Ok(dir)
+}
+
+/// Refuses a directory another user owns (unless we are root): its owner could replace the
+/// sockets in it.
+fn check_owner(dir: &Path, meta: &std::fs::Metadata) -> Result<(), EndpointError> {
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && me != 0 {
+        return Err(EndpointError::Directory {
+            dir: dir.to_path_buf(),
+            what: format!("owned by uid {}, not by you (uid {me}); set TCASM_DIR to a directory of yours", meta.uid()),
+        });
+    }
+    Ok(())
+}
+
+/// A group a producer admits.
+#[derive(Clone, Debug)]
+struct Group {
+    name: String,
+    gid: u32,
+}
+
+impl Group {
+    fn named(name: &str) -> Result<Group, EndpointError> {
+        match nix::unistd::Group::from_name(name) {
+            Ok(Some(g)) => Ok(Group { name: name.to_string(), gid: g.gid.as_raw() }),
+            Ok(None) => Err(EndpointError::NoSuchGroup { group: name.to_string() }),
+            Err(e) => Err(io(format!("looking up group {name:?}"))(e.into())),
+        }
+    }
+
+    /// Gives the group `path` (socket or lock file) with `mode`.
+    fn share(&self, path: &Path, mode: u32) -> Result<(), EndpointError> {
+        std::os::unix::fs::chown(path, None, Some(self.gid))
+            .and_then(|()| std::fs::set_permissions(path, Permissions::from_mode(mode)))
+            .map_err(io(format!(
+                "giving group {:?} {} (the producer's user must be a member of it)",
+                self.name,
+                path.display()
+            )))
+    }
+
+    /// Lets the group enter `dir`, and never write it (members could replace the socket):
+    /// if it cannot, and the directory is ours, it becomes the group's with group `r-x`.
+    fn open_directory(&self, dir: &Path) -> Result<(), EndpointError> {
+        let meta = std::fs::metadata(dir).map_err(io(format!("reading {}", dir.display())))?;
+        let (mode, same) = (meta.mode() & 0o7777, meta.gid() == self.gid);
+        let enters = (same && mode & 0o010 != 0) || mode & 0o001 != 0;
+        if enters && !(same && mode & 0o020 != 0) {
+            return Ok(());
+        }
+        if meta.uid() != nix::unistd::geteuid().as_raw() {
+            return Err(EndpointError::Directory {
+                dir: dir.to_path_buf(),
+                what: format!(
+                    "group {g:?} cannot enter it, or may write it (mode {mode:o}, gid {}); its owner may `chgrp {g} {d} && chmod g=rx {d}`, or set TCASM_DIR to a directory of yours",
+                    meta.gid(),
+                    g = self.name,
+                    d = dir.display()
+                ),
+            });
+        }
+        self.share(dir, (mode & !0o070) | 0o050)
+    }
+}
+
+/// Who may attach, as the accept thread checks it.
+struct Admission {
+    uid: u32,
+    group: Option<Group>,
+}
+
+impl Admission {
+    /// Why the peer (from `SO_PEERCRED`) may not attach, or `None` when it may.
+    fn refusal(&self, uid: u32, gid: u32, pid: i32) -> Option<String> {
+        if uid == self.uid || uid == 0 {
+            return None;
+        }
+        match &self.group {
+            None => Some(format!(
+                "uid {uid} may not observe a producer of uid {}; the producer may admit a group (ProducerOptions::group)",
+                self.uid
+            )),
+            Some(g) if gid == g.gid || supplementary_groups(pid).contains(&g.gid) => None,
+            Some(g) => Some(format!("uid {uid} (pid {pid}) is not in group {:?}, which producer of uid {} admits", g.name, self.uid)),
+        }
+    }
+}
+
+/// The supplementary groups of process `pid`, from /proc; none when that cannot be read.
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .map(|groups| groups.split_whitespace().filter_map(|g| g.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 fn paths(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
@@ -140,11 +249,18 @@ struct Offer {
 }
 
 impl Server {
-    /// Takes the name and starts answering observers. Until [`Server::offer`] is called,
-    /// observers that connect wait for the first version.
-    pub fn bind(name: &str) -> Result<Server, EndpointError> {
+    /// Takes the name and starts answering observers, the producer's user and, when
+    /// `group` names one, that group's members. Until [`Server::offer`] is called, observers
+    /// that connect wait for the first version.
+    pub fn bind(name: &str, group: Option<&str>) -> Result<Server, EndpointError> {
         check_name(name)?;
+        let group = group.map(Group::named).transpose()?;
         let dir = directory()?;
+        let meta = std::fs::metadata(&dir).map_err(io(format!("reading {}", dir.display())))?;
+        check_owner(&dir, &meta)?;
+        if let Some(g) = &group {
+            g.open_directory(&dir)?;
+        }
         let (socket_path, lock_path) = paths(&dir, name);
         let mut lock_file = OpenOptions::new()
             .read(true)
@@ -155,6 +271,11 @@ impl Server {
             .custom_flags(libc::O_CLOEXEC)
             .open(&lock_path)
             .map_err(io(format!("opening {}", lock_path.display())))?;
+        // An earlier producer of this name may have shared the file with another group.
+        match &group {
+            Some(g) => g.share(&lock_path, 0o640)?,
+            None => lock_file.set_permissions(Permissions::from_mode(0o600)).map_err(io("restricting the lock file"))?,
+        }
         let locked = lock::try_lock(&lock_file, 0, 0)
             .map_err(|e| io(format!("locking {}", lock_path.display()))(e.into()))?;
         if !locked {
@@ -165,7 +286,11 @@ impl Server {
         lock_file.set_len(0).and_then(|_| lock_file.rewind()).map_err(io("writing the lock file"))?;
         write!(lock_file, "{}", std::process::id()).map_err(io("writing the lock file"))?;
         let listener = UnixListener::bind(&socket_path).map_err(io(format!("binding {}", socket_path.display())))?;
+        if let Some(g) = &group {
+            g.share(&socket_path, 0o660)?;
+        }
         listener.set_nonblocking(true).map_err(io("configuring the socket"))?;
+        let admission = Admission { uid: nix::unistd::geteuid().as_raw(), group };
         let stop = Arc::new(AtomicBool::new(false));
         let store = Arc::new(Mutex::new(None));
         let thread = {
@@ -173,7 +298,7 @@ impl Server {
             let store = store.clone();
             std::thread::Builder::new()
                 .name(format!("tcasm-endpoint-{name}"))
-                .spawn(move || serve(listener, &stop, &store))
+                .spawn(move || serve(listener, &admission, &stop, &store))
                 .map_err(io("starting the endpoint thread"))?
         };
         Ok(Server { socket_path, _lock_file: lock_file, stop, store, thread: Some(thread) })
@@ -199,8 +324,7 @@ impl Drop for Server {
 
 const TICK: Duration = Duration::from_millis(50);
 
-fn serve(listener: UnixListener, stop: &AtomicBool, store: &Mutex<Option<Offer>>) {
-    let me = nix::unistd::geteuid().as_raw();
+fn serve(listener: UnixListener, admission: &Admission, stop: &AtomicBool, store: &Mutex<Option<Offer>>) {
     let mut waiting: Vec<(UnixStream, i32)> = Vec::new();
     let mut served: Vec<(UnixStream, usize)> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
@@ -210,8 +334,10 @@ fn serve(listener: UnixListener, stop: &AtomicBool, store: &Mutex<Option<Offer>>
             let _ = stream.set_nonblocking(false);
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
             match fdpass::peer(&stream) {
-                Ok((uid, _, pid)) if uid == me || uid == 0 => waiting.push((stream, pid)),
-                Ok((uid, _, _)) => refuse(&stream, STATUS_REFUSED, &format!("uid {uid} may not observe a producer of uid {me}")),
+                Ok((uid, gid, pid)) => match admission.refusal(uid, gid, pid) {
+                    None => waiting.push((stream, pid)),
+                    Some(why) => refuse(&stream, STATUS_REFUSED, &why),
+                },
                 Err(e) => refuse(&stream, STATUS_REFUSED, &format!("cannot read peer credentials: {e}")),
             }
         }
@@ -252,7 +378,9 @@ fn hello(status: u32, slot: u32, text: &str) -> Vec<u8> {
     m
 }
 
+/// Tells the peer why it is not admitted, and logs it: a refusal is the producer's news too.
 fn refuse(stream: &UnixStream, status: u32, why: &str) {
+    tracing::warn!("endpoint refused an observer: {why}");
     let _ = fdpass::send(stream, &hello(status, 0, why), &[]);
 }
 
@@ -273,6 +401,13 @@ pub fn attach(name: &str, timeout: Duration) -> Result<Attached, EndpointError> 
     let not_found = || EndpointError::NotFound { name: name.to_string(), dir: dir.clone() };
     let stream = UnixStream::connect(&socket_path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => not_found(),
+        std::io::ErrorKind::PermissionDenied => EndpointError::Refused {
+            name: name.to_string(),
+            why: format!(
+                "no permission to connect to {}: the producer admits only its own user, unless it names a group of yours (ProducerOptions::group)",
+                socket_path.display()
+            ),
+        },
         _ => EndpointError::Io { what: format!("connecting to {}", socket_path.display()), source: e },
     })?;
     let started = Instant::now();

@@ -12,6 +12,8 @@ pub enum EndpointError {
     BadName { name: String },
     #[error("endpoint directory {dir}: {what}")]
     Directory { dir: PathBuf, what: String },
+    #[error("no group named {group:?} on this node (ProducerOptions::group)")]
+    NoSuchGroup { group: String },
     #[error("a producer named {name:?} is already running (pid {pid}); pick another name or stop it")]
     NameInUse { name: String, pid: i32 },
     #[error("no producer named {name:?} in {dir}; `tcasm ls` lists the live ones (TCASM_DIR selects the directory)")]

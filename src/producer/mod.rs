@@ -47,11 +47,15 @@ pub struct ProducerOptions {
     /// Whether slots no version needs are kept for reuse (faster) or given back at once
     /// (leaner); see [`Freed`].
     pub freed: Freed,
+    /// A group whose members may observe too (by default only this user may; see
+    /// [`crate::endpoint`]). They reach the endpoint through `TCASM_DIR`, which must name a
+    /// directory they can reach.
+    pub group: Option<String>,
 }
 
 impl Default for ProducerOptions {
     fn default() -> Self {
-        ProducerOptions { tracker: TrackerKind::Auto, max_observers: 64, freed: Freed::Reuse }
+        ProducerOptions { tracker: TrackerKind::Auto, max_observers: 64, freed: Freed::Reuse, group: None }
     }
 }
 
@@ -126,7 +130,7 @@ impl Producer {
             })?),
             _ => None,
         };
-        let server = Server::bind(name)?;
+        let server = Server::bind(name, options.group.as_deref())?;
         Ok(Producer {
             name: name.to_string(),
             kind,
@@ -311,6 +315,7 @@ impl Producer {
             self.server.offer(files, store.board());
         }
         let elapsed = started.elapsed();
+        self.tracker.published(done.dirty_pages, elapsed);
         self.stats = ProducerStats {
             versions: done.version,
             last_pages_copied: done.dirty_pages,

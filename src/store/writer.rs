@@ -101,8 +101,11 @@ pub struct StoreWriter {
     written: Vec<u64>,
     occupied: Vec<u64>,
     retired: Vec<Retired>,
-    /// Slots freed by reclaim, with the version that freed them, oldest first.
+    /// Slots freed by reclaim, with the version that freed them, oldest first, and per page
+    /// the version that last freed one of its slots: a page written again and again frees a
+    /// slot every publish and reuses one, and none of its slots may be punched meanwhile.
     cooling: VecDeque<(u64, u16, u32)>,
+    last_freed: Vec<u64>,
     live_pins: Vec<u64>,
     /// Publishes a freed slot stays allocated before it is punched.
     cooling_publishes: u64,
@@ -164,6 +167,7 @@ impl StoreWriter {
             occupied: vec![0; n * occupancy_words],
             retired: Vec::new(),
             cooling: VecDeque::new(),
+            last_freed: vec![0; n],
             live_pins: Vec::new(),
             cooling_publishes: match freed {
                 Freed::Reuse => COOLING,
@@ -274,6 +278,7 @@ impl StoreWriter {
             }
             self.set_occupied(r.page as usize, r.plane, false);
             self.cooling.push_back((self.version, r.plane, r.page));
+            self.last_freed[r.page as usize] = self.version;
             false
         });
         self.retired = retired;
@@ -406,8 +411,8 @@ impl StoreWriter {
         pos
     }
 
-    /// Returns to the kernel the slots freed `cooling_publishes` ago that stayed free, one
-    /// `fallocate` per stretch of free slots in a plane.
+    /// Returns to the kernel the slots freed `cooling_publishes` ago whose page has freed
+    /// none since and that stayed free, one `fallocate` per stretch of free slots in a plane.
     fn punch_cooled(&mut self, n: u64) {
         let mut due = Vec::new();
         while let Some(&(freed_at, k, p)) = self.cooling.front() {
@@ -415,7 +420,8 @@ impl StoreWriter {
                 break;
             }
             self.cooling.pop_front();
-            if !self.is_occupied(p as usize, k) {
+            let idle = self.last_freed[p as usize] + self.cooling_publishes <= n;
+            if idle && !self.is_occupied(p as usize, k) {
                 due.push((k, p));
             }
         }

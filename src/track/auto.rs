@@ -6,8 +6,10 @@
 //! scanning costs `pages * copy` and no faults, because pages not re-protected stay writable.
 //! So tracking pays below `c* = (pages * copy - scan) / (pages * (fault + copy))`; with the
 //! costs measured on this kind of machine (copy ~0.35 µs, fault ~0.1–0.3 µs a page) that is
-//! around 0.6–0.75. `copy` and `fault` are measured once at start on scratch pages; `scan`
-//! at every tracked publish.
+//! around 0.6–0.75. `copy` is learnt from the producer's own publishes (time per page
+//! copied, the first publish copying every page): a copy measured on scratch pages runs from
+//! the cache and is several times too cheap. `fault` is measured once at start on scratch
+//! pages (the trap costs the same cached or not); `scan` at every tracked publish.
 //!
 //! States: *tracked* publishes scan and measure `c`. When `c >= c*`, the next `streak`
 //! publishes copy everything (*full*) without scanning. Then one *re-arm* publish scans (to
@@ -41,7 +43,8 @@ pub struct AutoTracker {
     pages: usize,
     mode: Mode,
     streak: u32,
-    /// Measured costs of one page.
+    /// Costs of one page: copying it (learnt from publishes; zero until the first), and
+    /// a first write to it while protected.
     copy: Duration,
     fault: Duration,
     /// The last scan's duration.
@@ -54,15 +57,14 @@ fn timed(f: impl FnOnce()) -> Duration {
     t.elapsed()
 }
 
-/// Measures what copying a page and a first write to a write-protected page cost here: the
-/// fastest of five tries of each, on scratch pages.
-fn calibrate() -> Result<(Duration, Duration), String> {
+/// Measures what a first write to a write-protected page costs here, more than a plain
+/// write: the fastest of five tries of each, on scratch pages.
+fn calibrate_fault() -> Result<Duration, String> {
     let page = page_size();
     let bytes = CALIBRATION_PAGES * page;
-    let source = RegionMemory::allocate(bytes).map_err(|e| format!("calibration memory: {e}"))?;
+    let source = RegionMemory::allocate(page).map_err(|e| format!("calibration memory: {e}"))?;
     let target = Mapping::anonymous(bytes).map_err(|e| format!("calibration memory: {e}"))?;
-    target.copy_in(0, &source, 0, bytes);
-    let copy = (0..5).map(|_| timed(|| target.copy_in(0, &source, 0, bytes))).min().unwrap_or_default();
+    target.zero(0, bytes);
 
     let mut tracker = AsyncTracker::new()?;
     let start = target.as_ptr() as usize;
@@ -78,32 +80,32 @@ fn calibrate() -> Result<(Duration, Duration), String> {
         protected = protected.min(timed(touch));
         plain = plain.min(timed(touch));
     }
-    let pages = CALIBRATION_PAGES as u32;
-    Ok((copy / pages, protected.saturating_sub(plain) / pages))
+    Ok(protected.saturating_sub(plain) / CALIBRATION_PAGES as u32)
 }
 
 impl AutoTracker {
     pub fn new() -> Result<AutoTracker, String> {
-        let (copy, fault) = calibrate()?;
-        tracing::debug!("auto tracker: copy {copy:?} a page, first-write fault {fault:?} a page");
+        let fault = calibrate_fault()?;
+        tracing::debug!("auto tracker: a first-write fault costs {fault:?} a page");
         Ok(AutoTracker {
             inner: AsyncTracker::new()?,
             ranges: Vec::new(),
             pages: 0,
             mode: Mode::Tracked,
             streak: 0,
-            copy,
+            copy: Duration::ZERO,
             fault,
             scan: Duration::ZERO,
         })
     }
 
-    /// The coverage above which copying everything is cheaper than tracking.
+    /// The coverage above which copying everything is cheaper than tracking (1 until a
+    /// publish has shown what a copy costs).
     pub fn threshold(&self) -> f64 {
         let pages = self.pages.max(1) as f64;
         let copy = self.copy.as_secs_f64();
         let per_page = copy + self.fault.as_secs_f64();
-        if per_page == 0.0 {
+        if copy == 0.0 {
             return 1.0;
         }
         ((pages * copy - self.scan.as_secs_f64()) / (pages * per_page)).clamp(0.0, 1.0)
@@ -167,5 +169,15 @@ impl Tracker for AutoTracker {
             }
         }
         Ok(())
+    }
+
+    /// Learns the cost of copying a page from publishes that copied enough pages to tell:
+    /// an average over recent ones (weight 1/4 to the newest).
+    fn published(&mut self, copied: usize, took: Duration) {
+        if copied < 64 {
+            return;
+        }
+        let per_page = took / copied as u32;
+        self.copy = if self.copy.is_zero() { per_page } else { (self.copy * 3 + per_page) / 4 };
     }
 }

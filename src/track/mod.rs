@@ -41,6 +41,10 @@ pub trait Tracker: Send {
     /// more than was written, never less.
     fn take_written(&mut self, found: &mut dyn FnMut(usize, usize)) -> nix::Result<()>;
 
+    /// What the publish that followed the last `take_written` cost: `copied` pages in
+    /// `took`. Trackers that adapt (auto) learn from it.
+    fn published(&mut self, _copied: usize, _took: std::time::Duration) {}
+
     /// The sync tracker behind this one, whose fault handler the deferred path hooks.
     fn as_sync(&self) -> Option<&SyncTracker> {
         None
