@@ -420,8 +420,12 @@ impl StoreWriter {
                 break;
             }
             self.cooling.pop_front();
-            let idle = self.last_freed[p as usize] + self.cooling_publishes <= n;
-            if idle && !self.is_occupied(p as usize, k) {
+            let last = self.last_freed[p as usize];
+            if last + self.cooling_publishes > n {
+                // The page freed a slot since: look again once that one has cooled (not due
+                // in this pass, so the loop ends).
+                self.cooling.push_back((last, k, p));
+            } else if !self.is_occupied(p as usize, k) {
                 due.push((k, p));
             }
         }
