@@ -1,0 +1,198 @@
+//! The C ABI from C: the header is current, `examples/heat.c` (a simulation with five lines
+//! added for tcasm) publishes exactly the fields it computes, as a Rust observer sees them,
+//! and `tests/ffi/checks.c` gets the right status and message for every misuse and can wrap
+//! heap and static arrays. Built with the system C compiler against the libtcasm that
+//! `cargo build --release -p tcasm-capi` makes in this target directory.
+mod common;
+mod ffi;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tcasm::{Dtype, Observer};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+fn cc_available(test: &str) -> bool {
+    ffi::tool_available(test, "cc", &[])
+}
+
+/// Compiles C `sources` into `out` with the warnings that keep examples honest.
+fn compile(sources: &[&Path], out: &Path, link: &[String]) -> PathBuf {
+    let mut cc = Command::new("cc");
+    cc.args(["-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-Werror"])
+        .arg("-I")
+        .arg(ffi::root().join("include"))
+        .args(sources)
+        .args(link)
+        .arg("-o")
+        .arg(out);
+    ffi::run(&mut cc, &format!("compiling {}", out.display()));
+    out.to_path_buf()
+}
+
+fn shared_link(lib: &Path) -> Vec<String> {
+    vec![format!("-L{}", lib.display()), "-ltcasm".into(), format!("-Wl,-rpath,{}", lib.display())]
+}
+
+#[test]
+fn header_is_current() {
+    // tcasm-capi's own test compares what cbindgen makes of capi/src/lib.rs with
+    // include/tcasm.h (TCASM_BLESS=1 rewrites it).
+    ffi::run(ffi::cargo().args(["test", "--release", "-p", "tcasm-capi", "--test", "header"]), "checking include/tcasm.h");
+}
+
+#[test]
+fn header_compiles_as_c_and_cpp() {
+    if !cc_available("header_compiles_as_c_and_cpp") {
+        return;
+    }
+    let include = ffi::root().join("include/tcasm.h");
+    for std in ["-std=c99", "-std=c11"] {
+        ffi::run(
+            Command::new("cc").args([std, "-pedantic", "-Wall", "-Wextra", "-Werror", "-fsyntax-only", "-x", "c"]).arg(&include),
+            &format!("tcasm.h with cc {std}"),
+        );
+    }
+    if Command::new("c++").arg("--version").output().is_ok_and(|o| o.status.success()) {
+        ffi::run(
+            Command::new("c++").args(["-std=c++11", "-Wall", "-Wextra", "-Werror", "-fsyntax-only", "-x", "c++"]).arg(&include),
+            "tcasm.h with c++",
+        );
+    }
+}
+
+#[test]
+fn heat_example_publishes_every_step() {
+    if !cc_available("heat_example_publishes_every_step") {
+        return;
+    }
+    common::endpoint_dir("capi");
+    let lib = ffi::capi_lib();
+    let scratch = ffi::scratch("heat-c");
+    let source = ffi::root().join("examples/heat.c");
+    let text = std::fs::read_to_string(&source).unwrap();
+
+    // At most five lines were added for tcasm, and without them it is the plain simulation.
+    let (added, plain) = ffi::tcasm_lines(&text, "/* tcasm */");
+    eprintln!("examples/heat.c: {} lines added for tcasm", added.len());
+    assert!(added.len() <= 5, "examples/heat.c has {} tcasm lines: {added:#?}", added.len());
+    let plain_source = scratch.join("heat-plain.c");
+    std::fs::write(&plain_source, plain).unwrap();
+    let plain_bin = compile(&[&plain_source], &scratch.join("heat-plain"), &[]);
+    let plain_out = ffi::run(Command::new(&plain_bin).args(["40", "0"]), "the plain heat simulation");
+
+    let bin = compile(&[&source], &scratch.join("heat"), &shared_link(lib));
+    let steps: u64 = 120;
+    let mut child = Command::new(&bin)
+        .args([&steps.to_string(), "15", "heat-c"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let checked = ffi::follow_heat("heat-c", &mut child, LIMIT);
+    let status = common::wait_with_watchdog(&mut child, LIMIT, "examples/heat.c");
+    assert!(status.success(), "heat exited with {status}");
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    eprintln!("checked versions {checked:?}");
+    assert!(checked.len() >= 3, "saw only versions {checked:?} of {steps}");
+    let last = ffi::heat_field(steps)[ffi::NY / 2 * ffi::NX + ffi::NX / 2];
+    assert_eq!(out.trim(), format!("heat-c: {steps} steps, t[48][64] = {last:.6}"));
+
+    // The plain simulation computed the same thing.
+    let forty = ffi::heat_field(40)[ffi::NY / 2 * ffi::NX + ffi::NX / 2];
+    assert_eq!(String::from_utf8_lossy(&plain_out.stdout).trim(), format!("heat: 40 steps, t[48][64] = {forty:.6}"));
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+#[test]
+fn heat_example_links_statically() {
+    if !cc_available("heat_example_links_statically") {
+        return;
+    }
+    common::endpoint_dir("capi");
+    let lib = ffi::capi_lib();
+    let scratch = ffi::scratch("heat-static");
+    let link = vec![lib.join("libtcasm.a").display().to_string(), "-lpthread".into(), "-ldl".into(), "-lm".into()];
+    let bin = compile(&[&ffi::root().join("examples/heat.c")], &scratch.join("heat-static"), &link);
+    let mut child = Command::new(&bin).args(["60", "10", "heat-c-static"]).stdout(Stdio::null()).spawn().unwrap();
+    let checked = ffi::follow_heat("heat-c-static", &mut child, LIMIT);
+    let status = common::wait_with_watchdog(&mut child, LIMIT, "static heat");
+    assert!(status.success() && !checked.is_empty(), "{status}, versions {checked:?}");
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// Runs tests/ffi/checks.c with `tracker` and checks what it published.
+fn checks(tracker: &str) {
+    let test = format!("checks_{tracker}");
+    if !cc_available(&test) {
+        return;
+    }
+    common::endpoint_dir("capi");
+    let lib = ffi::capi_lib();
+    let scratch = ffi::scratch(&test);
+    let bin = compile(&[&ffi::root().join("tests/ffi/checks.c")], &scratch.join("checks"), &shared_link(lib));
+    let name = format!("capi-checks-{tracker}");
+    let mut child = Command::new(&bin)
+        .args([&name, tracker])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    if fields.first() != Some(&"ready") {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!("checks.c ({tracker}) said {line:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let version: u64 = fields[1].parse().unwrap();
+    let with_table = fields[3] == "table";
+    eprintln!("checks.c ({tracker}): version {version}, tracker {}, initialised static data wrapped: {with_table}", fields[2]);
+
+    let observer: Observer = ffi::attach(&name, Duration::from_secs(10));
+    let snap = observer.latest().unwrap();
+    assert_eq!(snap.version(), version);
+    let regions: Vec<(String, Dtype, Vec<usize>)> =
+        snap.regions().iter().map(|r| (r.name.clone(), r.dtype, r.shape.clone())).collect();
+    let mut want = vec![("heap".to_string(), Dtype::F64, vec![30, 50]), ("static/counters".into(), Dtype::U32, vec![64, 64])];
+    if with_table {
+        want.push(("static/table".into(), Dtype::I16, vec![100]));
+    }
+    assert_eq!(regions, want);
+    let heap = snap.view::<f64>("heap").unwrap();
+    assert_eq!(heap[0], -1.0);
+    assert!((1..1500).all(|i| heap[i] == i as f64 * 0.25));
+    let counters = snap.view::<u32>("static/counters").unwrap();
+    assert!((0..4095).all(|i| counters[i] == (i as u32).wrapping_mul(2654435761)));
+    assert_eq!(counters[4095], 7);
+    if with_table {
+        let table = snap.view::<i16>("static/table").unwrap();
+        assert_eq!((&table[..4], table[98], table[99]), (&[1, 2, 3, 0][..], 0, -99));
+    }
+    drop(snap);
+
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    let status = common::wait_with_watchdog(&mut child, LIMIT, "checks.c");
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "checks.c ({tracker}) failed: {status}\n{err}");
+    // Destroying the producer told the observer.
+    assert!(observer.wait_newer(version, Duration::from_secs(5)).is_err() || observer.producer_gone());
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+#[test]
+fn checks_auto() {
+    checks("auto");
+}
+
+#[test]
+fn checks_copy() {
+    checks("copy");
+}

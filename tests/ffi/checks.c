@@ -1,0 +1,149 @@
+/* The C ABI's contract, from C: every misuse gets its status and a message, static and
+ * heap arrays can be wrapped, and what is published is what the arrays held. Run by
+ * tests/capi.rs, which then checks the published regions from Rust:
+ *
+ *   checks NAME TRACKER    prints "ready VERSION" once published, destroys the producer
+ *                          when a line arrives on stdin, then prints "done".
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include "tcasm.h"
+
+static int failures;
+
+#define EXPECT(call, want)                                                                       \
+    do {                                                                                         \
+        tcasm_status got_ = (call);                                                              \
+        if (got_ != (want)) {                                                                    \
+            fprintf(stderr, "line %d: %s returned %d (%s), expected %d: %s\n", __LINE__, #call, \
+                    (int)got_, tcasm_strerror(got_), (int)(want), tcasm_last_error());           \
+            failures++;                                                                          \
+        }                                                                                        \
+    } while (0)
+
+#define EXPECT_MESSAGE(part)                                                                     \
+    do {                                                                                         \
+        if (!strstr(tcasm_last_error(), (part))) {                                               \
+            fprintf(stderr, "line %d: last error \"%s\" does not mention \"%s\"\n", __LINE__,    \
+                    tcasm_last_error(), (part));                                                 \
+            failures++;                                                                          \
+        }                                                                                        \
+    } while (0)
+
+/* Static arrays: zero-initialised (.bss) and initialised (.data). */
+static uint32_t counters[4096];
+static int16_t table[100] = {1, 2, 3};
+
+int main(int argc, char **argv) {
+    if (argc != 3) {
+        fprintf(stderr, "usage: checks NAME TRACKER\n");
+        return 2;
+    }
+    const char *name = argv[1], *tracker = argv[2];
+
+    /* Every status has a description; unknown ones too. */
+    for (int s = 0; s <= 13; s++)
+        if (!tcasm_strerror(s) || !*tcasm_strerror(s) || strstr(tcasm_strerror(s), "unknown"))
+            fprintf(stderr, "status %d has no description\n", s), failures++;
+    if (strcmp(tcasm_strerror(99), "unknown tcasm status") || strcmp(tcasm_strerror(-1), "unknown tcasm status"))
+        fprintf(stderr, "unknown statuses are not described as such\n"), failures++;
+    if (!tcasm_last_error() || *tcasm_last_error())
+        fprintf(stderr, "the last error is not empty before any failure\n"), failures++;
+
+    /* Creating. */
+    tcasm_producer *p = (tcasm_producer *)&failures; /* must be reset to NULL on failure */
+    EXPECT(tcasm_producer_create(name, NULL), TCASM_ERR_NULL);
+    EXPECT_MESSAGE("out is NULL");
+    EXPECT(tcasm_producer_create(NULL, &p), TCASM_ERR_NULL);
+    if (p != NULL)
+        fprintf(stderr, "*out is not NULL after a failed create\n"), failures++;
+    EXPECT(tcasm_producer_create("no spaces allowed", &p), TCASM_ERR_INVALID);
+    EXPECT_MESSAGE("not valid");
+    EXPECT(tcasm_producer_create("\xff\xfe", &p), TCASM_ERR_INVALID);
+    EXPECT_MESSAGE("UTF-8");
+    EXPECT(tcasm_producer_create_with(name, "fastest", 0, &p), TCASM_ERR_INVALID);
+    EXPECT_MESSAGE("unknown tracker");
+    EXPECT(tcasm_producer_create_with(name, tracker, 4, &p), TCASM_OK);
+    tcasm_producer *again = NULL;
+    EXPECT(tcasm_producer_create(name, &again), TCASM_ERR_NAME_IN_USE);
+    EXPECT_MESSAGE("already running");
+    if (!p)
+        return fprintf(stderr, "no producer: %s\n", tcasm_last_error()), 1;
+    const char *used = tcasm_producer_tracker(p);
+    if (!used || (strcmp(tracker, "auto") && strcmp(used, tracker)))
+        fprintf(stderr, "tracker is %s, asked for %s\n", used ? used : "NULL", tracker), failures++;
+    if (tcasm_producer_tracker(NULL) != NULL)
+        fprintf(stderr, "tcasm_producer_tracker(NULL) is not NULL\n"), failures++;
+
+    /* Wrapping: every misuse is refused. */
+    size_t rows = 30, cols = 50;
+    double *heap = malloc(rows * cols * sizeof *heap);
+    char *bytes = malloc(64);
+    size_t shape2[2] = {rows, cols}, five[5] = {1, 1, 1, 1, 1}, zero[1] = {0}, one[1] = {4};
+    EXPECT(tcasm_publish(p, NULL), TCASM_ERR_NO_REGIONS);
+    EXPECT(tcasm_wrap(NULL, "heap", TCASM_F64, heap, shape2, 2), TCASM_ERR_NULL);
+    EXPECT(tcasm_wrap(p, NULL, TCASM_F64, heap, shape2, 2), TCASM_ERR_NULL);
+    EXPECT(tcasm_wrap(p, "heap", TCASM_F64, NULL, shape2, 2), TCASM_ERR_NULL);
+    EXPECT(tcasm_wrap(p, "heap", TCASM_F64, heap, NULL, 2), TCASM_ERR_NULL);
+    EXPECT(tcasm_wrap(p, "heap", 0, heap, shape2, 2), TCASM_ERR_INVALID);
+    EXPECT(tcasm_wrap(p, "heap", 11, heap, shape2, 2), TCASM_ERR_INVALID);
+    EXPECT_MESSAGE("unknown element type 11");
+    EXPECT(tcasm_wrap(p, "heap", TCASM_F64, heap, shape2, 0), TCASM_ERR_INVALID);
+    EXPECT(tcasm_wrap(p, "heap", TCASM_F64, heap, five, 5), TCASM_ERR_INVALID);
+    EXPECT(tcasm_wrap(p, "heap", TCASM_F64, heap, zero, 1), TCASM_ERR_INVALID);
+    EXPECT(tcasm_wrap(p, "bad name", TCASM_F64, heap, shape2, 2), TCASM_ERR_INVALID);
+    EXPECT(tcasm_wrap(p, "odd", TCASM_F64, bytes + 1, one, 1), TCASM_ERR_MISALIGNED);
+    EXPECT_MESSAGE("not aligned");
+
+    /* Wrapping what a C program has: heap and static arrays. */
+    for (size_t i = 0; i < rows * cols; i++)
+        heap[i] = (double)i * 0.25;
+    for (size_t i = 0; i < 4096; i++)
+        counters[i] = (uint32_t)(i * 2654435761u);
+    EXPECT(tcasm_wrap(p, "heap", TCASM_F64, heap, shape2, 2), TCASM_OK);
+    EXPECT(tcasm_wrap(p, "heap", TCASM_F64, heap, shape2, 2), TCASM_ERR_DUPLICATE);
+    EXPECT(tcasm_wrap(p, "heap-again", TCASM_F64, heap + 10, one, 1), TCASM_ERR_INVALID);
+    EXPECT_MESSAGE("overlaps");
+    size_t counters_shape[2] = {64, 64}, table_shape[1] = {100};
+    EXPECT(tcasm_wrap(p, "static/counters", TCASM_U32, counters, counters_shape, 2), TCASM_OK);
+    tcasm_status data_status = tcasm_wrap(p, "static/table", TCASM_I16, table, table_shape, 1);
+    if (data_status != TCASM_OK && data_status != TCASM_ERR_CANNOT_TRACK) /* see below */
+        fprintf(stderr, "wrapping initialised static data: %s\n", tcasm_last_error()), failures++;
+
+    /* Publishing. */
+    uint64_t version = 0;
+    EXPECT(tcasm_publish(NULL, &version), TCASM_ERR_NULL);
+    EXPECT(tcasm_publish(p, &version), TCASM_OK);
+    if (version != 1)
+        fprintf(stderr, "the first version is %llu\n", (unsigned long long)version), failures++;
+    heap[0] = -1.0;
+    counters[4095] = 7;
+    table[99] = -99;
+    EXPECT(tcasm_publish(p, &version), TCASM_OK);
+    EXPECT(tcasm_flush(p), TCASM_OK);
+    size_t late_shape[1] = {8};
+    EXPECT(tcasm_wrap(p, "late", TCASM_U8, bytes, late_shape, 1), TCASM_ERR_AFTER_PUBLISH);
+
+    tcasm_producer_stats stats;
+    memset(&stats, 0xff, sizeof stats);
+    EXPECT(tcasm_stats(p, NULL), TCASM_ERR_NULL);
+    EXPECT(tcasm_stats(p, &stats), TCASM_OK);
+    if (stats.versions != version || stats.pages == 0 || stats.store_bytes == 0 || stats.total_publish_ns == 0)
+        fprintf(stderr, "stats: versions %llu pages %llu store %llu\n", (unsigned long long)stats.versions,
+                (unsigned long long)stats.pages, (unsigned long long)stats.store_bytes), failures++;
+
+    /* The test process checks the published regions, then lets this producer go. */
+    printf("ready %llu %s %s\n", (unsigned long long)version, used, data_status == TCASM_OK ? "table" : "no-table");
+    fflush(stdout);
+    char line[16];
+    if (!fgets(line, sizeof line, stdin))
+        fprintf(stderr, "stdin closed\n"), failures++;
+    tcasm_producer_destroy(p);
+    tcasm_producer_destroy(NULL);
+    free(heap);
+    free(bytes);
+    printf("done %d\n", failures);
+    return failures ? 1 : 0;
+}

@@ -1,0 +1,180 @@
+//! Shared by the tests of the C ABI, the Fortran module and the Python package
+//! (`tests/capi.rs`, `tests/fortran.rs`, `tests/python.rs`): finding tools, building the
+//! C library with the cargo that runs the tests (into the same target directory), and the
+//! heat field the examples compute.
+//!
+//! A test whose tool (cc, gfortran, python3) is missing is skipped with a message, unless
+//! `TCASM_REQUIRE_TOOLS=1` (CI), where that is a failure.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tcasm::{Observer, ReadError};
+
+/// The repository root.
+pub fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The target directory these tests were built into: builds made by the tests go there too.
+pub fn target_dir() -> PathBuf {
+    // CARGO_TARGET_TMPDIR is `<target dir>/tmp`, whatever CARGO_TARGET_DIR or config said.
+    Path::new(env!("CARGO_TARGET_TMPDIR")).parent().map(Path::to_path_buf).unwrap_or_else(|| {
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root().join("target"))
+    })
+}
+
+/// A fresh scratch directory for test `test` under the target directory.
+pub fn scratch(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("ffi-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Whether `tool` runs (`tool --version`, or `probe` when given). When it does not, says
+/// why; under `TCASM_REQUIRE_TOOLS=1` that is a failure instead of a skip.
+pub fn tool_available(test: &str, tool: &str, probe: &[&str]) -> bool {
+    let args: &[&str] = if probe.is_empty() { &["--version"] } else { probe };
+    let why = match Command::new(tool).args(args).output() {
+        Ok(out) if out.status.success() => return true,
+        Ok(out) => format!("`{tool} {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()),
+        Err(e) => format!("`{tool}` cannot be run: {e}"),
+    };
+    skip_or_fail(test, &why)
+}
+
+/// Skips test `test` for `why`, or fails it under `TCASM_REQUIRE_TOOLS=1`. Returns false.
+pub fn skip_or_fail(test: &str, why: &str) -> bool {
+    if std::env::var("TCASM_REQUIRE_TOOLS").as_deref() == Ok("1") {
+        panic!("{test}: TCASM_REQUIRE_TOOLS=1 but {why}");
+    }
+    eprintln!("SKIP {test}: {why} (install it, or set TCASM_REQUIRE_TOOLS=1 to make this a failure)");
+    false
+}
+
+/// The cargo running these tests.
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root()).env("CARGO_TARGET_DIR", target_dir());
+    c
+}
+
+/// Runs `command`, failing the test with its output unless it succeeds.
+pub fn run(command: &mut Command, what: &str) -> Output {
+    let started = Instant::now();
+    let out = command.output().unwrap_or_else(|e| panic!("{what}: cannot run {command:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{what} failed ({}): {command:?}\n--- stdout\n{}\n--- stderr\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eprintln!("{what}: {:.1} s", started.elapsed().as_secs_f64());
+    out
+}
+
+/// Builds libtcasm.so and libtcasm.a (`cargo build --release -p tcasm-capi`), once per test
+/// process, and returns the directory holding them.
+pub fn capi_lib() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        run(cargo().args(["build", "--release", "-p", "tcasm-capi"]), "building the C library");
+        let dir = target_dir().join("release");
+        assert!(dir.join("libtcasm.so").exists() && dir.join("libtcasm.a").exists(), "no libtcasm in {}", dir.display());
+        dir
+    })
+}
+
+/// Attaches to `name`, waiting up to `limit` for the producer to appear and publish.
+pub fn attach(name: &str, limit: Duration) -> Observer {
+    let started = Instant::now();
+    loop {
+        match Observer::attach_timeout(name, Duration::from_secs(1)) {
+            Ok(o) => return o,
+            Err(_) if started.elapsed() < limit => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => panic!("attaching to {name:?}: {e}"),
+        }
+    }
+}
+
+/// The heat examples' grid (rows, columns), in C order.
+pub const NY: usize = 96;
+pub const NX: usize = 128;
+
+/// The heat examples' field after `steps` steps, computed as examples/heat.c does (and
+/// examples/heat.f90, whose t(nx, ny) is this in C order), operation for operation, so that
+/// a correct snapshot equals it bit for bit.
+pub fn heat_field(steps: u64) -> Vec<f64> {
+    let heater = |i: usize, j: usize| (NY / 4..NY / 2).contains(&i) && (NX / 4..NX / 2).contains(&j);
+    let mut t: Vec<f64> = (0..NY * NX).map(|k| if heater(k / NX, k % NX) { 100.0 } else { 0.0 }).collect();
+    let mut next = vec![0.0; NY * NX];
+    for _ in 0..steps {
+        for i in 0..NY {
+            for j in 0..NX {
+                let k = i * NX + j;
+                next[k] = if heater(i, j) {
+                    100.0
+                } else if i == 0 || j == 0 || i == NY - 1 || j == NX - 1 {
+                    0.0
+                } else {
+                    t[k] + 0.2 * (t[k - NX] + t[k + NX] + t[k - 1] + t[k + 1] - 4.0 * t[k])
+                };
+            }
+        }
+        std::mem::swap(&mut t, &mut next);
+    }
+    t
+}
+
+/// Follows a heat example publishing one version per step as `name` until it exits:
+/// every snapshot taken must equal the field after `version` steps, bit for bit. Returns
+/// the versions checked.
+pub fn follow_heat(name: &str, child: &mut std::process::Child, limit: Duration) -> Vec<u64> {
+    let started = Instant::now();
+    let observer = attach(name, Duration::from_secs(30));
+    let region = &observer.regions()[0];
+    assert_eq!((region.name.as_str(), region.dtype, region.shape.as_slice()), ("temperature", tcasm::Dtype::F64, &[NY, NX][..]));
+    let mut checked = Vec::new();
+    let mut seen = 0;
+    loop {
+        assert!(started.elapsed() < limit, "{name} still running after {limit:?}");
+        let snap = match observer.latest() {
+            Ok(s) => s,
+            Err(ReadError::ProducerGone { .. }) => break,
+            Err(e) => panic!("snapshot of {name}: {e}"),
+        };
+        let v = snap.version();
+        if v != seen {
+            let t = snap.view_exact::<f64>("temperature", NY * NX).unwrap();
+            let want = heat_field(v);
+            if let Some(k) = (0..NY * NX).find(|&k| t[k].to_bits() != want[k].to_bits()) {
+                panic!("{name} version {v}: t[{}][{}] is {}, the field after {v} steps has {}", k / NX, k % NX, t[k], want[k]);
+            }
+            checked.push(v);
+            seen = v;
+        }
+        drop(snap);
+        match observer.wait_newer(seen, Duration::from_millis(500)) {
+            Ok(_) => {}
+            Err(ReadError::ProducerGone { .. }) => break,
+            Err(e) => panic!("waiting on {name}: {e}"),
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+    }
+    checked
+}
+
+/// The lines of `source` marked as added for tcasm (`marker` in them), and the source with
+/// them removed.
+pub fn tcasm_lines(source: &str, marker: &str) -> (Vec<String>, String) {
+    let (marked, plain): (Vec<&str>, Vec<&str>) = source.lines().partition(|l| l.contains(marker));
+    (marked.into_iter().map(str::to_string).collect(), plain.join("\n") + "\n")
+}

@@ -1,0 +1,188 @@
+//! The Python package from Python: built with maturin into a virtual environment kept in the
+//! target directory (created once, with maturin and numpy from PyPI), then
+//! `python/tests/check_observer.py` checks, against a producer this test runs, that snapshots
+//! are read-only numpy arrays equal to what was published, that an array keeps its version
+//! pinned, that `wait_newer` waits, and that checkpoints written by `tcasm checkpoint` read
+//! back equal to the versions they hold.
+mod common;
+mod ffi;
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tcasm::{Producer, ProducerOptions, Region};
+
+const LIMIT: Duration = Duration::from_secs(120);
+
+/// The virtual environment with maturin, numpy and this package built into it, made once
+/// per target directory and rebuilt (incrementally) by every run. `None` when Python cannot
+/// make one (a skip, or a failure under TCASM_REQUIRE_TOOLS=1).
+fn venv(test: &str) -> Option<PathBuf> {
+    let python = std::env::var("TCASM_PYTHON").unwrap_or_else(|_| "python3".into());
+    if !ffi::tool_available(test, &python, &["-c", "import venv, ensurepip"]) {
+        return None;
+    }
+    let venv = ffi::target_dir().join("tcasm-python-venv");
+    let bin = venv.join("bin");
+    let ready = |bin: &Path| {
+        bin.join("maturin").exists()
+            && Command::new(bin.join("python")).args(["-c", "import numpy"]).output().is_ok_and(|o| o.status.success())
+    };
+    if !ready(&bin) {
+        let _ = std::fs::remove_dir_all(&venv);
+        ffi::run(Command::new(&python).args(["-m", "venv"]).arg(&venv), "creating the virtual environment");
+        let pip = Command::new(bin.join("python"))
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "maturin>=1.7,<2", "numpy"])
+            .output();
+        match pip {
+            Ok(out) if out.status.success() => {}
+            Ok(out) => {
+                let why = format!("pip could not install maturin and numpy: {}", String::from_utf8_lossy(&out.stderr).trim());
+                let _ = std::fs::remove_dir_all(&venv);
+                ffi::skip_or_fail(test, &why);
+                return None;
+            }
+            Err(e) => panic!("running pip: {e}"),
+        }
+    }
+    let path = std::env::join_paths(
+        std::iter::once(bin.clone()).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
+    .unwrap();
+    ffi::run(
+        Command::new(bin.join("maturin"))
+            .args(["develop", "--release", "--quiet", "-m"])
+            .arg(ffi::root().join("python/Cargo.toml"))
+            .env("VIRTUAL_ENV", &venv)
+            .env("PATH", path)
+            .env("CARGO_TARGET_DIR", ffi::target_dir())
+            .env("CARGO", std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())),
+        "building the Python package (maturin develop --release)",
+    );
+    Some(venv)
+}
+
+/// The regions the Python script expects, and what version `v` writes into them.
+struct Regions {
+    grid: Region<f64>,
+    counts: Region<i32>,
+    bytes: Region<u8>,
+    constant: Region<u64>,
+    small: Region<f32>,
+}
+
+impl Regions {
+    fn new(p: &mut Producer) -> Regions {
+        let mut r = Regions {
+            grid: p.region::<f64>("grid/t", &[64, 100]).unwrap(),
+            counts: p.wrap_vec("counts", vec![0i32; 1000], &[1000]).unwrap(),
+            bytes: p.region::<u8>("bytes", &[3, 5, 300]).unwrap(),
+            constant: p.region::<u64>("const", &[2048]).unwrap(),
+            small: p.wrap_vec("small", vec![0f32; 120], &[2, 3, 4, 5]).unwrap(),
+        };
+        for (i, x) in r.constant.iter_mut().enumerate() {
+            *x = i as u64 * 3;
+        }
+        r
+    }
+
+    /// Writes what version `v` holds (check_observer.py's `expected`).
+    fn write(&mut self, v: u64) {
+        for (i, x) in self.grid.iter_mut().enumerate() {
+            *x = i as f64 + v as f64 * 1e4;
+        }
+        for (i, x) in self.counts.iter_mut().enumerate() {
+            *x = (i as i64 * 7 + v as i64) as i32;
+        }
+        for (i, x) in self.bytes.iter_mut().enumerate() {
+            *x = ((i as u64 + v) % 256) as u8;
+        }
+        for (i, x) in self.small.iter_mut().enumerate() {
+            *x = i as f32 * 0.5 + v as f32;
+        }
+    }
+}
+
+fn publish(p: &mut Producer, regions: &mut Regions) -> u64 {
+    let next = p.stats().versions + 1;
+    regions.write(next);
+    let v = p.publish().unwrap();
+    assert_eq!(v, next);
+    v
+}
+
+#[test]
+fn python_observer_sees_what_was_published() {
+    let test = "python_observer_sees_what_was_published";
+    let started = Instant::now();
+    let Some(venv) = venv(test) else { return };
+    eprintln!("virtual environment ready: {:.1} s", started.elapsed().as_secs_f64());
+    common::endpoint_dir("python");
+    let scratch = ffi::scratch("python");
+    let name = "python-observer";
+    let mut producer = Producer::create(name, ProducerOptions::default()).unwrap();
+    let mut regions = Regions::new(&mut producer);
+    publish(&mut producer, &mut regions);
+
+    // Two checkpoints (a base and an increment) by the tcasm tool, while versions go by.
+    let checkpoints = scratch.join("checkpoints");
+    let mut checkpointer = Command::new(common::tcasm_bin())
+        .args(["checkpoint", name, "--dir"])
+        .arg(&checkpoints)
+        .args(["--count", "2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let since = Instant::now();
+    let status = loop {
+        if let Some(status) = checkpointer.try_wait().unwrap() {
+            break status;
+        }
+        assert!(since.elapsed() < LIMIT, "tcasm checkpoint did not finish");
+        std::thread::sleep(Duration::from_millis(30));
+        publish(&mut producer, &mut regions);
+    };
+    assert!(status.success(), "tcasm checkpoint failed: {status}");
+
+    let mut python = Command::new(venv.join("bin/python"))
+        .arg(ffi::root().join("python/tests/check_observer.py"))
+        .arg(name)
+        .arg(&checkpoints)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = python.stdin.take().unwrap();
+    let mut lines = BufReader::new(python.stdout.take().unwrap()).lines();
+    let mut said = Vec::new();
+    let mut producer = Some(producer);
+    while let Some(line) = lines.next().transpose().unwrap() {
+        said.push(line.clone());
+        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["pinned", v] => {
+                // Newer versions while Python holds `v`.
+                let p = producer.as_mut().unwrap();
+                let v: u64 = v.parse().unwrap();
+                let mut newest = 0;
+                while newest < v + 3 {
+                    newest = publish(p, &mut regions);
+                }
+                writeln!(input, "published {newest}").unwrap();
+            }
+            ["ok"] => {
+                drop(producer.take());
+                writeln!(input, "gone").unwrap();
+            }
+            _ => {}
+        }
+    }
+    let status = common::wait_with_watchdog(&mut python, LIMIT, "check_observer.py");
+    assert!(status.success(), "check_observer.py failed ({status}); it said {said:?}");
+    assert_eq!(said.last().map(String::as_str), Some("done"), "{said:?}");
+    eprintln!("python test: {:.1} s", started.elapsed().as_secs_f64());
+    let _ = std::fs::remove_dir_all(&scratch);
+}
