@@ -55,8 +55,8 @@ pub enum RegionError {
     #[error("region {name:?}: {bytes} bytes do not hold shape {shape:?} of {dtype}")]
     WrongLength { name: String, bytes: usize, shape: Vec<usize>, dtype: Dtype },
     #[error("region {name:?}: the {tracker} tracker cannot track the buffer at {addr:#x} ({errno}); \
-             it must be anonymous or shared memory (malloc, mmap, a Vec), not a file mapping or \
-             a program's static data. Allocate it with Producer::region, or use the copy tracker")]
+             userfaultfd tracks anonymous and shared memory (malloc, mmap, a Vec, static arrays), \
+             not memory mapped from a file. Allocate it with Producer::region, or use the copy tracker")]
     CannotTrack { name: String, addr: usize, tracker: TrackerKind, errno: nix::Error },
     #[error("region {name:?}: the {tracker} tracker stops every write to a protected page until \
              its handler thread lets it through, so it protects only pages a region owns whole; the \

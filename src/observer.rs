@@ -85,13 +85,28 @@ pub struct Observer {
 }
 
 impl Observer {
-    /// Attaches to the producer `name`, waiting up to [`ATTACH_TIMEOUT`] for its first version.
+    /// Attaches to the producer `name`, waiting up to [`ATTACH_TIMEOUT`] for its first
+    /// version. A name no producer has is `NotFound` at once.
     pub fn attach(name: &str) -> Result<Observer, ReadError> {
-        Observer::attach_timeout(name, ATTACH_TIMEOUT)
+        Observer::connect(name, ATTACH_TIMEOUT, false)
     }
 
+    /// Attaches to the producer `name`, waiting up to `timeout` for it to appear and publish
+    /// its first version: for observers started alongside their producer.
     pub fn attach_timeout(name: &str, timeout: Duration) -> Result<Observer, ReadError> {
-        let endpoint::Attached { stream, files, slot } = endpoint::attach(name, timeout)?;
+        Observer::connect(name, timeout, true)
+    }
+
+    fn connect(name: &str, timeout: Duration, wait_for_endpoint: bool) -> Result<Observer, ReadError> {
+        let started = std::time::Instant::now();
+        let endpoint::Attached { stream, files, slot } = loop {
+            match endpoint::attach(name, timeout.saturating_sub(started.elapsed())) {
+                Err(EndpointError::NotFound { .. }) if wait_for_endpoint && started.elapsed() < timeout => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                attached => break attached?,
+            }
+        };
         let reader = StoreReader::open(files, slot).map_err(|what| ReadError::Corrupt { name: name.to_string(), what })?;
         Ok(Observer {
             inner: Arc::new(Inner {
@@ -295,7 +310,9 @@ fn update_view(reader: &StoreReader, pool: &mut Option<(usize, Mapping)>, view: 
     Ok(())
 }
 
-/// A pinned version: its views stay valid and unchanged while it lives.
+/// A pinned version: its views stay valid and unchanged while it lives. The views' memory is
+/// a mapping of its own, not part of the `Snapshot` value: moving the `Snapshot` (into a
+/// `Box`, a Python object, another thread) does not move the bytes a view points to.
 pub struct Snapshot {
     inner: Arc<Inner>,
     version: u64,
