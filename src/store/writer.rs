@@ -101,11 +101,8 @@ pub struct StoreWriter {
     written: Vec<u64>,
     occupied: Vec<u64>,
     retired: Vec<Retired>,
-    /// Slots freed by reclaim, with the version that freed them, oldest first, and per page
-    /// the version that last freed one of its slots: a page written again and again frees a
-    /// slot every publish and reuses one, and none of its slots may be punched meanwhile.
+    /// Slots freed by reclaim, with the version that freed them, oldest first.
     cooling: VecDeque<(u64, u16, u32)>,
-    last_freed: Vec<u64>,
     live_pins: Vec<u64>,
     /// Publishes a freed slot stays allocated before it is punched.
     cooling_publishes: u64,
@@ -167,7 +164,6 @@ impl StoreWriter {
             occupied: vec![0; n * occupancy_words],
             retired: Vec::new(),
             cooling: VecDeque::new(),
-            last_freed: vec![0; n],
             live_pins: Vec::new(),
             cooling_publishes: match freed {
                 Freed::Reuse => COOLING,
@@ -278,7 +274,6 @@ impl StoreWriter {
             }
             self.set_occupied(r.page as usize, r.plane, false);
             self.cooling.push_back((self.version, r.plane, r.page));
-            self.last_freed[r.page as usize] = self.version;
             false
         });
         self.retired = retired;
@@ -411,8 +406,10 @@ impl StoreWriter {
         pos
     }
 
-    /// Returns to the kernel the slots freed `cooling_publishes` ago whose page has freed
-    /// none since and that stayed free, one `fallocate` per stretch of free slots in a plane.
+    /// Returns to the kernel the slots freed `cooling_publishes` ago that are free now, one
+    /// `fallocate` per stretch of free slots in a plane. A slot reused and freed again since
+    /// may go early: that costs its next reuse a page fault, never correctness (a free slot
+    /// holds no live version's page).
     fn punch_cooled(&mut self, n: u64) {
         let mut due = Vec::new();
         while let Some(&(freed_at, k, p)) = self.cooling.front() {
@@ -420,12 +417,7 @@ impl StoreWriter {
                 break;
             }
             self.cooling.pop_front();
-            let last = self.last_freed[p as usize];
-            if last + self.cooling_publishes > n {
-                // The page freed a slot since: look again once that one has cooled (not due
-                // in this pass, so the loop ends).
-                self.cooling.push_back((last, k, p));
-            } else if !self.is_occupied(p as usize, k) {
+            if !self.is_occupied(p as usize, k) {
                 due.push((k, p));
             }
         }
