@@ -14,23 +14,29 @@
 //! producer is free again (the kernel drops OFD locks with the last descriptor), so the next
 //! producer of that name takes it and replaces the stale socket.
 //!
-//! Who may attach: by default only the producer's user (and root): the directory is 0700,
-//! the socket and lock file the user's alone, and the accept thread checks the peer's
-//! credentials (`SO_PEERCRED`) as well, in case the files were opened up. With a group
-//! ([`crate::ProducerOptions::group`]) the directory becomes group-enterable, the socket
-//! 0660 and the lock file 0640, both of that group, and the accept thread also admits peers
-//! whose primary group (from `SO_PEERCRED`) or supplementary groups (from
-//! `/proc/PID/status`, when readable) include it. Whoever is refused is told why, and the
-//! producer logs it. The uid is the boundary the store's access model rests on
-//! ([`crate::store`]): a peer of another uid cannot reopen the read-only files it receives
-//! for writing, nor change their mode.
+//! Who may attach, and the threat model. The producer's user and root are trusted (they
+//! could ptrace the producer anyway). By default no one else may attach: the directory is
+//! 0700, the socket and lock file the user's alone, and behind those modes the accept thread
+//! checks the peer's credentials (`SO_PEERCRED`), in case the files were opened up. With a
+//! group ([`crate::ProducerOptions::group`]) the directory becomes enterable by the group,
+//! the socket 0660 and the lock file 0640, both the group's, and the accept thread also
+//! admits peers whose primary group (`SO_PEERCRED`) or supplementary groups
+//! (`/proc/PID/status`, when readable) include it. Members are trusted to read snapshots,
+//! not to change them: they receive read-only descriptors of files owned by another uid,
+//! mode 0400 and sealed against shrinking, which they can neither reopen for writing nor
+//! chmod, and a pin page of their own, through which they can only delay reclamation
+//! (memory, bounded by their pin words; see [`crate::store`]). Whoever is refused is told
+//! why, and the producer logs it. Observers in turn must treat all they receive as input
+//! ([`crate::store::reader`]): `TCASM_DIR` may name a directory someone else controls. The
+//! directory's ancestors must let the group through too: the usual `$XDG_RUNTIME_DIR` is
+//! 0700, so a producer that admits a group needs `TCASM_DIR`.
 //!
 //! Handshake: the producer's accept thread checks the peer's credentials and answers with
-//! one message: [`HELLO`], a status word and the observer's slot; on
-//! success the message carries the control block and pool (read-only) and the observer's own
-//! pin page ([`crate::store::pins`]). The connection then stays open for the observer's
-//! life, and is how each side learns the other is gone: the producer drops a hung-up
-//! observer's pins, an observer sees a hung-up producer as `ProducerGone`.
+//! one message: [`HELLO`], a status word and the observer's slot; on success it carries the
+//! control block and pool (read-only) and the observer's own pin page
+//! ([`crate::store::pins`]). The connection then stays open for the observer's life, and is
+//! how each side learns the other is gone: the producer drops a hung-up observer's pins, an
+//! observer sees a hung-up producer as `ProducerGone`.
 use std::fs::{DirBuilder, File, OpenOptions, Permissions};
 use std::io::{Read, Seek, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};

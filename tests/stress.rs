@@ -1,6 +1,7 @@
-//! `tcasm stress` end to end, with each tracker: one producer process and three observer
-//! processes that check every byte of every snapshot. A short run, to catch a torn snapshot
-//! or a lost write on every test run; long runs are for the tool itself.
+//! `tcasm stress` end to end, with each tracker, and under chaos: one producer process and
+//! observer processes that check every byte of every snapshot. Short runs, to catch a torn
+//! snapshot, a lost write or leaked memory on every test run; long runs are for the tool
+//! itself.
 mod common;
 
 use std::fs::File;
@@ -10,38 +11,61 @@ use std::time::Duration;
 
 use tcasm::TrackerKind;
 
-/// Runs a short stress with `tracker` and checks its summary line. Its stderr (progress, and
-/// the details of any failure) goes to a file that failures print.
-fn stress(tracker: TrackerKind) {
-    let test = format!("stress-{tracker}");
-    let dir = common::private_dir(&test);
-    let log = dir.join("stderr");
-    let mut child = Command::new(common::tcasm_bin())
-        .args(["stress", "--observers", "3", "--seconds", "3", "--size", "16MiB"])
-        .args(["--tracker", &tracker.to_string()])
-        .env("TCASM_DIR", &dir)
-        .stdout(Stdio::piped())
-        .stderr(File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let status = common::wait_with_watchdog(&mut child, Duration::from_secs(60), &test);
-    let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    let last = out.lines().last().unwrap_or_default();
-    let context = format!("{test}: {status}, last line {last:?}, stderr:\n{}", std::fs::read_to_string(&log).unwrap());
-    let field = |key: &str| -> u64 {
-        last.split_whitespace()
+/// A finished `tcasm stress` run: its summary line, and what to show when an assertion on
+/// it fails (exit status, that line, and its stderr: progress and the details of failures).
+struct Run {
+    last: String,
+    context: String,
+}
+
+impl Run {
+    /// Runs a short stress with `args` as test `test`.
+    fn new(test: &str, args: &[&str]) -> Run {
+        let dir = common::private_dir(test);
+        let log = dir.join("stderr");
+        let mut child = Command::new(common::tcasm_bin())
+            .arg("stress")
+            .args(args)
+            .env("TCASM_DIR", &dir)
+            .stdout(Stdio::piped())
+            .stderr(File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let status = common::wait_with_watchdog(&mut child, Duration::from_secs(60), test);
+        let mut out = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        let last = out.lines().last().unwrap_or_default().to_string();
+        let context = format!("{test}: {status}, last line {last:?}, stderr:\n{}", std::fs::read_to_string(&log).unwrap());
+        let _ = std::fs::remove_dir_all(dir);
+        assert!(status.success(), "{context}");
+        Run { last, context }
+    }
+
+    fn field(&self, key: &str) -> u64 {
+        self.last
+            .split_whitespace()
             .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
             .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {key}= in the last line; {context}"))
-    };
-    assert_eq!(field("torn"), 0, "{context}");
-    assert!(field("versions") > 1, "{context}");
-    assert!(field("acquisitions") > 0, "{context}");
-    let pages = (16 << 20) / tcasm::sys::page_size() as u64;
-    assert_eq!(field("verified_pages"), field("acquisitions") * pages, "{context}");
-    assert!(status.success(), "{context}");
-    let _ = std::fs::remove_dir_all(dir);
+            .unwrap_or_else(|| panic!("no {key}= in the last line; {}", self.context))
+    }
+
+    /// No snapshot was torn, and every one taken was checked whole (16 MiB each).
+    fn assert_whole(&self) {
+        assert_eq!(self.field("torn"), 0, "{}", self.context);
+        assert!(self.field("versions") > 1, "{}", self.context);
+        assert!(self.field("acquisitions") > 0, "{}", self.context);
+        let pages = (16 << 20) / tcasm::sys::page_size() as u64;
+        assert_eq!(self.field("verified_pages"), self.field("acquisitions") * pages, "{}", self.context);
+    }
+}
+
+fn stress(tracker: TrackerKind) {
+    let tracker = tracker.to_string();
+    let run = Run::new(
+        &format!("stress-{tracker}"),
+        &["--observers", "3", "--seconds", "3", "--size", "16MiB", "--tracker", &tracker],
+    );
+    run.assert_whole();
 }
 
 #[test]
@@ -54,4 +78,14 @@ fn stress_with_async_tracker() {
 #[test]
 fn stress_with_copy_tracker() {
     stress(TrackerKind::Copy);
+}
+
+/// Observers killed, stopped and restarted at random while the producer publishes: every
+/// snapshot any of them verified was whole, and once they are all gone the store holds the
+/// latest version and nothing more.
+#[test]
+fn stress_under_chaos() {
+    let run = Run::new("stress-chaos", &["--observers", "4", "--seconds", "4", "--size", "16MiB", "--chaos"]);
+    run.assert_whole();
+    assert_eq!(run.field("leaked_bytes"), 0, "{}", run.context);
 }

@@ -1,9 +1,12 @@
 //! Shared by the integration tests: a private endpoint directory, the kernel-feature gate,
-//! and a watchdog for child processes.
+//! and for child processes a watchdog, their output line by line, and a copy of the test
+//! binary that another user can run.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::Child;
+use std::process::{Child, ExitStatus};
+use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 /// Points `TCASM_DIR` at a fresh directory for this test process, once, and returns it.
@@ -47,22 +50,54 @@ pub fn async_tracking_available(test: &str) -> bool {
 }
 
 /// Waits for `child` up to `limit`, killing it (and failing) if it takes longer.
-pub fn wait_with_watchdog(child: &mut Child, limit: Duration, what: &str) -> std::process::ExitStatus {
+pub fn wait_with_watchdog(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
+    wait_or_kill(child, limit).unwrap_or_else(|| panic!("{what} did not finish within {limit:?}: killed by the watchdog"))
+}
+
+/// Waits for `child` up to `limit`; kills it and returns `None` if it takes longer.
+pub fn wait_or_kill(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     let start = Instant::now();
     loop {
         if let Some(status) = child.try_wait().unwrap() {
-            return status;
+            return Some(status);
         }
         if start.elapsed() > limit {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{what} did not finish within {limit:?}: killed by the watchdog");
+            return None;
         }
-        std::thread::sleep(Duration::from_millis(20));
+        std::thread::sleep(Duration::from_millis(5));
     }
+}
+
+/// The lines a child writes to `out` (its piped stdout), as they come, read by a thread so
+/// that the test can wait for them with a timeout.
+pub fn lines_of(out: impl Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 /// The `tcasm` binary built for these tests.
 pub fn tcasm_bin() -> &'static str {
     env!("CARGO_BIN_EXE_tcasm")
+}
+
+/// A copy of this test binary in a fresh directory anyone may enter, for child processes
+/// run as another user (the build directory may be out of their reach, e.g. under /root).
+pub fn runnable_by_anyone(test: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("tcasm-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = dir.join(test);
+    std::fs::copy(std::env::current_exe().unwrap(), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    exe
 }

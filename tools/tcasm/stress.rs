@@ -10,19 +10,32 @@
 //! everything, at coverages spread over 0–100 %, so every publish path of the store is taken.
 //!
 //! The producer never waits for observers: it publishes as fast as it can for `--seconds`,
-//! then drops its endpoint; each observer then gets `ProducerGone`, prints its totals as one
-//! line on stdout and exits. The producer collects them under a watchdog (stragglers are
-//! killed and count as failed), and its last stdout line is
-//! `stress: versions=V acquisitions=A verified_pages=P torn=T`; it fails when a snapshot was
-//! torn or an observer failed. Progress goes to stderr.
-use std::io::Read;
+//! then drops its endpoint; each observer then gets `ProducerGone` and exits. Observers print
+//! their running totals as one line on stdout after every snapshot; the producer collects the
+//! last line of each under a watchdog (stragglers are killed and count as failed), and its
+//! last stdout line is `stress: versions=V acquisitions=A verified_pages=P torn=T`; it fails
+//! when a snapshot was torn or an observer failed. Progress goes to stderr.
+//!
+//! With `--chaos`, observers are also SIGKILLed at random (and replaced by fresh ones) or
+//! SIGSTOPped for a random while, as a crashing or stalled analysis would be. A killed
+//! observer is no failure, and the snapshots it verified before it died count. The producer
+//! frees slots at once (`Freed::Release`), so that its memory is exact: at the end the
+//! observers are told to exit (their stdin closes) while the producer lives, it publishes a
+//! few more versions, and whatever its store holds beyond the latest version is
+//! `leaked_bytes`, which must be 0; the last line then ends with `leaked_bytes=L`.
+use std::io::{BufRead, BufReader};
 use std::ops::Range;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
 use tcasm::sys::page_size;
-use tcasm::{Observer, Producer, ProducerOptions, ReadError, Region, Snapshot, TrackerKind};
+use tcasm::{Freed, Observer, Producer, ProducerOptions, ReadError, Region, Snapshot, TrackerKind};
 
 /// The one region the producer shares.
 const REGION: &str = "stress";
@@ -30,6 +43,11 @@ const REGION: &str = "stress";
 const OBSERVER_GRACE: Duration = Duration::from_secs(30);
 /// Mismatches an observer describes on stderr before it only counts them.
 const REPORTED_MISMATCHES: u64 = 5;
+/// How long chaos waits between two blows, and how long it stops an observer, in ms.
+const CHAOS_PAUSE_MS: Range<u64> = 100..1000;
+const CHAOS_STOP_MS: Range<u64> = 100..2000;
+/// Versions published once the observers are gone, before the store's memory is measured.
+const SETTLE_VERSIONS: usize = 2;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -51,6 +69,10 @@ pub struct Args {
     /// Seed of the write schedule (default: from the clock; printed, so a run can be repeated).
     #[arg(long)]
     seed: Option<u64>,
+    /// Kill, stop and restart observers at random meanwhile, and report the memory the store
+    /// holds beyond the latest version at the end (`leaked_bytes`).
+    #[arg(long)]
+    chaos: bool,
 }
 
 #[derive(clap::Args)]
@@ -86,6 +108,11 @@ impl Rng {
     /// Uniform in `0..n` (n > 0), close enough for a schedule.
     fn below(&mut self, n: usize) -> usize {
         (((self.next() >> 32) * n as u64) >> 32) as usize
+    }
+
+    /// Uniform in `ms` milliseconds.
+    fn millis(&mut self, ms: &Range<u64>) -> Duration {
+        Duration::from_millis(ms.start + self.below((ms.end - ms.start) as usize) as u64)
     }
 
     /// Uniform in [0, 1).
@@ -250,34 +277,52 @@ pub fn run(args: Args) -> crate::Result {
     let options = ProducerOptions {
         tracker: args.tracker,
         max_observers: ProducerOptions::default().max_observers.max(args.observers),
+        freed: if args.chaos { Freed::Release } else { Freed::Reuse },
         ..ProducerOptions::default()
     };
     let mut producer = Producer::create(&name, options)?;
     let region = producer.region::<u8>(REGION, &[args.size])?;
     eprintln!(
-        "stress: producer {name:?}: {} pages, {} tracker, {} observers, {} s, seed {seed}",
+        "stress: producer {name:?}: {} pages, {} tracker, {} observers{}, {} s, seed {seed}",
         pattern.pages,
         producer.tracker(),
         args.observers,
+        if args.chaos { " under chaos" } else { "" },
         args.seconds
     );
     let mut writer = Writer { producer, region, pattern, schedule: Vec::new() };
     writer.publish_next()?;
     let observers = (0..args.observers)
-        .map(|i| spawn_observer(&name, seed, i))
+        .map(|i| ObserverProcess::spawn(&name, seed, i))
         .collect::<std::io::Result<Vec<_>>>()?;
-    let published = writer.publish_for(Duration::from_secs_f64(args.seconds));
+    let duration = Duration::from_secs_f64(args.seconds);
+    let (published, observers, mut results) = if args.chaos {
+        let chaos = Chaos::start(observers, &name, seed);
+        let published = writer.publish_for(duration);
+        let (observers, killed) = chaos.stop();
+        (published, observers, killed)
+    } else {
+        (writer.publish_for(duration), observers, Vec::new())
+    };
     let stats = writer.producer.stats();
     eprintln!(
         "stress: producer done: {} versions, {:.2} ms per publish",
         stats.versions,
         stats.total_publish.as_secs_f64() * 1e3 / stats.versions as f64
     );
-    drop(writer); // observers now see ProducerGone
+    let leaked = if args.chaos {
+        // The observers finish while the producer lives on, to measure what it keeps.
+        results.extend(collect(observers, OBSERVER_GRACE));
+        Some(writer.leaked_bytes()?)
+    } else {
+        drop(writer); // observers now see ProducerGone
+        results.extend(collect(observers, OBSERVER_GRACE));
+        None
+    };
 
     let mut sum = Totals::default();
     let mut failed = 0;
-    for (i, result) in collect(observers, OBSERVER_GRACE).into_iter().enumerate() {
+    for (i, result) in results.into_iter().enumerate() {
         match result {
             Ok(t) => sum.add(t),
             Err(why) => {
@@ -300,11 +345,20 @@ pub fn run(args: Args) -> crate::Result {
         );
     }
     println!(
-        "stress: versions={} acquisitions={} verified_pages={} torn={}",
-        stats.versions, sum.acquisitions, sum.verified_pages, sum.torn
+        "stress: versions={} acquisitions={} verified_pages={} torn={}{}",
+        stats.versions,
+        sum.acquisitions,
+        sum.verified_pages,
+        sum.torn,
+        leaked.map(|l| format!(" leaked_bytes={l}")).unwrap_or_default()
     );
-    if sum.torn > 0 || failed > 0 {
-        return Err(format!("{} torn snapshots, {failed} of {} observers failed", sum.torn, args.observers).into());
+    if sum.torn > 0 || failed > 0 || leaked.is_some_and(|l| l > 0) {
+        return Err(format!(
+            "{} torn snapshots, {failed} observers failed, {} bytes leaked",
+            sum.torn,
+            leaked.unwrap_or(0)
+        )
+        .into());
     }
     Ok(())
 }
@@ -338,6 +392,24 @@ impl Writer {
         Ok(())
     }
 
+    /// Once every observer has exited: publishes a few more versions and returns the bytes
+    /// the store holds beyond the latest version (with `Freed::Release`, it holds exactly
+    /// that version when no observer pins one).
+    fn leaked_bytes(&mut self) -> crate::Result<u64> {
+        let deadline = Instant::now() + OBSERVER_GRACE;
+        while self.producer.observers() > 0 {
+            if Instant::now() > deadline {
+                return Err(format!("{} observers still attached {OBSERVER_GRACE:?} after they exited", self.producer.observers()).into());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        for _ in 0..SETTLE_VERSIONS {
+            self.publish_next()?;
+        }
+        let latest = (self.pattern.pages * page_size()) as u64;
+        Ok(self.producer.stats().store_bytes.saturating_sub(latest))
+    }
+
     /// Publishes as fast as it can for `duration`, with a progress line a second on stderr.
     fn publish_for(&mut self, duration: Duration) -> crate::Result {
         let started = Instant::now();
@@ -363,52 +435,176 @@ impl Writer {
     }
 }
 
-fn spawn_observer(name: &str, seed: u64, index: usize) -> std::io::Result<Child> {
-    Command::new(std::env::current_exe()?)
-        .args(["stress-observer", "--name", name])
-        .args(["--seed", &seed.to_string(), "--index", &index.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
+/// An observer's totals, or why it failed.
+type Report = Result<Totals, String>;
+
+/// An observer process. It reports its totals after every snapshot, and a thread keeps its
+/// last report, so that what an observer killed by chaos verified still counts. Closing its
+/// stdin tells it to finish.
+struct ObserverProcess {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    reports: JoinHandle<Option<Totals>>,
 }
 
-/// Waits for every observer, at most `grace` in all, kills those still running then, and
-/// returns each one's totals or why it failed.
-fn collect(mut children: Vec<Child>, grace: Duration) -> Vec<Result<Totals, String>> {
+impl ObserverProcess {
+    fn spawn(name: &str, seed: u64, index: usize) -> std::io::Result<ObserverProcess> {
+        let mut child = Command::new(std::env::current_exe()?)
+            .args(["stress-observer", "--name", name])
+            .args(["--seed", &seed.to_string(), "--index", &index.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let stdin = child.stdin.take();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let reports = std::thread::spawn(move || last_report(stdout));
+        Ok(ObserverProcess { child, stdin, reports })
+    }
+
+    fn signal(&self, signal: Signal) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), signal);
+    }
+
+    /// Its totals, once it has exited with `status`; chaos `killed` it, or it had to succeed.
+    fn result(self, status: std::process::ExitStatus, killed: bool) -> Report {
+        let report = self.reports.join().map_err(|_| "its report reader panicked".to_string())?;
+        if !killed && !status.success() {
+            return Err(format!("exited with {status}"));
+        }
+        match report {
+            Some(t) => Ok(t),
+            None if killed => Ok(Totals::default()),
+            None => Err("printed nothing".into()),
+        }
+    }
+
+    /// SIGKILLs it (chaos) and returns what it verified until then; one that had already
+    /// exited is judged by how it exited.
+    fn kill(mut self) -> Report {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return self.result(status, false);
+        }
+        let _ = self.child.kill();
+        let status = self.child.wait().map_err(|e| format!("waiting for it: {e}"))?;
+        self.result(status, true)
+    }
+}
+
+/// The last complete totals line an observer printed (one cut short by SIGKILL is not).
+fn last_report(stdout: ChildStdout) -> Option<Totals> {
+    let mut reader = BufReader::new(stdout);
+    let (mut line, mut last) = (String::new(), None);
+    while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+        if line.ends_with('\n') {
+            last = line.trim_end().parse().ok().or(last);
+        }
+        line.clear();
+    }
+    last
+}
+
+/// Closes every observer's stdin, waits for them all, at most `grace` in all, kills those
+/// still running then, and returns each one's totals or why it failed.
+fn collect(mut observers: Vec<ObserverProcess>, grace: Duration) -> Vec<Report> {
+    observers.iter_mut().for_each(|o| drop(o.stdin.take()));
     let deadline = Instant::now() + grace;
-    let mut results: Vec<Option<Result<Totals, String>>> = children.iter().map(|_| None).collect();
-    while results.iter().any(Option::is_none) {
+    let mut results = Vec::new();
+    while !observers.is_empty() {
         let late = Instant::now() > deadline;
-        for (child, result) in children.iter_mut().zip(&mut results).filter(|(_, r)| r.is_none()) {
-            *result = match child.try_wait() {
-                Ok(Some(status)) => Some(report(child, status)),
+        let mut i = 0;
+        while i < observers.len() {
+            let result = match observers[i].child.try_wait() {
+                Ok(Some(status)) => Some(observers.swap_remove(i).result(status, false)),
                 Ok(None) if late => {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                    Some(Err(format!("still running {grace:?} after the producer ended: killed")))
+                    let _ = observers.swap_remove(i).kill();
+                    Some(Err(format!("still running {grace:?} after the run ended: killed")))
                 }
                 Ok(None) => None,
-                Err(e) => Some(Err(format!("waiting for it: {e}"))),
+                Err(e) => {
+                    let _ = observers.swap_remove(i).kill();
+                    Some(Err(format!("waiting for it: {e}")))
+                }
             };
+            match result {
+                Some(r) => results.push(r),
+                None => i += 1,
+            }
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    results.into_iter().flatten().collect()
+    results
 }
 
-/// The totals an exited observer printed.
-fn report(child: &mut Child, status: std::process::ExitStatus) -> Result<Totals, String> {
-    let mut out = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        stdout.read_to_string(&mut out).map_err(|e| format!("reading its output: {e}"))?;
+/// Blows dealt to observers while the producer publishes, one at a time at random: SIGKILL
+/// (and a fresh observer in its place) or SIGSTOP for a while (then SIGCONT).
+struct Chaos {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<(Vec<ObserverProcess>, Vec<Report>)>,
+}
+
+impl Chaos {
+    fn start(observers: Vec<ObserverProcess>, name: &str, seed: u64) -> Chaos {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (stop, name) = (stop.clone(), name.to_string());
+            std::thread::spawn(move || chaos(observers, &name, seed, &stop))
+        };
+        Chaos { stop, thread }
     }
-    if !status.success() {
-        return Err(format!("exited with {status}"));
+
+    /// Ends the chaos; returns the observers running then, and what the killed ones verified.
+    fn stop(self) -> (Vec<ObserverProcess>, Vec<Report>) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the chaos thread does not panic")
     }
-    out.lines().last().ok_or("printed nothing")?.parse()
+}
+
+fn chaos(mut observers: Vec<ObserverProcess>, name: &str, seed: u64, stop: &AtomicBool) -> (Vec<ObserverProcess>, Vec<Report>) {
+    let mut rng = Rng(mix(seed ^ 0xC4A0_5C4A_05C4_A05C));
+    let (mut killed, mut stops, mut next) = (Vec::new(), 0, observers.len());
+    loop {
+        pause(rng.millis(&CHAOS_PAUSE_MS), stop);
+        if stop.load(Ordering::Relaxed) || observers.is_empty() {
+            break;
+        }
+        let i = rng.below(observers.len());
+        if rng.below(2) == 0 {
+            match ObserverProcess::spawn(name, seed, next) {
+                Ok(fresh) => {
+                    next += 1;
+                    killed.push(std::mem::replace(&mut observers[i], fresh).kill());
+                }
+                Err(e) => eprintln!("stress: chaos could not start an observer: {e}"),
+            }
+        } else {
+            observers[i].signal(Signal::SIGSTOP);
+            pause(rng.millis(&CHAOS_STOP_MS), stop);
+            observers[i].signal(Signal::SIGCONT);
+            stops += 1;
+        }
+    }
+    eprintln!("stress: chaos: {} observers killed, {stops} stopped", killed.len());
+    (observers, killed)
+}
+
+/// Sleeps for `d`, or less if `stop` is set meanwhile.
+fn pause(d: Duration, stop: &AtomicBool) {
+    let until = Instant::now() + d;
+    while Instant::now() < until && !stop.load(Ordering::Relaxed) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 pub fn observe(args: ObserverArgs) -> crate::Result {
+    // The producer closes our stdin when it wants us to finish while it lives on.
+    let finish = Arc::new(AtomicBool::new(false));
+    {
+        let finish = finish.clone();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut std::io::stdin(), &mut std::io::sink());
+            finish.store(true, Ordering::Relaxed);
+        });
+    }
     let observer = Observer::attach(&args.name)?;
     let region = observer
         .regions()
@@ -424,7 +620,7 @@ pub fn observe(args: ObserverArgs) -> crate::Result {
         schedule: Vec::new(),
         totals: Totals::default(),
     };
-    loop {
+    while !finish.load(Ordering::Relaxed) {
         match observer.wait_newer(checker.version, Duration::from_millis(100)) {
             Ok(Some(_)) => {}
             Ok(None) => continue,
@@ -436,6 +632,7 @@ pub fn observe(args: ObserverArgs) -> crate::Result {
             Ok(snapshot) => {
                 checker.totals.latest_us += asked.elapsed().as_micros() as u64;
                 checker.check(&snapshot)?;
+                println!("{}", checker.totals);
             }
             Err(ReadError::ProducerGone { .. }) => break,
             Err(e) => return Err(e.into()),
