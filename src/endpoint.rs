@@ -336,7 +336,18 @@ fn serve(listener: UnixListener, admission: &Admission, stop: &AtomicBool, store
     while !stop.load(Ordering::Relaxed) {
         let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
         let _ = poll(&mut fds, PollTimeout::from(TICK.as_millis() as u16));
-        while let Ok((stream, _)) = listener.accept() {
+        loop {
+            let stream = match listener.accept() {
+                Ok((stream, _)) => stream,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // Out of descriptors (EMFILE) or memory: the connection stays queued and
+                    // the listener readable, so wait a tick rather than spin on it.
+                    tracing::warn!("accepting an observer failed: {e}");
+                    std::thread::sleep(TICK);
+                    break;
+                }
+            };
             let _ = stream.set_nonblocking(false);
             let _ = stream.set_write_timeout(Some(Duration::from_secs(1)));
             match fdpass::peer(&stream) {

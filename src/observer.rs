@@ -174,19 +174,26 @@ impl Observer {
             .iter()
             .position(|u| !u)
             .ok_or(ReadError::TooManySnapshots { held: PINS_PER_SLOT })?;
+        // A record overwritten while we read it means the producer has published newer
+        // versions since: take the newest. The same version overwritten twice cannot happen
+        // with an honest producer, and is corruption, not a reason to spin.
+        let mut overwritten = 0;
         let (version, map) = loop {
             let v = inner.reader.pin_latest(pin);
             if v == 0 {
                 return Err(EndpointError::NotReady { name: inner.name.clone(), waited_ms: 0 }.into());
             }
-            match inner.reader.record(v) {
+            let what = match inner.reader.record(v) {
                 Ok(map) => break (v, map),
-                Err(RecordError::Overwritten) => continue,
-                Err(RecordError::Corrupt(what)) => {
-                    inner.reader.unpin(pin);
-                    return Err(ReadError::Corrupt { name: inner.name.clone(), what });
+                Err(RecordError::Overwritten) if overwritten != v => {
+                    overwritten = v;
+                    continue;
                 }
-            }
+                Err(RecordError::Overwritten) => format!("the record of version {v} is overwritten while it is the latest"),
+                Err(RecordError::Corrupt(what)) => what,
+            };
+            inner.reader.unpin(pin);
+            return Err(ReadError::Corrupt { name: inner.name.clone(), what });
         };
         state.pins_used[pin] = true;
         let mut view = match state.spare.take() {
@@ -200,7 +207,8 @@ impl Observer {
                 }
             },
         };
-        if let Err(e) = update_view(&inner.reader, &mut state.pool, &mut view, version, map) {
+        let planes = inner.reader.planes().map_err(|what| ReadError::Corrupt { name: inner.name.clone(), what });
+        if let Err(e) = planes.and_then(|planes| update_view(&inner.reader, &mut state.pool, &mut view, version, map, planes)) {
             inner.reader.unpin(pin);
             state.pins_used[pin] = false;
             return Err(e);
@@ -212,14 +220,22 @@ impl Observer {
     /// Waits until a version newer than `than` exists, or `timeout` passes. Returns the
     /// newest version then (`None` on timeout). Costs the producer nothing while no one waits.
     pub fn wait_newer(&self, than: u64, timeout: Duration) -> Result<Option<u64>, ReadError> {
-        let v = self.inner.reader.wait_newer(than, timeout);
-        if v > than {
-            return Ok(Some(v));
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            // In slices, so that a producer killed without closing the store is noticed by its
+            // hang-up within one slice.
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let v = self.inner.reader.wait_newer(than, left.min(Duration::from_millis(100)));
+            if v > than {
+                return Ok(Some(v));
+            }
+            if self.producer_gone() {
+                return Err(self.gone_error());
+            }
+            if left.is_zero() {
+                return Ok(None);
+            }
         }
-        if self.producer_gone() {
-            return Err(self.gone_error());
-        }
-        Ok(None)
     }
 }
 
@@ -243,14 +259,14 @@ pub fn runs_per_window(pages: usize) -> usize {
 }
 
 /// Brings `view` to show version `version`, whose page map is `map`.
-fn update_view(reader: &StoreReader, pool: &mut Option<(usize, Mapping)>, view: &mut View, version: u64, map: PageMap) -> Result<(), ReadError> {
+/// `planes` is the pool's checked plane count ([`StoreReader::planes`]).
+fn update_view(reader: &StoreReader, pool: &mut Option<(usize, Mapping)>, view: &mut View, version: u64, map: PageMap, planes: usize) -> Result<(), ReadError> {
     if view.version == version {
         return Ok(());
     }
     let page = page_size();
     let pages = view.plane.len();
     let most_runs = runs_per_window(pages);
-    let planes = reader.planes();
     let runs = &map.runs;
     let mut i = 0;
     // This window's runs, clipped to it: (pages, plane, written).
@@ -293,7 +309,7 @@ fn update_view(reader: &StoreReader, pool: &mut Option<(usize, Mapping)>, view: 
             view.private[w] = true;
         }
         if pool.as_ref().is_none_or(|(n, _)| *n < planes) {
-            *pool = Some((planes, reader.map_pool().map_err(ReadError::Map)?));
+            *pool = Some((planes, reader.map_pool(planes).map_err(ReadError::Map)?));
         }
         let (_, pool_map) = pool.as_ref().expect("pool mapped above");
         for (r, plane, written) in &clipped {

@@ -114,7 +114,7 @@ mod tests {
     /// The byte every page of a pinned version holds, per page, read from the pool.
     fn read_version(reader: &StoreReader, v: u64) -> Vec<u8> {
         let map = reader.record(v).unwrap_or_else(|e| panic!("record of pinned version {v}: {e:?}"));
-        let pool = reader.map_pool().unwrap();
+        let pool = reader.map_pool(reader.planes().unwrap()).unwrap();
         let page = page_size();
         let mut bytes = Vec::new();
         for (p, plane) in map.planes().into_iter().enumerate() {

@@ -1,7 +1,7 @@
 //! The observer's side of the store: checking the control block, pinning versions in its
 //! own pin page, reading their page maps, and waiting for new ones.
 use std::ops::Range;
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::layout::{self, hdr, obs, pins, ver, Layout, OBSERVER_WORDS, PINS_PER_SLOT};
@@ -52,6 +52,8 @@ pub struct StoreReader {
     /// Our own pin page.
     pins: Mapping,
     slot: usize,
+    /// Planes the pool file was last seen long enough to hold.
+    pool_planes: AtomicUsize,
 }
 
 impl StoreReader {
@@ -59,6 +61,13 @@ impl StoreReader {
     /// (read-only), and its own pin page for slot `slot`. Errors say what is corrupt.
     pub fn open(files: [SharedFile; 3], slot: usize) -> Result<StoreReader, String> {
         let [control_file, pool_file, pins_file] = files;
+        // A file that shrinks under a mapping turns reads into SIGBUS: the producer seals all
+        // three against it, and an observer maps nothing that is not sealed so.
+        for (file, what) in [(&control_file, "control block"), (&pool_file, "pool"), (&pins_file, "pin page")] {
+            if !file.cannot_shrink() {
+                return Err(format!("the {what} is not sealed against shrinking"));
+            }
+        }
         let len = control_file.size().map_err(|e| format!("control block: {e}"))? as usize;
         if len < layout::HEADER_WORDS * 8 || !len.is_multiple_of(8) {
             return Err(format!("control block of {len} bytes"));
@@ -80,7 +89,7 @@ impl StoreReader {
         if p[pins::MAGIC].load(Ordering::Relaxed) != layout::PINS_MAGIC || p[pins::SLOT].load(Ordering::Relaxed) != slot as u64 {
             return Err("the pin page does not belong to this observer slot".into());
         }
-        Ok(StoreReader { layout, control, pool_file, pins, slot })
+        Ok(StoreReader { layout, control, pool_file, pins, slot, pool_planes: AtomicUsize::new(0) })
     }
 
     pub fn layout(&self) -> &Layout {
@@ -112,9 +121,28 @@ impl StoreReader {
         self.words()[hdr::STATE].load(Ordering::Acquire) != layout::STATE_LIVE
     }
 
-    pub fn planes(&self) -> usize {
+    /// Planes the pool holds now, checked against what the layout allows and against the
+    /// pool file's size (so that no mapping of it reads past its end).
+    pub fn planes(&self) -> Result<usize, String> {
         // SYNC: Acquire pairs with the Release store in StoreWriter::add_plane.
-        self.words()[hdr::PLANES].load(Ordering::Acquire) as usize
+        let planes = self.words()[hdr::PLANES].load(Ordering::Acquire);
+        let most = layout::max_planes(self.layout.pin_slots);
+        if planes == 0 || planes > most as u64 {
+            return Err(format!("the pool claims {planes} planes; at most {most} are possible"));
+        }
+        let planes = planes as usize;
+        if planes > self.pool_planes.load(Ordering::Relaxed) {
+            let size = self.pool_file.size().map_err(|e| format!("pool: {e}"))?;
+            if size < (planes * self.plane_bytes()) as u64 {
+                return Err(format!("the pool holds {size} bytes, not the {planes} planes it claims"));
+            }
+            self.pool_planes.fetch_max(planes, Ordering::Relaxed);
+        }
+        Ok(planes)
+    }
+
+    fn plane_bytes(&self) -> usize {
+        self.layout.page_count * self.layout.page_size
     }
 
     pub fn producer_pid(&self) -> u64 {
@@ -154,10 +182,15 @@ impl StoreReader {
         let at = self.layout.log_at() + (pos % cap) as usize;
         let corrupt = |what: String| RecordError::Corrupt(format!("record of version {v}: {what}"));
         let head = |i: usize| words[at + i].load(Ordering::Relaxed);
-        let count = head(1) as usize;
-        if (pos % cap) as usize + 2 + 2 * count > cap as usize || count > self.layout.page_count {
+        let room = (cap - pos % cap) as usize;
+        if room < 2 {
+            return Err(self.unless_overwritten(pos, corrupt("it starts at the end of the log".into())));
+        }
+        let count = head(1);
+        if count > self.layout.page_count as u64 || 2 + 2 * count as usize > room {
             return Err(self.unless_overwritten(pos, corrupt(format!("{count} runs do not fit the log"))));
         }
+        let count = count as usize;
         let runs: Vec<Run> = (0..count)
             .map(|i| Run::decode([head(2 + 2 * i), head(3 + 2 * i)]))
             .collect();
@@ -172,7 +205,7 @@ impl StoreReader {
             return Err(corrupt(format!("holds version {version}")));
         }
         let map = PageMap { runs };
-        map.validate(self.layout.page_count, self.planes(), v).map_err(corrupt)?;
+        map.validate(self.layout.page_count, self.planes().map_err(corrupt)?, v).map_err(corrupt)?;
         Ok(map)
     }
 
@@ -229,10 +262,10 @@ impl StoreReader {
             .collect()
     }
 
-    /// A read-only mapping of the whole pool as it is now.
-    pub fn map_pool(&self) -> Result<Mapping, nix::Error> {
-        let bytes = self.planes() * self.layout.page_count * self.layout.page_size;
-        Mapping::shared(&self.pool_file, 0, bytes, Access::ReadOnly)
+    /// A read-only mapping of the pool's first `planes` planes (a count [`Self::planes`]
+    /// checked).
+    pub fn map_pool(&self, planes: usize) -> Result<Mapping, nix::Error> {
+        Mapping::shared(&self.pool_file, 0, planes * self.plane_bytes(), Access::ReadOnly)
     }
 
     pub fn pool_file(&self) -> &SharedFile {

@@ -66,6 +66,18 @@ impl SharedFile {
         self.seal(&[FileSeal::SealShrink, FileSeal::SealGrow, FileSeal::SealSeal])
     }
 
+    /// Whether the file can never shrink: an observer maps only files sealed so, because a
+    /// file that shrinks under a mapping turns reads of it into SIGBUS.
+    pub fn cannot_shrink(&self) -> bool {
+        memfd::Memfd::try_from_file(match self.file.try_clone() {
+            Ok(f) => f,
+            Err(_) => return false,
+        })
+        .ok()
+        .and_then(|m| m.seals().ok())
+        .is_some_and(|seals| seals.contains(&FileSeal::SealShrink))
+    }
+
     fn seal(&self, seals: &[FileSeal]) -> std::io::Result<()> {
         let memfd = memfd::Memfd::try_from_file(self.file.try_clone()?)
             .map_err(|_| std::io::Error::other("not a memfd"))?;
