@@ -6,8 +6,14 @@
 //! change since its previous one.
 //!
 //! Coverage is the share of the region's pages written (one byte each, spread evenly) between
-//! two publishes; the writes are not timed. `cargo bench --bench publish` takes about a
-//! minute; endpoints go to a temporary `TCASM_DIR`.
+//! two publishes; in `publish_64MiB` the writes are not timed. Tracking also makes the
+//! producer's writes dearer (first-write faults), which only the group `producer_64MiB`
+//! shows: it times the writes and the publish together, for the same writes untracked
+//! (`untracked`: the writes alone), the async tracker and the deferred path, whose publish
+//! returns before the copy and whose cost is almost all in the writes (a synchronous fault
+//! per first write). `tcasm bench coverage` makes the full comparison, with observers.
+//! `cargo bench --bench publish` takes about two minutes; endpoints go to a temporary
+//! `TCASM_DIR`.
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -51,13 +57,14 @@ fn timed(iters: u64, mut prepare: impl FnMut(), mut measured: impl FnMut()) -> D
     spent
 }
 
-/// The trackers this machine has, async only where the kernel offers it.
+/// The trackers this machine has, async (and auto, which is async deciding per publish)
+/// only where the kernel offers it.
 fn trackers() -> Vec<TrackerKind> {
     let detected = track::detect();
     if detected.async_ok {
-        vec![TrackerKind::Async, TrackerKind::Copy]
+        vec![TrackerKind::Async, TrackerKind::Copy, TrackerKind::Auto]
     } else {
-        eprintln!("skipping the async tracker: {}", detected.describe());
+        eprintln!("skipping the async and auto trackers: {}", detected.describe());
         vec![TrackerKind::Copy]
     }
 }
@@ -96,6 +103,45 @@ fn publish(c: &mut Criterion) {
     group.finish();
 }
 
+/// Writes and publish together: what a version costs the producer.
+fn producer_cost(c: &mut Criterion) {
+    let mut group = c.benchmark_group("producer_64MiB");
+    {
+        let mut plain = vec![1u8; REGION_BYTES];
+        for (coverage, stride) in COVERAGES {
+            let mut value = 0u8;
+            group.bench_function(BenchmarkId::new("untracked", coverage), |b| {
+                b.iter(|| {
+                    value = value.wrapping_add(1);
+                    touch(&mut plain, stride, value);
+                    std::hint::black_box(&mut plain);
+                })
+            });
+        }
+    }
+    let detected = track::detect();
+    let kinds = if detected.async_ok {
+        vec![TrackerKind::Async, TrackerKind::Deferred]
+    } else {
+        eprintln!("skipping the async and deferred trackers: {}", detected.describe());
+        Vec::new()
+    };
+    for kind in kinds {
+        let (mut producer, mut region) = producer(kind);
+        for (coverage, stride) in COVERAGES {
+            let mut value = 0u8;
+            group.bench_function(BenchmarkId::new(kind.to_string(), coverage), |b| {
+                b.iter(|| {
+                    value = value.wrapping_add(1);
+                    touch(&mut region, stride, value);
+                    producer.publish().unwrap();
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
 fn latest(c: &mut Criterion) {
     let mut group = c.benchmark_group("latest_64MiB");
     let kind = trackers()[0];
@@ -125,8 +171,8 @@ criterion_group! {
     config = Criterion::default()
         .sample_size(20)
         .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5));
-    targets = publish, latest
+        .measurement_time(Duration::from_secs(4));
+    targets = publish, producer_cost, latest
 }
 
 fn main() {

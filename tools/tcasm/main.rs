@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod checkpoint;
 mod demo;
 mod inspect;
@@ -44,12 +45,18 @@ enum Command {
     /// The observer half of `stress` (started by it).
     #[command(hide = true)]
     StressObserver(stress::ObserverArgs),
+    /// An observer process of `bench coverage` (started by it).
+    #[command(hide = true)]
+    BenchCoverageObserver(bench::coverage::ObserverArgs),
 }
 
 #[derive(Subcommand)]
 enum Bench {
     /// Checkpoint drain rate against the directory's sequential write bandwidth.
     Checkpoint(checkpoint::BenchArgs),
+    /// Producer cost per version against the share of pages written, for each tracker and
+    /// the hand-written baselines (memcpy, double buffer, fork), with observer processes.
+    Coverage(bench::coverage::Args),
 }
 
 type Result<T = ()> = std::result::Result<T, Box<dyn std::error::Error>>;
@@ -96,8 +103,10 @@ fn main() -> ExitCode {
         Command::Verify(a) => checkpoint::verify(a),
         Command::Top(a) => top::run(a),
         Command::Bench(Bench::Checkpoint(a)) => checkpoint::bench(a),
+        Command::Bench(Bench::Coverage(a)) => bench::coverage::run(a),
         Command::DemoObserver(a) => demo::observe(a),
         Command::StressObserver(a) => stress::observe(a),
+        Command::BenchCoverageObserver(a) => bench::coverage::observe(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

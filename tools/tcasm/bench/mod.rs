@@ -64,7 +64,7 @@ pub struct Pages {
     pattern: Pattern,
     pages: usize,
     seed: u64,
-    /// A permutation of all pages, partly reshuffled for each random draw.
+    /// Scratch for the random draws: a permutation of all pages.
     shuffled: Vec<u32>,
 }
 
@@ -91,9 +91,9 @@ impl Pages {
                 out.sort_unstable();
             }
             Pattern::Random => {
-                if self.shuffled.len() != self.pages {
-                    self.shuffled = (0..self.pages as u32).collect();
-                }
+                // From the identity each time, so that a draw depends only on the arguments.
+                self.shuffled.clear();
+                self.shuffled.extend(0..self.pages as u32);
                 // A partial Fisher-Yates shuffle: the first n entries become a uniform draw.
                 for i in 0..n {
                     let j = i + rng.below(self.pages - i);
