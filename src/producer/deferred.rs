@@ -107,7 +107,7 @@ impl Pending {
         match work.state[i].compare_exchange(PENDING, COPYING, Ordering::Acquire, Ordering::Acquire) {
             Ok(_) => {
                 let (_, page, plane) = work.pages[i];
-                self.mapped.copy_pages(page..page + 1, plane);
+                self.mapped.copy_pages(page..page + 1, plane, false);
                 // SYNC: Release pairs with the Acquire loads below and in `release`'s caller:
                 // the copy is complete before anyone sees COPIED.
                 work.state[i].store(COPIED, Ordering::Release);
@@ -220,10 +220,10 @@ pub(crate) fn page_address(regions: &[(usize, usize, usize)], page: usize, page_
 }
 
 /// Every page of `copies` with its producer address.
-pub(crate) fn pages_of(copies: &[(Range<usize>, u16)], regions: &[(usize, usize, usize)], page_size: usize) -> Vec<(usize, usize, u16)> {
+pub(crate) fn pages_of(copies: &[(Range<usize>, u16, bool)], regions: &[(usize, usize, usize)], page_size: usize) -> Vec<(usize, usize, u16)> {
     copies
         .iter()
-        .flat_map(|(pages, plane)| pages.clone().map(move |p| (p, *plane)))
+        .flat_map(|(pages, plane, _)| pages.clone().map(move |p| (p, *plane)))
         .map(|(p, plane)| (page_address(regions, p, page_size), p, plane))
         .collect()
 }

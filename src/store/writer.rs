@@ -50,6 +50,9 @@ pub enum Freed {
     Release,
 }
 
+/// Runs of at least this many pages are populated in one call before they are copied.
+const POPULATE_PAGES: usize = 16;
+
 /// Publishes a freed slot stays allocated under [`Freed::Reuse`].
 pub const COOLING: u64 = 4;
 
@@ -73,8 +76,9 @@ pub struct Mapped {
 #[derive(Clone, Debug)]
 pub struct Prepared {
     pub version: u64,
-    /// Page-space pages to copy and the plane each run goes to.
-    pub copies: Vec<(Range<usize>, u16)>,
+    /// Page-space pages to copy, the plane each run goes to, and whether its slots are
+    /// fresh (never written, or given back to the kernel since).
+    pub copies: Vec<(Range<usize>, u16, bool)>,
     pub dirty_pages: usize,
     pub mapping_runs: usize,
     pub planes: usize,
@@ -100,6 +104,9 @@ pub struct StoreWriter {
     since: Vec<u64>,
     written: Vec<u64>,
     occupied: Vec<u64>,
+    /// Per page, a bit per plane (the first 64) whose slot holds memory: written since the
+    /// plane was added or the slot last punched.
+    populated: Vec<u64>,
     retired: Vec<Retired>,
     /// Slots freed by reclaim, with the version that freed them, oldest first.
     cooling: VecDeque<(u64, u16, u32)>,
@@ -162,6 +169,7 @@ impl StoreWriter {
             since: vec![0; n],
             written: vec![0; n],
             occupied: vec![0; n * occupancy_words],
+            populated: vec![0; n],
             retired: Vec::new(),
             cooling: VecDeque::new(),
             live_pins: Vec::new(),
@@ -317,8 +325,8 @@ impl StoreWriter {
     pub fn publish(&mut self, dirty: &[Range<usize>]) -> Result<Prepared, PublishError> {
         let started = Instant::now();
         let prepared = self.prepare(dirty)?;
-        for (pages, plane) in &prepared.copies {
-            self.mapped.copy_pages(pages.clone(), *plane);
+        for (pages, plane, fresh) in &prepared.copies {
+            self.mapped.copy_pages(pages.clone(), *plane, *fresh);
         }
         self.mapped.release(&prepared, started.elapsed());
         if self.cooling_publishes == 0 {
@@ -357,7 +365,11 @@ impl StoreWriter {
                     self.written[p] = n;
                     p += 1;
                 }
-                copies.push((start..p, k));
+                let fresh = k >= 64 || self.populated[start] & (1 << k) == 0;
+                if k < 64 {
+                    self.populated[start..p].iter_mut().for_each(|bits| *bits |= 1 << k);
+                }
+                copies.push((start..p, k, fresh));
                 dirty_pages += p - start;
             }
         }
@@ -440,6 +452,9 @@ impl StoreWriter {
             }
             let off = self.mapped.slot_offset(k, first as usize) as u64;
             let len = ((last + 1 - first as usize) * self.layout().page_size) as u64;
+            if k < 64 {
+                self.populated[first as usize..=last].iter_mut().for_each(|bits| *bits &= !(1 << k));
+            }
             if let Err(e) = self.pool_file.punch_hole(off, len) {
                 // The slots stay allocated and reusable: memory, not correctness.
                 tracing::warn!("punching {len} bytes of plane {k} failed: {e}");
@@ -478,8 +493,9 @@ impl Mapped {
         (plane as usize * self.layout.page_count + page) * self.layout.page_size
     }
 
-    /// Copies pages `pages` of the page space from their region(s) into plane `k`.
-    pub fn copy_pages(&self, pages: Range<usize>, k: u16) {
+    /// Copies pages `pages` of the page space from their region(s) into plane `k`; `fresh`
+    /// says the slots hold no memory yet, which a long run then allocates in one call.
+    pub fn copy_pages(&self, pages: Range<usize>, k: u16, fresh: bool) {
         let page = self.layout.page_size;
         let i = self.sources.partition_point(|s| s.first_page + s.pages <= pages.start);
         for s in &self.sources[i..] {
@@ -492,6 +508,10 @@ impl Mapped {
             let from = (lo * page).saturating_sub(s.offset);
             let to = (hi * page - s.offset).min(s.bytes);
             let dst = self.slot_offset(k, s.first_page + lo) + (from + s.offset - lo * page);
+            if fresh && hi - lo >= POPULATE_PAGES {
+                // Allocating fresh slots in one call costs a third of a fault each.
+                self.pool.populate(dst, to - from);
+            }
             self.pool.copy_in(dst, &s.memory, from, to - from);
         }
     }

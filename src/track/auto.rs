@@ -1,15 +1,16 @@
 //! The auto tracker: async tracking that decides, publish by publish, whether tracking pays.
 //!
-//! Tracking a version with coverage `c` (share of pages written) costs the producer a scan,
-//! a first-write fault on each written page (the kernel's async write-protect path) and the
-//! copy of those pages: `scan + c * pages * (fault + copy)`. Copying every page without
-//! scanning costs `pages * copy` and no faults, because pages not re-protected stay writable.
-//! So tracking pays below `c* = (pages * copy - scan) / (pages * (fault + copy))`; with the
-//! costs measured on this kind of machine (copy ~0.35 µs, fault ~0.1–0.3 µs a page) that is
-//! around 0.6–0.75. `copy` is learnt from the producer's own publishes (time per page
-//! copied, the first publish copying every page): a copy measured on scratch pages runs from
-//! the cache and is several times too cheap. `fault` is measured once at start on scratch
-//! pages (the trap costs the same cached or not); `scan` at every tracked publish.
+//! Tracking a version with coverage `c` (share of pages written) costs the producer a
+//! first-write fault on each written page (the kernel's async write-protect path) and a
+//! publish that scans and copies those pages: `c * pages * (fault + tracked)`, where
+//! `tracked` is what a tracked publish costs per page copied (scattered pages copy at half
+//! the speed of a sequential stretch, and the scan is in it). Copying every page without
+//! scanning costs `pages * full` and no faults, because pages not re-protected stay
+//! writable. So tracking pays below `c* = full / (fault + tracked)`. Measured on this kind of
+//! machine (full ~0.35 µs, tracked ~0.4–0.75 µs, fault ~0.65 µs a page) that is 0.25–0.35.
+//! `full` and `tracked` are learnt from the producer's own publishes, each from its kind (a
+//! copy timed on scratch pages runs from the cache and is several times too cheap); `fault`
+//! is measured once at start on scratch pages (the trap costs the same cached or not).
 //!
 //! States: *tracked* publishes scan and measure `c`. When `c >= c*`, the next `streak`
 //! publishes copy everything (*full*) without scanning. Then one *re-arm* publish scans (to
@@ -43,12 +44,17 @@ pub struct AutoTracker {
     pages: usize,
     mode: Mode,
     streak: u32,
-    /// Costs of one page: copying it (learnt from publishes; zero until the first), and
-    /// a first write to it while protected.
-    copy: Duration,
+    /// Costs of one page: in a publish that copies everything, in a tracked publish (both
+    /// learnt from publishes; zero until one of the kind is seen), and a first write while
+    /// protected.
+    full: Duration,
+    tracked: Duration,
     fault: Duration,
-    /// The last scan's duration.
-    scan: Duration,
+    /// Whether the last `take_written` copies everything, for `published` to learn from.
+    last_full: bool,
+    /// The first scan reports whatever was written before the first version (filling the
+    /// region), not what a version writes: it decides nothing.
+    first: bool,
 }
 
 fn timed(f: impl FnOnce()) -> Duration {
@@ -93,22 +99,23 @@ impl AutoTracker {
             pages: 0,
             mode: Mode::Tracked,
             streak: 0,
-            copy: Duration::ZERO,
+            full: Duration::ZERO,
+            tracked: Duration::ZERO,
             fault,
-            scan: Duration::ZERO,
+            last_full: false,
+            first: true,
         })
     }
 
     /// The coverage above which copying everything is cheaper than tracking (1 until a
-    /// publish has shown what a copy costs).
+    /// full publish has shown what a copy costs; a tracked page is taken to cost as much
+    /// until a tracked publish says otherwise).
     pub fn threshold(&self) -> f64 {
-        let pages = self.pages.max(1) as f64;
-        let copy = self.copy.as_secs_f64();
-        let per_page = copy + self.fault.as_secs_f64();
-        if copy == 0.0 {
+        if self.full.is_zero() {
             return 1.0;
         }
-        ((pages * copy - self.scan.as_secs_f64()) / (pages * per_page)).clamp(0.0, 1.0)
+        let tracked = if self.tracked.is_zero() { self.full } else { self.tracked };
+        (self.full.as_secs_f64() / (tracked + self.fault).as_secs_f64()).clamp(0.0, 1.0)
     }
 
     /// Whether the next publish will copy everything.
@@ -125,12 +132,10 @@ impl AutoTracker {
     fn scan(&mut self, found: &mut dyn FnMut(usize, usize)) -> nix::Result<usize> {
         let page = page_size();
         let mut written = 0;
-        let started = Instant::now();
         self.inner.take_written(&mut |s, e| {
             written += (e - s) / page;
             found(s, e);
         })?;
-        self.scan = started.elapsed();
         Ok(written)
     }
 }
@@ -151,6 +156,12 @@ impl Tracker for AutoTracker {
         match self.mode {
             Mode::Tracked => {
                 let written = self.scan(found)?;
+                self.last_full = written == self.pages;
+                if std::mem::take(&mut self.first) {
+                    // The producer copies every page for its first version.
+                    self.last_full = true;
+                    return Ok(());
+                }
                 if written as f64 >= self.threshold() * self.pages as f64 && written > 0 {
                     self.streak = (self.streak * 2).clamp(STREAK_MIN, STREAK_MAX);
                     self.mode = Mode::Full { left: self.streak };
@@ -160,24 +171,27 @@ impl Tracker for AutoTracker {
             }
             Mode::Full { left } => {
                 self.report_all(found);
+                self.last_full = true;
                 self.mode = if left > 1 { Mode::Full { left: left - 1 } } else { Mode::Rearm };
             }
             Mode::Rearm => {
                 self.scan(&mut |_, _| {})?;
                 self.report_all(found);
+                self.last_full = true;
                 self.mode = Mode::Tracked;
             }
         }
         Ok(())
     }
 
-    /// Learns the cost of copying a page from publishes that copied enough pages to tell:
-    /// an average over recent ones (weight 1/4 to the newest).
+    /// Learns what a page costs in a publish of each kind, from publishes that copied
+    /// enough pages to tell: an average over recent ones (weight 1/4 to the newest).
     fn published(&mut self, copied: usize, took: Duration) {
         if copied < 64 {
             return;
         }
         let per_page = took / copied as u32;
-        self.copy = if self.copy.is_zero() { per_page } else { (self.copy * 3 + per_page) / 4 };
+        let learnt = if self.last_full { &mut self.full } else { &mut self.tracked };
+        *learnt = if learnt.is_zero() { per_page } else { (*learnt * 3 + per_page) / 4 };
     }
 }
