@@ -76,6 +76,17 @@ impl AsyncTracker {
     }
 }
 
+impl AsyncTracker {
+    /// Lifts the write protection of every tracked page: writes stop costing a fault, and
+    /// the next `take_written` reports every page.
+    pub fn unprotect_all(&mut self) -> nix::Result<()> {
+        for r in &self.ranges {
+            uffd::unprotect(&self.uffd, r.start, r.end - r.start)?;
+        }
+        Ok(())
+    }
+}
+
 impl Tracker for AsyncTracker {
     fn kind(&self) -> TrackerKind {
         TrackerKind::Async

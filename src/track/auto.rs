@@ -12,8 +12,15 @@
 //! copy timed on scratch pages runs from the cache and is several times too cheap); `fault`
 //! is measured once at start on scratch pages (the trap costs the same cached or not).
 //!
-//! States: *tracked* publishes scan and measure `c`. When `c >= c*`, the next `streak`
-//! publishes copy everything (*full*) without scanning. Then one *re-arm* publish scans (to
+//! The prices are learnt to fall fast and rise slowly: a publish into slots the kernel must
+//! first allocate costs several times the steady price, and must not set it. A full copy's
+//! price is learnt only from full publishes, so while coverage is high enough to matter (a
+//! fifth of the pages or more) and auto keeps tracking, every [`PROBE_EVERY`]th such version
+//! is followed by one full publish, to keep that price current.
+//!
+//! States: *tracked* publishes scan and measure `c`. When `c >= c*`, the write protection
+//! of the whole region is lifted (one ioctl) and the next `streak` publishes copy everything
+//! (*full*) without scanning: the producer's writes cost no fault. Then one *re-arm* publish scans (to
 //! write-protect again what was written) while still copying everything, and the next
 //! tracked publish measures the coverage of one version. `streak` doubles while coverage
 //! stays high (8 to 64 publishes), so a steady full-coverage producer pays the re-arm's
@@ -27,6 +34,8 @@ use crate::sys::mem::{Mapping, RegionMemory};
 use crate::sys::page_size;
 
 const STREAK_MIN: u32 = 8;
+/// Tracked versions of high coverage between two full publishes that re-learn their price.
+const PROBE_EVERY: u32 = 8;
 const STREAK_MAX: u32 = 64;
 /// Scratch pages for the start-up measurements.
 const CALIBRATION_PAGES: usize = 256;
@@ -52,8 +61,11 @@ pub struct AutoTracker {
     fault: Duration,
     /// Whether the last `take_written` copies everything, for `published` to learn from.
     last_full: bool,
+    /// Tracked versions of high coverage since the last full publish.
+    since_full: u32,
     /// The first scan reports whatever was written before the first version (filling the
-    /// region), not what a version writes: it decides nothing.
+    /// region), not what a version writes, and the first publish pays for creating the store:
+    /// neither teaches anything.
     first: bool,
 }
 
@@ -103,19 +115,22 @@ impl AutoTracker {
             tracked: Duration::ZERO,
             fault,
             last_full: false,
+            since_full: 0,
             first: true,
         })
     }
 
     /// The coverage above which copying everything is cheaper than tracking (1 until a
-    /// full publish has shown what a copy costs; a tracked page is taken to cost as much
-    /// until a tracked publish says otherwise).
+    /// publish has shown what copying costs; a price not learnt yet is taken to be the
+    /// other's).
     pub fn threshold(&self) -> f64 {
-        if self.full.is_zero() {
-            return 1.0;
-        }
-        let tracked = if self.tracked.is_zero() { self.full } else { self.tracked };
-        (self.full.as_secs_f64() / (tracked + self.fault).as_secs_f64()).clamp(0.0, 1.0)
+        let (full, tracked) = match (self.full.is_zero(), self.tracked.is_zero()) {
+            (true, true) => return 1.0,
+            (true, false) => (self.tracked, self.tracked),
+            (false, true) => (self.full, self.full),
+            (false, false) => (self.full, self.tracked),
+        };
+        (full.as_secs_f64() / (tracked + self.fault).as_secs_f64()).clamp(0.0, 1.0)
     }
 
     /// Whether the next publish will copy everything.
@@ -157,16 +172,24 @@ impl Tracker for AutoTracker {
             Mode::Tracked => {
                 let written = self.scan(found)?;
                 self.last_full = written == self.pages;
-                if std::mem::take(&mut self.first) {
-                    // The producer copies every page for its first version.
-                    self.last_full = true;
+                if self.first {
                     return Ok(());
+                }
+                if written * 5 >= self.pages {
+                    self.since_full += 1;
                 }
                 if written as f64 >= self.threshold() * self.pages as f64 && written > 0 {
                     self.streak = (self.streak * 2).clamp(STREAK_MIN, STREAK_MAX);
                     self.mode = Mode::Full { left: self.streak };
                 } else {
                     self.streak = 0;
+                    if self.since_full >= PROBE_EVERY || (self.full.is_zero() && self.since_full > 0) {
+                        // What would a full copy cost now? One full publish says.
+                        self.mode = Mode::Full { left: 1 };
+                    }
+                }
+                if self.mode != Mode::Tracked {
+                    self.inner.unprotect_all()?;
                 }
             }
             Mode::Full { left } => {
@@ -186,12 +209,17 @@ impl Tracker for AutoTracker {
 
     /// Learns what a page costs in a publish of each kind, from publishes that copied
     /// enough pages to tell: an average over recent ones (weight 1/4 to the newest).
+    /// Learns what a page costs in a publish of each kind: at once when it is cheaper than
+    /// believed, by an eighth when dearer.
     fn published(&mut self, copied: usize, took: Duration) {
-        if copied < 64 {
+        if std::mem::take(&mut self.first) || copied < 64 {
             return;
+        }
+        if self.last_full {
+            self.since_full = 0;
         }
         let per_page = took / copied as u32;
         let learnt = if self.last_full { &mut self.full } else { &mut self.tracked };
-        *learnt = if learnt.is_zero() { per_page } else { (*learnt * 3 + per_page) / 4 };
+        *learnt = if learnt.is_zero() || per_page < *learnt { per_page } else { (*learnt * 7 + per_page) / 8 };
     }
 }
