@@ -6,7 +6,7 @@
 mod common;
 mod ffi;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -135,25 +135,11 @@ fn checks(tracker: &str) {
     let scratch = ffi::scratch(&test);
     let bin = compile(&[&ffi::root().join("tests/ffi/checks.c")], &scratch.join("checks"), &shared_link(lib));
     let name = format!("capi-checks-{tracker}");
-    let mut child = Command::new(&bin)
-        .args([&name, tracker])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    if fields.first() != Some(&"ready") {
-        let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
-        panic!("checks.c ({tracker}) said {line:?}:\n{}", String::from_utf8_lossy(&out.stderr));
-    }
-    let version: u64 = fields[1].parse().unwrap();
-    let with_table = fields[3] == "table";
-    eprintln!("checks.c ({tracker}): version {version}, tracker {}, initialised static data wrapped: {with_table}", fields[2]);
+    // The pipe stays open (bound to `_stdout`) while the program runs.
+    let (mut child, _stdout, fields) = ffi::start_checks(&bin, &name, tracker, &format!("checks.c ({tracker})"));
+    let version: u64 = fields[0].parse().unwrap();
+    let with_table = fields[2] == "table";
+    eprintln!("checks.c ({tracker}): version {version}, tracker {}, initialised static data wrapped: {with_table}", fields[1]);
 
     let observer: Observer = ffi::attach(&name, Duration::from_secs(10));
     let snap = observer.latest().unwrap();

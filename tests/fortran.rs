@@ -6,7 +6,7 @@
 mod common;
 mod ffi;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -96,24 +96,9 @@ fn checks() {
     let scratch = ffi::scratch("checks-f");
     let bin = compile(&ffi::root().join("tests/ffi/checks.f90"), &scratch.join("checks-f"), true);
     let name = "fortran-checks";
-    let mut child = Command::new(&bin)
-        .args([name, "auto"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    if fields.first() != Some(&"ready") {
-        let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
-        panic!("checks.f90 said {line:?}:\n{}", String::from_utf8_lossy(&out.stderr));
-    }
-    let version: u64 = fields[1].parse().unwrap();
-    assert!(["auto", "copy"].contains(&fields[2]), "tracker {}", fields[2]);
+    let (mut child, mut stdout, fields) = ffi::start_checks(&bin, name, "auto", "checks.f90");
+    let version: u64 = fields[0].parse().unwrap();
+    assert!(["auto", "copy"].contains(&fields[1].as_str()), "tracker {}", fields[1]);
 
     let observer = ffi::attach(name, Duration::from_secs(10));
     let snap = observer.latest().unwrap();

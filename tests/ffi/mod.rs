@@ -178,3 +178,33 @@ pub fn tcasm_lines(source: &str, marker: &str) -> (Vec<String>, String) {
     let (marked, plain): (Vec<&str>, Vec<&str>) = source.lines().partition(|l| l.contains(marker));
     (marked.into_iter().map(str::to_string).collect(), plain.join("\n") + "\n")
 }
+
+/// Starts one of the `checks` programs (`bin NAME TRACKER`) and reads its first line, which
+/// must be `ready VERSION ...`: the child, the rest of its output, and the fields after
+/// `ready`. `what` names it in failures.
+pub fn start_checks(
+    bin: &Path,
+    name: &str,
+    tracker: &str,
+    what: &str,
+) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>, Vec<String>) {
+    use std::io::BufRead;
+    use std::process::Stdio;
+    let mut child = Command::new(bin)
+        .args([name, tracker])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
+    let fields: Vec<String> = line.split_whitespace().map(str::to_string).collect();
+    if fields.first().map(String::as_str) != Some("ready") {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!("{what} said {line:?}:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    (child, stdout, fields[1..].to_vec())
+}
