@@ -304,11 +304,7 @@ impl StoreWriter {
             }
         }
         let best = (0..self.planes).min_by_key(|&k| (conflicts[k], k)).unwrap_or(0);
-        // Pages that cannot go to the chosen plane split the version into short runs in other
-        // planes, and short copies cost twice a long one: when that is more than a few, a new
-        // plane (free for every page, its slots allocated in one call per run) costs less.
-        let dirty: usize = dirty.iter().map(|r| r.len()).sum();
-        if conflicts[best] > dirty / 8 && self.planes < self.max_planes {
+        if conflicts[best] > 0 && self.planes < 3 {
             return self.add_plane();
         }
         Ok(best as u16)
