@@ -13,7 +13,6 @@ use std::io::{BufRead, BufReader};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use tcasm::sys::page_size;
@@ -31,9 +30,8 @@ const LIMIT: Duration = Duration::from_secs(120);
 
 /// The endpoint directory of this test process, shared by its tests (`TCASM_DIR` is
 /// process-wide); each test names its producer after itself.
-fn endpoint() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| common::endpoint_dir("checkpoint"))
+fn endpoint() -> PathBuf {
+    common::endpoint_dir("checkpoint")
 }
 
 fn scratch(test: &str) -> PathBuf {
@@ -326,18 +324,6 @@ fn restored_versions_equal_what_the_producer_published_async_tracker() {
     }
 }
 
-/// A small xorshift generator: kill times vary between runs, the seed is printed.
-struct Rng(u64);
-
-impl Rng {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 #[test]
 fn sigkilled_checkpointers_leave_every_complete_checkpoint_restorable() {
     const KILLS: usize = 24;
@@ -346,10 +332,7 @@ fn sigkilled_checkpointers_leave_every_complete_checkpoint_restorable() {
     let dir = scratch.join("ckpt");
     // 8 MiB of grid: a base takes long enough that kills land inside writes too.
     let producer = ProducerChild::start(test, 1024, 1 << 40, 3_000, TrackerKind::Auto);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    let seed = now.as_nanos() as u64 ^ std::process::id() as u64;
-    eprintln!("{test}: seed {seed:#x}");
-    let mut rng = Rng(seed | 1);
+    let mut rng = common::Rng::from_clock(test);
     let mut restored = Vec::new();
     // Kills that left a new unfinished checkpoint behind: they landed inside a write.
     let (mut inside_a_write, mut unfinished) = (0, std::collections::HashSet::new());

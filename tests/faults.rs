@@ -66,28 +66,6 @@ fn check_field(field: &[u64], v: u64) -> Result<(), String> {
     Ok(())
 }
 
-/// xorshift64, seeded from the clock unless `TCASM_TEST_SEED` says; the seed is printed so
-/// that a failing run can be repeated.
-struct Rng(u64);
-
-impl Rng {
-    fn new(test: &str) -> Rng {
-        let seed = std::env::var("TCASM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-            now.as_nanos() as u64 ^ u64::from(std::process::id())
-        });
-        eprintln!("{test}: TCASM_TEST_SEED={seed}");
-        Rng(seed | 1)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
-    }
-}
-
 /// A producer sharing `PAGES` pages of u64.
 struct Source {
     producer: Producer,
@@ -258,7 +236,7 @@ fn playing() -> bool {
 /// until killed.
 fn looping(name: &str) {
     let observer = Observer::attach(name).unwrap();
-    let mut rng = Rng(u64::from(std::process::id()) | 1);
+    let mut rng = common::Rng::seeded(u64::from(std::process::id()));
     let mut snapshot = observer.latest().unwrap();
     println!("pinned {}", snapshot.version());
     loop {
@@ -316,7 +294,7 @@ fn scribbling(name: &str) {
     }
     let control = Mapping::shared(control, 0, page as usize, Access::ReadOnly).unwrap();
     let pin_page = Mapping::shared(pins, 0, page as usize, Access::ReadWrite).unwrap();
-    let mut rng = Rng(u64::from(std::process::id()) | 1);
+    let mut rng = common::Rng::seeded(u64::from(std::process::id()));
     println!("scribbling");
     loop {
         let latest = control.words()[hdr::LATEST].load(Ordering::Relaxed);
@@ -481,7 +459,7 @@ fn observers_killed_at_random_points_cost_the_producer_nothing() {
     }
     common::endpoint_dir("faults");
     let name = "killed-observers";
-    let mut rng = Rng::new(TEST);
+    let mut rng = common::Rng::from_clock(TEST);
     let mut source = Source::new(name, Source::options());
     let baseline = source.store_bytes();
     assert_eq!(baseline, region_bytes());
@@ -489,7 +467,7 @@ fn observers_killed_at_random_points_cost_the_producer_nothing() {
 
     // Each observer is killed at a random moment up to 60 ms after it was started: most
     // while they loop over snapshots, some while they start or attach.
-    let spawn = |rng: &mut Rng| (Player::spawn(TEST, "looping", name), Instant::now() + Duration::from_micros(rng.below(60_000)));
+    let spawn = |rng: &mut common::Rng| (Player::spawn(TEST, "looping", name), Instant::now() + Duration::from_micros(rng.below(60_000)));
     let mut players: Vec<(Player, Instant)> = (0..3).map(|_| spawn(&mut rng)).collect();
     let (mut kills, mut pinned, mut publishes, mut busy) = (0, 0, 0u32, Duration::ZERO);
     while kills < KILLS {
@@ -689,7 +667,7 @@ fn a_producer_killed_while_publishing_leaves_snapshots_readable() {
     }
     common::endpoint_dir("faults");
     let name = "killed-producer";
-    let mut rng = Rng::new(TEST);
+    let mut rng = common::Rng::from_clock(TEST);
     for round in 0..4 {
         let producer = Player::spawn(TEST, "publishing", name);
         producer.expect("published");

@@ -9,10 +9,9 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use tcasm::sys::page_size;
@@ -30,9 +29,8 @@ const ANSWER_LIMIT: Duration = Duration::from_secs(20);
 
 /// The endpoint directory of this test process (one for all its tests: `TCASM_DIR` is
 /// process-wide, so tests running in parallel must agree on it).
-fn dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| common::endpoint_dir("snapshots"))
+fn dir() -> PathBuf {
+    common::endpoint_dir("snapshots")
 }
 
 fn words_per_page() -> usize {

@@ -52,18 +52,6 @@ impl Placement {
 /// Per version, each region's bytes as an observer saw them (in `Snapshot::regions` order).
 type Versions = Vec<Vec<Vec<u8>>>;
 
-/// A small deterministic generator, so every tracker sees the same writes.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self, below: usize) -> usize {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 % below as u64) as usize
-    }
-}
-
 /// Page-aligned memory that only raw pointers touch, as a C or Fortran buffer would be.
 struct RawBlock {
     ptr: NonNull<u8>,
@@ -165,7 +153,8 @@ fn run(kind: TrackerKind, placement: Placement) -> Versions {
     let (pipe_out, pipe_in) = nix::unistd::pipe().unwrap();
     let (mut pipe_out, mut pipe_in) = (File::from(pipe_out), File::from(pipe_in));
 
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    // Deterministic: every tracker sees the same writes.
+    let mut rng = common::Rng::seeded(0x9e37_79b9_7f4a_7c15);
     let mut seen = Versions::new();
     let mut observer: Option<Observer> = None;
     let mut held: Option<(Snapshot, Vec<Vec<u8>>)> = None;
@@ -190,10 +179,10 @@ fn run(kind: TrackerKind, placement: Placement) -> Versions {
         if batch % 4 != 3 {
             // Scattered words, and a contiguous stretch over three and a half pages.
             for i in 0..20 {
-                let at = rng.next(grid.len());
+                let at = rng.index(grid.len());
                 grid[at] = mark + i;
             }
-            let start = rng.next(grid.len() - 4 * page / 8);
+            let start = rng.index(grid.len() - 4 * page / 8);
             grid[start..start + 7 * page / 16].fill(mark + 1);
             // Three threads, each on its own chunk; chunk borders fall inside pages, so two
             // threads write some of the same pages.
@@ -210,8 +199,8 @@ fn run(kind: TrackerKind, placement: Placement) -> Versions {
                 }
             });
             // The kernel writes the Vec's memory: a read(2) across a page boundary.
-            let len = page + rng.next(page);
-            let at = rng.next(VEC_BYTES - len);
+            let len = page + rng.index(page);
+            let at = rng.index(VEC_BYTES - len);
             let data: Vec<u8> = (0..len).map(|i| (i as u64 + mark) as u8 | 1).collect();
             pipe_in.write_all(&data).unwrap();
             pipe_out.read_exact(&mut bytes[at..at + len]).unwrap();
@@ -219,7 +208,7 @@ fn run(kind: TrackerKind, placement: Placement) -> Versions {
             bytes[VEC_BYTES - 1] = batch as u8;
             // The raw buffer: its first, last and one random element, and every byte around
             // it in its block, which must not reach observers.
-            for i in [0, raw_count - 1, rng.next(raw_count)] {
+            for i in [0, raw_count - 1, rng.index(raw_count)] {
                 block.write(raw_offset + i * 8, &(mark as f64 + i as f64).to_ne_bytes());
             }
             block.write(0, &vec![0xa0 | batch as u8; raw_offset]);

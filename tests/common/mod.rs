@@ -101,3 +101,35 @@ pub fn runnable_by_anyone(test: &str) -> PathBuf {
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     exe
 }
+
+/// xorshift64: deterministic from a seed, or seeded from the clock (unless `TCASM_TEST_SEED`
+/// says) with the seed printed, so that a failing run can be repeated.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+
+    pub fn from_clock(test: &str) -> Rng {
+        let seed = std::env::var("TCASM_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+            now.as_nanos() as u64 ^ u64::from(std::process::id())
+        });
+        eprintln!("{test}: TCASM_TEST_SEED={seed}");
+        Rng::seeded(seed)
+    }
+
+    /// A number below `n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+
+    /// An index below `n`.
+    pub fn index(&mut self, n: usize) -> usize {
+        self.below(n as u64) as usize
+    }
+}
