@@ -410,14 +410,24 @@ pub struct Attached {
 }
 
 /// The observer's side: connects to `name` and receives the store's files, waiting up to
-/// `timeout` for the producer's first version.
-pub fn attach(name: &str, timeout: Duration) -> Result<Attached, EndpointError> {
+/// `timeout` for the producer's first version, and, if `wait_for_endpoint`, for the producer
+/// to appear at all (otherwise a name no producer has is `NotFound` at once).
+pub fn attach(name: &str, timeout: Duration, wait_for_endpoint: bool) -> Result<Attached, EndpointError> {
     check_name(name)?;
     let dir = directory()?;
     let (socket_path, _) = paths(&dir, name);
-    let not_found = || EndpointError::NotFound { name: name.to_string(), dir: dir.clone() };
-    let stream = UnixStream::connect(&socket_path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => not_found(),
+    let waiting = Instant::now();
+    let absent = |e: &std::io::Error| matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused);
+    let connected = loop {
+        match UnixStream::connect(&socket_path) {
+            Err(e) if absent(&e) && wait_for_endpoint && waiting.elapsed() < timeout => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            result => break result,
+        }
+    };
+    let stream = connected.map_err(|e| match e.kind() {
+        _ if absent(&e) => EndpointError::NotFound { name: name.to_string(), dir: dir.clone() },
         std::io::ErrorKind::PermissionDenied => EndpointError::Refused {
             name: name.to_string(),
             why: format!(
@@ -427,6 +437,7 @@ pub fn attach(name: &str, timeout: Duration) -> Result<Attached, EndpointError> 
         },
         _ => EndpointError::Io { what: format!("connecting to {}", socket_path.display()), source: e },
     })?;
+    let timeout = timeout.saturating_sub(waiting.elapsed());
     let started = Instant::now();
     stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).map_err(io("configuring the socket"))?;
     let mut buf = [0u8; 512];

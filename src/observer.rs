@@ -98,15 +98,7 @@ impl Observer {
     }
 
     fn connect(name: &str, timeout: Duration, wait_for_endpoint: bool) -> Result<Observer, ReadError> {
-        let started = std::time::Instant::now();
-        let endpoint::Attached { stream, files, slot } = loop {
-            match endpoint::attach(name, timeout.saturating_sub(started.elapsed())) {
-                Err(EndpointError::NotFound { .. }) if wait_for_endpoint && started.elapsed() < timeout => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                attached => break attached?,
-            }
-        };
+        let endpoint::Attached { stream, files, slot } = endpoint::attach(name, timeout, wait_for_endpoint)?;
         let reader = StoreReader::open(files, slot).map_err(|what| ReadError::Corrupt { name: name.to_string(), what })?;
         Ok(Observer {
             inner: Arc::new(Inner {

@@ -77,6 +77,16 @@ impl Mapping {
         Ok(Mapping { ptr: ptr.cast(), len })
     }
 
+    /// The address and length of `[at, at + len)`, which must lie inside this mapping, for a
+    /// `MAP_FIXED` over it.
+    fn fixed_range(&self, at: usize, len: usize) -> nix::Result<(NonZeroUsize, NonZeroUsize)> {
+        if at.checked_add(len).is_none_or(|end| end > self.len) {
+            return Err(nix::Error::EINVAL);
+        }
+        let addr = NonZeroUsize::new(self.ptr.as_ptr() as usize + at).ok_or(nix::Error::EINVAL)?;
+        Ok((addr, non_zero(len)?))
+    }
+
     /// Maps `len` bytes of `file` from `file_offset` over `[at, at + len)` of this mapping,
     /// replacing what was there.
     pub fn map_file_at(
@@ -87,10 +97,7 @@ impl Mapping {
         len: usize,
         access: Access,
     ) -> nix::Result<()> {
-        if at.checked_add(len).is_none_or(|end| end > self.len) {
-            return Err(nix::Error::EINVAL);
-        }
-        let addr = NonZeroUsize::new(self.ptr.as_ptr() as usize + at).ok_or(nix::Error::EINVAL)?;
+        let (addr, len) = self.fixed_range(at, len)?;
         // SAFETY: `[at, at + len)` lies inside this mapping, which we own, so MAP_FIXED only
         // replaces pages of ours. Callers hold `&self` and no Rust reference into the range
         // being replaced (Snapshot views borrow the Snapshot, which owns its Mapping mutably
@@ -98,7 +105,7 @@ impl Mapping {
         unsafe {
             mman::mmap(
                 Some(addr),
-                non_zero(len)?,
+                len,
                 access.prot(),
                 MapFlags::MAP_SHARED | MapFlags::MAP_FIXED,
                 file,
@@ -110,16 +117,13 @@ impl Mapping {
 
     /// Replaces `[at, at + len)` of this mapping with fresh private zero pages.
     pub fn map_anonymous_at(&self, at: usize, len: usize) -> nix::Result<()> {
-        if at.checked_add(len).is_none_or(|end| end > self.len) {
-            return Err(nix::Error::EINVAL);
-        }
-        let addr = NonZeroUsize::new(self.ptr.as_ptr() as usize + at).ok_or(nix::Error::EINVAL)?;
+        let (addr, len) = self.fixed_range(at, len)?;
         // SAFETY: `[at, at + len)` lies inside this mapping, which we own; as in
         // `map_file_at`, no Rust reference into the replaced range is live.
         unsafe {
             mman::mmap_anonymous(
                 Some(addr),
-                non_zero(len)?,
+                len,
                 ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
                 MapFlags::MAP_PRIVATE | MapFlags::MAP_FIXED | MapFlags::MAP_NORESERVE,
             )?;

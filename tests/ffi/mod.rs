@@ -93,14 +93,7 @@ pub fn capi_lib() -> &'static Path {
 
 /// Attaches to `name`, waiting up to `limit` for the producer to appear and publish.
 pub fn attach(name: &str, limit: Duration) -> Observer {
-    let started = Instant::now();
-    loop {
-        match Observer::attach_timeout(name, Duration::from_secs(1)) {
-            Ok(o) => return o,
-            Err(_) if started.elapsed() < limit => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => panic!("attaching to {name:?}: {e}"),
-        }
-    }
+    Observer::attach_timeout(name, limit).unwrap_or_else(|e| panic!("attaching to {name:?}: {e}"))
 }
 
 /// The heat examples' grid (rows, columns), in C order.
