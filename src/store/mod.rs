@@ -167,7 +167,7 @@ mod tests {
                 dirty.push(p..p + 1);
             }
             crate::track::coalesce(&mut dirty);
-            let v = writer.publish(&dirty).unwrap().version;
+            let v = writer.publish(&dirty, &[], 1).unwrap().prepared.version;
             expected.push(current.clone());
             let k = rng.below(PINS_PER_SLOT);
             match held[k] {
@@ -188,7 +188,7 @@ mod tests {
             }
         }
         for _ in 0..settle {
-            writer.publish(&[]).unwrap();
+            writer.publish(&[], &[], 1).unwrap();
         }
         assert_eq!(writer.store_bytes(), (pages * page) as u64, "{freed:?}: memory held after every pin is gone");
         assert_eq!(read_version(&reader, reader.pin_latest(0)), current);

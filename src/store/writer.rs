@@ -24,6 +24,17 @@ pub struct Source {
     pub memory: Arc<RegionMemory>,
 }
 
+impl Source {
+    /// Page `j` of the region: its bytes `[from, to)` of the region's memory, which sit at
+    /// byte `at` of the page (a region that does not start on a page boundary has its first
+    /// page's bytes at its offset, and every later page's at 0).
+    fn page_bytes(&self, j: usize, page: usize) -> (usize, usize, usize) {
+        let from = (j * page).saturating_sub(self.offset);
+        let to = ((j + 1) * page - self.offset).min(self.bytes);
+        (from, to, from + self.offset - j * page)
+    }
+}
+
 /// A slot that held a page of some version and was superseded at `until`.
 #[derive(Clone, Copy, Debug)]
 struct Retired {
@@ -84,6 +95,61 @@ pub struct Prepared {
     pub planes: usize,
     pub live_pins: usize,
     record: u64,
+}
+
+/// A version published by [`StoreWriter::publish`], and what publishing it found.
+#[derive(Debug)]
+pub struct Published {
+    pub prepared: Prepared,
+    /// The compared pages that differed from the previous version (page ranges).
+    pub changed: Vec<Range<usize>>,
+    /// The time spent comparing.
+    pub compare_time: Duration,
+}
+
+/// Publishes of fewer pages than this per thread run on the calling thread alone: starting
+/// a thread costs about as much as copying this many pages.
+const PAGES_PER_THREAD: usize = 256;
+
+/// Cuts sorted page ranges into at most `parts` consecutive shares of about equal page
+/// counts, each at least [`PAGES_PER_THREAD`] pages, each range keeping its tag.
+fn shares<T: Copy>(ranges: &[(Range<usize>, T)], parts: usize) -> Vec<Vec<(Range<usize>, T)>> {
+    let total: usize = ranges.iter().map(|(r, _)| r.len()).sum();
+    let parts = parts.min(total / PAGES_PER_THREAD).max(1);
+    let each = total.div_ceil(parts);
+    let mut out = vec![Vec::new()];
+    let mut room = each;
+    for (r, tag) in ranges {
+        let mut r = r.clone();
+        while !r.is_empty() {
+            if room == 0 {
+                out.push(Vec::new());
+                room = each;
+            }
+            let take = r.len().min(room);
+            out.last_mut().expect("one share at least").push((r.start..r.start + take, *tag));
+            r.start += take;
+            room -= take;
+        }
+    }
+    out
+}
+
+/// Runs `work` on each share, the first on the calling thread and the others on threads of
+/// their own, and returns the results in share order.
+fn on_threads<T: Send, R: Send>(shares: Vec<T>, work: impl Fn(T) -> R + Sync) -> Vec<R> {
+    if shares.len() == 1 {
+        return shares.into_iter().map(&work).collect();
+    }
+    std::thread::scope(|scope| {
+        let mut shares = shares.into_iter();
+        let first = shares.next();
+        let handles: Vec<_> = shares.map(|share| scope.spawn(|| work(share))).collect();
+        let mut out: Vec<R> = first.into_iter().map(&work).collect();
+        // A copy or comparison does not panic but on a broken invariant; pass it on.
+        out.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))));
+        out
+    })
 }
 
 /// The shared files of a store and the producer's bookkeeping of its slots.
@@ -320,21 +386,30 @@ impl StoreWriter {
         }
     }
 
-    /// Publishes version `version + 1`: the pages in `dirty` (sorted, disjoint page ranges)
-    /// are copied from their regions; every other page keeps its previous slot.
-    pub fn publish(&mut self, dirty: &[Range<usize>]) -> Result<Prepared, PublishError> {
+    /// Publishes version `version + 1`. The pages in `written` (sorted, disjoint page
+    /// ranges) are copied from their regions; each page in `compare` is compared with the
+    /// latest version's copy and copied only when it differs; every other page keeps its
+    /// previous slot. `threads` threads share the comparing and the copying.
+    pub fn publish(&mut self, written: &[Range<usize>], compare: &[Range<usize>], threads: usize) -> Result<Published, PublishError> {
         let started = Instant::now();
-        let prepared = self.prepare(dirty)?;
-        for (pages, plane, fresh) in &prepared.copies {
-            self.mapped.copy_pages(pages.clone(), *plane, *fresh);
-        }
+        let changed = if self.version == 0 {
+            // No version to compare with: everything is new.
+            compare.to_vec()
+        } else {
+            self.mapped.changed_pages(compare, &self.plane, threads)
+        };
+        let compare_time = started.elapsed();
+        let mut dirty: Vec<Range<usize>> = written.iter().chain(&changed).cloned().collect();
+        crate::track::coalesce(&mut dirty);
+        let prepared = self.prepare(&dirty)?;
+        self.mapped.copy_all(&prepared.copies, threads);
         self.mapped.release(&prepared, started.elapsed());
         if self.cooling_publishes == 0 {
             // The slots this version superseded are free now unless pinned: give them back.
             self.reclaim();
             self.punch_cooled(prepared.version);
         }
-        Ok(prepared)
+        Ok(Published { prepared, changed, compare_time })
     }
 
     /// Prepares version `version + 1` for the pages in `dirty` (sorted, disjoint page
@@ -497,22 +572,72 @@ impl Mapped {
     /// says the slots hold no memory yet, which a long run then allocates in one call.
     pub fn copy_pages(&self, pages: Range<usize>, k: u16, fresh: bool) {
         let page = self.layout.page_size;
-        let i = self.sources.partition_point(|s| s.first_page + s.pages <= pages.start);
-        for s in &self.sources[i..] {
-            if s.first_page >= pages.end {
-                break;
-            }
-            let lo = pages.start.max(s.first_page) - s.first_page;
-            let hi = pages.end.min(s.first_page + s.pages) - s.first_page;
-            // Page j of the region holds its bytes [j*page - offset, (j+1)*page - offset).
-            let from = (lo * page).saturating_sub(s.offset);
-            let to = (hi * page - s.offset).min(s.bytes);
-            let dst = self.slot_offset(k, s.first_page + lo) + (from + s.offset - lo * page);
-            if fresh && hi - lo >= POPULATE_PAGES {
+        for (s, own) in self.sources_of(pages) {
+            let (from, _, at) = s.page_bytes(own.start, page);
+            let (_, to, _) = s.page_bytes(own.end - 1, page);
+            let dst = self.slot_offset(k, s.first_page + own.start) + at;
+            if fresh && own.len() >= POPULATE_PAGES {
                 // Allocating fresh slots in one call costs a third of a fault each.
                 self.pool.populate(dst, to - from);
             }
             self.pool.copy_in(dst, &s.memory, from, to - from);
+        }
+    }
+
+    /// The regions that pages `pages` of the page space fall in, each with the range of
+    /// its own pages that `pages` covers.
+    fn sources_of(&self, pages: Range<usize>) -> impl Iterator<Item = (&Source, Range<usize>)> {
+        let i = self.sources.partition_point(|s| s.first_page + s.pages <= pages.start);
+        self.sources[i..].iter().take_while(move |s| s.first_page < pages.end).map(move |s| {
+            let lo = pages.start.max(s.first_page) - s.first_page;
+            let hi = pages.end.min(s.first_page + s.pages) - s.first_page;
+            (s, lo..hi)
+        })
+    }
+
+    /// Copies every run of `copies` (pages, plane, fresh), shared over `threads` threads.
+    pub fn copy_all(&self, copies: &[(Range<usize>, u16, bool)], threads: usize) {
+        let tagged: Vec<(Range<usize>, (u16, bool))> = copies.iter().map(|(r, k, f)| (r.clone(), (*k, *f))).collect();
+        on_threads(shares(&tagged, threads), |share| {
+            for (pages, (k, fresh)) in share {
+                self.copy_pages(pages, k, fresh);
+            }
+        });
+    }
+
+    /// The pages of `compare` (sorted page ranges) whose bytes differ from the latest
+    /// version's copy, in the slot of plane `plane[p]`, as sorted ranges; `threads` threads
+    /// share the comparing.
+    fn changed_pages(&self, compare: &[Range<usize>], plane: &[u16], threads: usize) -> Vec<Range<usize>> {
+        let tagged: Vec<(Range<usize>, ())> = compare.iter().map(|r| (r.clone(), ())).collect();
+        let mut changed: Vec<Range<usize>> = on_threads(shares(&tagged, threads), |share| {
+            let mut out = Vec::new();
+            for (pages, ()) in share {
+                self.changed_in(pages, plane, &mut out);
+            }
+            out
+        })
+        .concat();
+        crate::track::coalesce(&mut changed);
+        changed
+    }
+
+    /// Adds to `out` the pages of `pages` whose bytes differ from their copy in plane
+    /// `plane[p]`. Only a region's own bytes are compared: the rest of a page it shares with
+    /// other data is never copied, so never differs.
+    fn changed_in(&self, pages: Range<usize>, plane: &[u16], out: &mut Vec<Range<usize>>) {
+        let page = self.layout.page_size;
+        for (s, own) in self.sources_of(pages) {
+            for j in own {
+                let (from, to, at) = s.page_bytes(j, page);
+                let p = s.first_page + j;
+                if !self.pool.equals(self.slot_offset(plane[p], p) + at, &s.memory, from, to - from) {
+                    match out.last_mut() {
+                        Some(r) if r.end == p => r.end = p + 1,
+                        _ => out.push(p..p + 1),
+                    }
+                }
+            }
         }
     }
 

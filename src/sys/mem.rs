@@ -191,6 +191,20 @@ impl Mapping {
         unsafe { std::ptr::copy_nonoverlapping(src.ptr.add(src_off), self.ptr.as_ptr().add(at), len) }
     }
 
+    /// Whether `len` bytes at `at` of this mapping equal `len` bytes at `src_off` of `src`.
+    /// Stops at the first difference, so a rewritten page usually costs a few bytes.
+    pub fn equals(&self, at: usize, src: &RegionMemory, src_off: usize, len: usize) -> bool {
+        assert!(at.checked_add(len).is_some_and(|e| e <= self.len), "equals out of bounds");
+        assert!(src_off.checked_add(len).is_some_and(|e| e <= src.len), "equals source out of bounds");
+        // SAFETY: both ranges were just checked to lie inside live mappings. `memcmp` only
+        // reads; a producer thread writing `src` meanwhile makes the answer either, and a
+        // page found equal while being written is written after the publish's scan or
+        // compare, so it belongs to the next version (see `crate::producer`). libc's memcmp
+        // rather than a slice comparison: the bytes are racy by design, and Rust references
+        // to them would claim they are not.
+        unsafe { libc::memcmp(self.ptr.as_ptr().add(at).cast(), src.ptr.add(src_off).cast(), len) == 0 }
+    }
+
     /// Allocates and maps the pages of `[at, at + len)` of this writable mapping in one call
     /// (`MADV_POPULATE_WRITE`), so that writing them does not take a page fault each.
     /// Advice: when the kernel cannot, the writes fault as usual.

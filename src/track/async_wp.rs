@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use userfaultfd::Uffd;
 
-use super::{Tracker, TrackerKind};
+use super::{Changes, Tracker, TrackerKind};
 use crate::sys::mem::Mapping;
 use crate::sys::pagemap::Scanner;
 use crate::sys::{page_size, uffd};
@@ -54,7 +54,7 @@ pub fn probe() -> Result<(), String> {
         .map_err(|e| format!("registering anonymous memory for write-protect failed ({e})"))?;
     scratch.zero(0, 1);
     let mut seen = 0;
-    t.take_written(&mut |s, e| seen += e - s).map_err(|e| match e {
+    t.scan(&mut |s, e| seen += e - s).map_err(|e| match e {
         nix::Error::ENOTTY | nix::Error::EINVAL => {
             format!("the kernel has no PAGEMAP_SCAN ({e}); Linux 6.7 or later is needed; use the copy tracker")
         }
@@ -77,13 +77,34 @@ impl AsyncTracker {
 }
 
 impl AsyncTracker {
-    /// Lifts the write protection of every tracked page: writes stop costing a fault, and
-    /// the next `take_written` reports every page.
-    pub fn unprotect_all(&mut self) -> nix::Result<()> {
+    /// The tracked ranges, sorted and merged.
+    pub fn ranges(&self) -> &[Range<usize>] {
+        &self.ranges
+    }
+
+    /// Reports the runs written in every tracked range and re-protects them.
+    pub fn scan(&mut self, found: &mut dyn FnMut(usize, usize)) -> nix::Result<()> {
         for r in &self.ranges {
-            uffd::unprotect(&self.uffd, r.start, r.end - r.start)?;
+            self.scanner.take_written(r.start, r.end, found)?;
         }
         Ok(())
+    }
+
+    /// Reports the runs written in `[start, end)`, a part of a tracked range, and
+    /// re-protects them.
+    pub fn scan_range(&mut self, start: usize, end: usize, found: &mut dyn FnMut(usize, usize)) -> nix::Result<()> {
+        self.scanner.take_written(start, end, found)
+    }
+
+    /// Lifts the write protection of `[start, end)`, a part of a tracked range: writes there
+    /// stop costing a fault, and scans stop reporting them.
+    pub fn unprotect(&mut self, start: usize, end: usize) -> nix::Result<()> {
+        uffd::unprotect(&self.uffd, start, end - start)
+    }
+
+    /// Write-protects `[start, end)` again: the next scan reports what is written after.
+    pub fn protect(&mut self, start: usize, end: usize) -> nix::Result<()> {
+        uffd::write_protect(&self.uffd, start, end - start)
     }
 }
 
@@ -104,10 +125,7 @@ impl Tracker for AsyncTracker {
         Ok(())
     }
 
-    fn take_written(&mut self, found: &mut dyn FnMut(usize, usize)) -> nix::Result<()> {
-        for r in &self.ranges {
-            self.scanner.take_written(r.start, r.end, found)?;
-        }
-        Ok(())
+    fn take_changes(&mut self, out: &mut Changes) -> nix::Result<()> {
+        self.scan(&mut |s, e| out.written.push(s..e))
     }
 }

@@ -1,72 +1,73 @@
-//! The auto tracker: async tracking that decides, publish by publish, whether tracking pays.
+//! The auto tracker: tracking decided chunk by chunk, from prices the producer's own
+//! publishes teach.
 //!
-//! Tracking a version with coverage `c` (share of pages written) costs the producer a
-//! first-write fault on each written page (the kernel's async write-protect path) and a
-//! publish that scans and copies those pages: `c * pages * (fault + tracked)`, where
-//! `tracked` is what a tracked publish costs per page copied (scattered pages copy at half
-//! the speed of a sequential stretch, and the scan is in it). Copying every page without
-//! scanning costs `pages * full` and no faults, because pages not re-protected stay
-//! writable. So tracking pays below `c* = full / (fault + tracked)`. Measured on this kind of
-//! machine (full ~0.35 µs, tracked ~0.4–0.75 µs, fault ~0.65 µs a page) that is 0.25–0.35.
-//! `full` and `tracked` are learnt from the producer's own publishes, each from its kind (a
-//! copy timed on scratch pages runs from the cache and is several times too cheap); `fault`
-//! is measured once at start on scratch pages (the trap costs the same cached or not).
+//! The tracked address ranges are cut into chunks of [`CHUNK_PAGES`] pages. A chunk is
+//! either *tracked* (write-protected with `WP_ASYNC`: the first write to a page costs a
+//! fault, and the publish's `PAGEMAP_SCAN` names exactly the pages written) or *untracked*
+//! (writable: writes cost nothing, and the publish compares every page of the chunk with the
+//! copy the latest version holds, copying those that differ). For a chunk of `n` pages of
+//! which `w` were written, the producer pays
 //!
-//! The prices are learnt to fall fast and rise slowly: a publish into slots the kernel must
-//! first allocate costs several times the steady price, and must not set it. A full copy's
-//! price is learnt only from full publishes, so while coverage is high enough to matter (a
-//! fifth of the pages or more) and auto keeps tracking, every [`PROBE_EVERY`]th such version
-//! is followed by one full publish, to keep that price current.
+//! - tracked: `w × (fault + copy)`;
+//! - untracked: `(n − w) × compare + w × copy` (a changed page's comparison stops at its
+//!   first differing byte, so it costs little more than its copy),
 //!
-//! States: *tracked* publishes scan and measure `c`. When `c >= c*`, the write protection
-//! of the whole region is lifted (one ioctl) and the next `streak` publishes copy everything
-//! (*full*) without scanning: the producer's writes cost no fault. Then one *re-arm* publish scans (to
-//! write-protect again what was written) while still copying everything, and the next
-//! tracked publish measures the coverage of one version. `streak` doubles while coverage
-//! stays high (8 to 64 publishes), so a steady full-coverage producer pays the re-arm's
-//! faults once every 64 versions, and a producer whose coverage drops is back to tracking
-//! within `streak + 2` publishes.
+//! so leaving a chunk untracked pays when `w / n > compare / (fault + compare)`, the
+//! [`AutoTracker::threshold`]. `fault` is measured once at start on scratch pages (a trap
+//! costs the same whatever the data); `compare` is learnt from the publishes' own compare
+//! passes (a comparison timed on scratch pages runs from the cache and is several times too
+//! cheap). Measured on this kind of machine (fault ~0.7 µs, compare ~0.3 µs a page) the
+//! threshold is about 0.3.
+//!
+//! A tracked chunk whose scan finds a written share at or above the threshold is
+//! write-unprotected at once and compared from the next publish on. An untracked chunk whose
+//! comparison finds a changed share below half the threshold (the gap keeps a chunk near the
+//! threshold from switching every version) goes back to tracking: the next publish first
+//! write-protects it, then compares it once more, so that a write made before the protection
+//! is caught by that comparison and a write after it by the following scan. Both kinds give
+//! the exact set of pages written, so no publish ever reports a page it did not find written
+//! or changed, and no publish is a probe that costs a whole version.
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use super::{AsyncTracker, Tracker, TrackerKind};
+use super::{AsyncTracker, Changes, Outcome, Tracker, TrackerKind};
 use crate::sys::mem::{Mapping, RegionMemory};
 use crate::sys::page_size;
 
-const STREAK_MIN: u32 = 8;
-/// Tracked versions of high coverage between two full publishes that re-learn their price.
-const PROBE_EVERY: u32 = 8;
-const STREAK_MAX: u32 = 64;
-/// Scratch pages for the start-up measurements.
+/// Pages of a chunk: 2 MiB of 4 KiB pages, the unit the kernel's page tables group.
+pub const CHUNK_PAGES: usize = 512;
+/// Scratch pages for the start-up measurement of a fault.
 const CALIBRATION_PAGES: usize = 256;
+/// Pages a comparison must have found unchanged for its time to teach the compare price.
+const LEARN_PAGES: usize = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
+enum State {
     Tracked,
-    Full { left: u32 },
+    Untracked,
+    /// Untracked, to be write-protected (and compared once more) at the next publish.
     Rearm,
+}
+
+#[derive(Clone, Debug)]
+struct Chunk {
+    range: Range<usize>,
+    state: State,
+    /// Whether the last publish compared this chunk (so its outcome speaks of it).
+    compared: bool,
 }
 
 pub struct AutoTracker {
     inner: AsyncTracker,
-    ranges: Vec<Range<usize>>,
-    pages: usize,
-    mode: Mode,
-    streak: u32,
-    /// Costs of one page: in a publish that copies everything, in a tracked publish (both
-    /// learnt from publishes; zero until one of the kind is seen), and a first write while
-    /// protected.
-    full: Duration,
-    tracked: Duration,
+    chunks: Vec<Chunk>,
+    /// A first-write fault, and comparing one unchanged page (learnt; a guess until then).
     fault: Duration,
-    /// Whether the last `take_written` copies everything, for `published` to learn from.
-    last_full: bool,
-    /// Tracked versions of high coverage since the last full publish.
-    since_full: u32,
+    compare: Duration,
     /// The first scan reports whatever was written before the first version (filling the
-    /// region), not what a version writes, and the first publish pays for creating the store:
-    /// neither teaches anything.
+    /// regions), not what a version writes: it teaches nothing.
     first: bool,
+    /// Pages found written per chunk by the last scan (scratch, kept to reuse its memory).
+    written: Vec<usize>,
 }
 
 fn timed(f: impl FnOnce()) -> Duration {
@@ -94,11 +95,26 @@ fn calibrate_fault() -> Result<Duration, String> {
     };
     let (mut protected, mut plain) = (Duration::MAX, Duration::MAX);
     for _ in 0..5 {
-        tracker.take_written(&mut |_, _| {}).map_err(|e| format!("calibration scan: {e}"))?;
+        tracker.scan(&mut |_, _| {}).map_err(|e| format!("calibration scan: {e}"))?;
         protected = protected.min(timed(touch));
         plain = plain.min(timed(touch));
     }
     Ok(protected.saturating_sub(plain) / CALIBRATION_PAGES as u32)
+}
+
+/// Adds, for each chunk, the pages of the sorted address runs `runs` that fall in it.
+fn count_per_chunk(chunks: &[Chunk], runs: impl IntoIterator<Item = (usize, usize)>, counts: &mut [usize]) {
+    let page = page_size();
+    let mut c = 0;
+    for (start, end) in runs {
+        c += chunks[c..].partition_point(|k| k.range.end <= start);
+        let mut i = c;
+        while let Some(k) = chunks.get(i).filter(|k| k.range.start < end) {
+            let overlap = end.min(k.range.end).saturating_sub(start.max(k.range.start));
+            counts[i] += overlap / page;
+            i += 1;
+        }
+    }
 }
 
 impl AutoTracker {
@@ -107,51 +123,42 @@ impl AutoTracker {
         tracing::debug!("auto tracker: a first-write fault costs {fault:?} a page");
         Ok(AutoTracker {
             inner: AsyncTracker::new()?,
-            ranges: Vec::new(),
-            pages: 0,
-            mode: Mode::Tracked,
-            streak: 0,
-            full: Duration::ZERO,
-            tracked: Duration::ZERO,
+            chunks: Vec::new(),
             fault,
-            last_full: false,
-            since_full: 0,
+            compare: fault / 2,
             first: true,
+            written: Vec::new(),
         })
     }
 
-    /// The coverage above which copying everything is cheaper than tracking (1 until a
-    /// publish has shown what copying costs; a price not learnt yet is taken to be the
-    /// other's).
+    /// The share of a chunk's pages written per version above which comparing the chunk
+    /// costs less than tracking it.
     pub fn threshold(&self) -> f64 {
-        let (full, tracked) = match (self.full.is_zero(), self.tracked.is_zero()) {
-            (true, true) => return 1.0,
-            (true, false) => (self.tracked, self.tracked),
-            (false, true) => (self.full, self.full),
-            (false, false) => (self.full, self.tracked),
-        };
-        (full.as_secs_f64() / (tracked + self.fault).as_secs_f64()).clamp(0.0, 1.0)
+        let compare = self.compare.as_secs_f64();
+        (compare / (self.fault.as_secs_f64() + compare)).clamp(0.02, 0.9)
     }
 
-    /// Whether the next publish will copy everything.
-    pub fn copies_everything(&self) -> bool {
-        self.mode != Mode::Tracked
-    }
-
-    fn report_all(&self, found: &mut dyn FnMut(usize, usize)) {
-        for r in &self.ranges {
-            found(r.start, r.end);
-        }
-    }
-
-    fn scan(&mut self, found: &mut dyn FnMut(usize, usize)) -> nix::Result<usize> {
+    /// Pages in untracked chunks (compared at each publish) now.
+    pub fn untracked_pages(&self) -> usize {
         let page = page_size();
-        let mut written = 0;
-        self.inner.take_written(&mut |s, e| {
-            written += (e - s) / page;
-            found(s, e);
-        })?;
-        Ok(written)
+        self.chunks
+            .iter()
+            .filter(|c| c.state != State::Tracked)
+            .map(|c| (c.range.end - c.range.start) / page)
+            .sum()
+    }
+
+    fn rebuild_chunks(&mut self) {
+        let bytes = CHUNK_PAGES * page_size();
+        self.chunks.clear();
+        for r in self.inner.ranges() {
+            let mut at = r.start;
+            while at < r.end {
+                let end = (at + bytes).min(r.end);
+                self.chunks.push(Chunk { range: at..end, state: State::Tracked, compared: false });
+                at = end;
+            }
+        }
     }
 }
 
@@ -161,65 +168,86 @@ impl Tracker for AutoTracker {
     }
 
     fn track(&mut self, range: Range<usize>) -> nix::Result<()> {
-        self.inner.track(range.clone())?;
-        self.pages += (range.end - range.start) / page_size();
-        self.ranges.push(range);
+        self.inner.track(range)?;
+        // Regions are added before the first publish, while every chunk is tracked.
+        self.rebuild_chunks();
         Ok(())
     }
 
-    fn take_written(&mut self, found: &mut dyn FnMut(usize, usize)) -> nix::Result<()> {
-        match self.mode {
-            Mode::Tracked => {
-                let written = self.scan(found)?;
-                self.last_full = written == self.pages;
-                if self.first {
-                    return Ok(());
+    fn take_changes(&mut self, out: &mut Changes) -> nix::Result<()> {
+        for c in self.chunks.iter_mut().filter(|c| c.state == State::Rearm) {
+            self.inner.protect(c.range.start, c.range.end)?;
+        }
+        self.written.clear();
+        self.written.resize(self.chunks.len(), 0);
+        let mut i = 0;
+        while i < self.chunks.len() {
+            let c = &mut self.chunks[i];
+            c.compared = c.state != State::Tracked;
+            if c.compared {
+                match out.compare.last_mut() {
+                    Some(last) if last.end == c.range.start => last.end = c.range.end,
+                    _ => out.compare.push(c.range.clone()),
                 }
-                if written * 5 >= self.pages {
-                    self.since_full += 1;
+                if c.state == State::Rearm {
+                    c.state = State::Tracked;
                 }
-                if written as f64 >= self.threshold() * self.pages as f64 && written > 0 {
-                    self.streak = (self.streak * 2).clamp(STREAK_MIN, STREAK_MAX);
-                    self.mode = Mode::Full { left: self.streak };
-                } else {
-                    self.streak = 0;
-                    if self.since_full >= PROBE_EVERY || (self.full.is_zero() && self.since_full > 0) {
-                        // What would a full copy cost now? One full publish says.
-                        self.mode = Mode::Full { left: 1 };
-                    }
-                }
-                if self.mode != Mode::Tracked {
-                    self.inner.unprotect_all()?;
-                }
+                i += 1;
+                continue;
             }
-            Mode::Full { left } => {
-                self.report_all(found);
-                self.last_full = true;
-                self.mode = if left > 1 { Mode::Full { left: left - 1 } } else { Mode::Rearm };
+            // One scan for a stretch of adjacent tracked chunks.
+            let mut j = i + 1;
+            while j < self.chunks.len()
+                && self.chunks[j].state == State::Tracked
+                && self.chunks[j].range.start == self.chunks[j - 1].range.end
+            {
+                self.chunks[j].compared = false;
+                j += 1;
             }
-            Mode::Rearm => {
-                self.scan(&mut |_, _| {})?;
-                self.report_all(found);
-                self.last_full = true;
-                self.mode = Mode::Tracked;
+            let from = out.written.len();
+            self.inner.scan_range(self.chunks[i].range.start, self.chunks[j - 1].range.end, &mut |s, e| {
+                out.written.push(s..e)
+            })?;
+            let runs = out.written[from..].iter().map(|r| (r.start, r.end));
+            count_per_chunk(&self.chunks[i..j], runs, &mut self.written[i..j]);
+            i = j;
+        }
+        if std::mem::take(&mut self.first) {
+            return Ok(());
+        }
+        let threshold = self.threshold();
+        let page = page_size();
+        for (c, &w) in self.chunks.iter_mut().zip(&self.written) {
+            let n = (c.range.end - c.range.start) / page;
+            if c.state == State::Tracked && !c.compared && w > 0 && w as f64 >= threshold * n as f64 {
+                self.inner.unprotect(c.range.start, c.range.end)?;
+                c.state = State::Untracked;
             }
         }
         Ok(())
     }
 
-    /// Learns what a page costs in a publish of each kind, from publishes that copied
-    /// enough pages to tell: an average over recent ones (weight 1/4 to the newest).
-    /// Learns what a page costs in a publish of each kind: at once when it is cheaper than
-    /// believed, by an eighth when dearer.
-    fn published(&mut self, copied: usize, took: Duration) {
-        if std::mem::take(&mut self.first) || copied < 64 {
-            return;
+    /// Learns the compare price and sends untracked chunks whose pages mostly stayed the
+    /// same back to tracking.
+    fn published(&mut self, outcome: &Outcome<'_>) {
+        let page = page_size();
+        let changed: usize = outcome.changed.iter().map(|r| (r.end - r.start) / page).sum();
+        let unchanged = outcome.compared.saturating_sub(changed);
+        if unchanged >= LEARN_PAGES {
+            let per_page = outcome.compare_time / unchanged as u32;
+            // Fall at once, rise by an eighth: a pass slowed by the machine's other work must
+            // not make tracking look cheaper for long.
+            self.compare = if per_page < self.compare { per_page } else { (self.compare * 7 + per_page) / 8 };
         }
-        if self.last_full {
-            self.since_full = 0;
+        self.written.clear();
+        self.written.resize(self.chunks.len(), 0);
+        count_per_chunk(&self.chunks, outcome.changed.iter().map(|r| (r.start, r.end)), &mut self.written);
+        let back = self.threshold() / 2.0;
+        for (c, &w) in self.chunks.iter_mut().zip(&self.written) {
+            let n = (c.range.end - c.range.start) / page;
+            if c.state == State::Untracked && c.compared && (w as f64) < back * n as f64 {
+                c.state = State::Rearm;
+            }
         }
-        let per_page = took / copied as u32;
-        let learnt = if self.last_full { &mut self.full } else { &mut self.tracked };
-        *learnt = if learnt.is_zero() || per_page < *learnt { per_page } else { (*learnt * 7 + per_page) / 8 };
     }
 }

@@ -1,7 +1,9 @@
-//! The copy tracker: every tracked page counts as written at every publish.
+//! The copy tracker: no tracking. Every publish compares every page with the copy the
+//! latest version holds and copies those that differ: it needs nothing from the kernel and
+//! still stores only what changed.
 use std::ops::Range;
 
-use super::{Tracker, TrackerKind};
+use super::{Changes, Tracker, TrackerKind};
 
 #[derive(Default)]
 pub struct CopyTracker {
@@ -18,10 +20,8 @@ impl Tracker for CopyTracker {
         Ok(())
     }
 
-    fn take_written(&mut self, found: &mut dyn FnMut(usize, usize)) -> nix::Result<()> {
-        for r in &self.ranges {
-            found(r.start, r.end);
-        }
+    fn take_changes(&mut self, out: &mut Changes) -> nix::Result<()> {
+        out.compare.extend(self.ranges.iter().cloned());
         Ok(())
     }
 }

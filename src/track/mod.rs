@@ -3,18 +3,24 @@
 //! that proves they yield byte-identical snapshots.
 //!
 //! - [`TrackerKind::Async`]: userfaultfd asynchronous write-protect (`WP_ASYNC`) plus
-//!   `PAGEMAP_SCAN`. The kernel marks written pages itself (~0.1–0.3 µs extra on the first
-//!   write to a page); a publish reads and re-protects them in one ioctl. The fast path.
+//!   `PAGEMAP_SCAN`. The kernel marks written pages itself (the first write to a page
+//!   takes a minor fault, ~0.7 µs here); a publish reads and re-protects them in one ioctl. The fast path.
 //! - [`TrackerKind::Sync`]: userfaultfd write-protect faults served by a handler thread
 //!   (10–120 µs a fault here): the literal copy-on-first-write mechanism.
 //! - [`TrackerKind::Deferred`]: the sync tracker with the deferred publish path: `publish()`
 //!   re-protects the written pages and returns; a background thread copies them, and a write
 //!   to a page not yet copied makes the handler copy it first (see `crate::producer`).
-//! - [`TrackerKind::Copy`]: no tracking; every page counts as written. Works anywhere; the
+//! - [`TrackerKind::Copy`]: no tracking; every publish compares every page with the copy
+//!   the latest version holds and copies only those that differ. Works anywhere; the
 //!   baseline.
-//! - [`TrackerKind::Auto`]: async tracking where the kernel offers it, deciding per publish
-//!   whether scanning pays or copying everything is cheaper ([`auto`]); copy elsewhere, with
-//!   the reason.
+//! - [`TrackerKind::Auto`]: per chunk of 2 MiB, async tracking or comparison, whichever the
+//!   producer's own publishes show is cheaper for what it writes there ([`auto`]); copy
+//!   where the kernel has no async tracking, with the reason.
+//!
+//! Every tracker gives an exact change set: a version's page map names as changed exactly
+//! the pages written (tracked pages: a write counts even if it stored the bytes the page
+//! held) or found different (compared pages: only a real change counts) since the previous
+//! version. `tests/trackers.rs` checks it against the bytes.
 mod async_wp;
 pub mod auto;
 mod copy;
@@ -23,27 +29,56 @@ mod sync_wp;
 use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;
+use std::time::Duration;
 
 pub use async_wp::AsyncTracker;
 pub use auto::AutoTracker;
 pub use copy::CopyTracker;
 pub use sync_wp::{kernel_faults_allowed, FirstWrite, SyncTracker};
 
-/// Learns which pages of the tracked ranges were written since it last said.
+/// What changed since the previous publish, as page-aligned address runs.
+#[derive(Clone, Debug, Default)]
+pub struct Changes {
+    /// Pages the kernel saw written: copied as they are. A page rewritten with the bytes it
+    /// held counts as written.
+    pub written: Vec<Range<usize>>,
+    /// Pages not tracked: the publish compares each with the copy the latest version holds
+    /// and copies those that differ, so only pages whose bytes changed count.
+    pub compare: Vec<Range<usize>>,
+}
+
+impl Changes {
+    pub fn clear(&mut self) {
+        self.written.clear();
+        self.compare.clear();
+    }
+}
+
+/// What the publish that followed a `take_changes` found and cost, for trackers that adapt.
+#[derive(Clone, Copy, Debug)]
+pub struct Outcome<'a> {
+    /// The compared pages that differed (address runs, sorted).
+    pub changed: &'a [Range<usize>],
+    /// Pages compared, and the time the comparison took.
+    pub compared: usize,
+    pub compare_time: Duration,
+}
+
+/// Learns which pages of the tracked ranges changed since it last said.
 pub trait Tracker: Send {
     fn kind(&self) -> TrackerKind;
 
     /// Starts tracking the page-aligned address range `range`.
     fn track(&mut self, range: Range<usize>) -> nix::Result<()>;
 
-    /// Calls `found(start, end)` for runs of pages (page-aligned addresses) written since the
-    /// previous call, or since `track` for the first, and starts tracking anew. May report
-    /// more than was written, never less.
-    fn take_written(&mut self, found: &mut dyn FnMut(usize, usize)) -> nix::Result<()>;
+    /// Adds to `out` the runs of pages written since the previous call (or since `track`,
+    /// for the first) and the runs the publish must compare, and starts tracking anew. May
+    /// report more than was written, never less: every page a write touched since the
+    /// previous call is in one of the two.
+    fn take_changes(&mut self, out: &mut Changes) -> nix::Result<()>;
 
-    /// What the publish that followed the last `take_written` cost: `copied` pages in
-    /// `took`. Trackers that adapt (auto) learn from it.
-    fn published(&mut self, _copied: usize, _took: std::time::Duration) {}
+    /// What the publish that followed the last `take_changes` found and cost.
+    fn published(&mut self, _outcome: &Outcome<'_>) {}
 
     /// The sync tracker behind this one, whose fault handler the deferred path hooks.
     fn as_sync(&self) -> Option<&SyncTracker> {

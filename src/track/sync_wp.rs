@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use userfaultfd::{Event, EventBuffer, Uffd};
 
-use super::{Tracker, TrackerKind};
+use super::{Changes, Tracker, TrackerKind};
 use crate::sys::{page_size, uffd};
 
 /// What the handler does with a page before letting its first write through.
@@ -33,7 +33,7 @@ pub trait FirstWrite: Send + Sync {
 struct State {
     written: Vec<usize>,
     hook: Option<Arc<dyn FirstWrite>>,
-    /// The first error the handler met; reported by the next `take_written`.
+    /// The first error the handler met; reported by the next `take_changes`.
     error: Option<nix::Error>,
 }
 
@@ -138,7 +138,7 @@ impl Tracker for SyncTracker {
         Ok(())
     }
 
-    fn take_written(&mut self, found: &mut dyn FnMut(usize, usize)) -> nix::Result<()> {
+    fn take_changes(&mut self, out: &mut Changes) -> nix::Result<()> {
         let page = page_size();
         let mut state = self.shared.lock();
         if let Some(e) = state.error.take() {
@@ -157,7 +157,7 @@ impl Tracker for SyncTracker {
                 i += 1;
             }
             uffd::write_protect(&self.shared.uffd, start, end - start)?;
-            found(start, end);
+            out.written.push(start..end);
         }
         Ok(())
     }
