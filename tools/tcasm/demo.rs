@@ -38,9 +38,12 @@ pub struct Args {
     /// Bytes of the square f64 grid ("temperature"); 32MiB is 2048 x 2048.
     #[arg(long, default_value = "32MiB", value_parser = crate::parse_size)]
     size: usize,
-    /// How written pages are found: async, copy or auto.
+    /// How written pages are found: auto, async, sync, deferred or copy.
     #[arg(long, default_value_t = TrackerKind::Auto)]
     tracker: TrackerKind,
+    /// Threads that share a publish's comparing and copying.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
+    copy_threads: u64,
     /// Run the producer alone, for `tcasm inspect` or your own observer to attach.
     #[arg(long)]
     no_observer: bool,
@@ -81,7 +84,8 @@ pub fn run(args: Args) -> crate::Result {
     if n < 64 {
         return Err(format!("--size {} is too small: the grid needs at least 64 x 64 f64 (32KiB)", args.size).into());
     }
-    let mut producer = Producer::create(&args.name, ProducerOptions { tracker: args.tracker, ..Default::default() })?;
+    let options = ProducerOptions { tracker: args.tracker, copy_threads: args.copy_threads as usize, ..Default::default() };
+    let mut producer = Producer::create(&args.name, options)?;
     let mut temperature = producer.region::<f64>(TEMPERATURE, &[n, n])?;
     let mut step = producer.region::<i64>(STEP, &[1])?;
     // Give every page of the grid its own memory, so that a full copy reads real memory and

@@ -28,9 +28,10 @@
 //! expensive versions), after `--warmup` unmeasured ones; a row stops early, once it has 3,
 //! after `--row-seconds`. Rows of one tracker and observer count share one producer,
 //! coverage after coverage; a tcasm producer first publishes its whole region and then 10
-//! empty versions, so that `auto` is past the full-copy streak the first version starts.
-//! Coming down from a high coverage, `auto` needs its streak (8 to 64 versions) to track
-//! again: rows in falling coverage order measure that too.
+//! empty versions. `auto` adapts chunk by chunk within a version or two of a change of
+//! pattern; the warm-up iterations cover that, and rows in falling coverage order show it.
+//! `changed_pages` is what the version's page map names as changed: with an exact change
+//! set it equals `pages_written` for every tracker.
 //!
 //! The methods (`--tracker`):
 //! - `async`, `sync`, `deferred`, `copy`, `auto`: a tcasm [`Producer`] with that tracker.
@@ -81,8 +82,7 @@ use super::{machine, mean, median, micros, write_pages, Pages, Pattern, Plain, W
 const REGION: &str = "data";
 /// Measured iterations a row keeps even past `--row-seconds`.
 const MIN_ITERATIONS: usize = 3;
-/// Publishes without writes after a tcasm producer's first version, before measuring: more
-/// than the auto tracker's shortest full-copy streak (8) and its re-arm.
+/// Publishes without writes after a tcasm producer's first version, before measuring.
 const SETTLE_PUBLISHES: usize = 10;
 /// How long observers get to attach, and to report after the producer ends.
 const OBSERVER_GRACE: Duration = Duration::from_secs(60);
@@ -110,11 +110,14 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "auto,async,deferred,copy,memcpy,fork")]
     tracker: Vec<Method>,
     /// Measured iterations per row.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 40)]
     iterations: usize,
     /// Unmeasured iterations before each row's.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     warmup: usize,
+    /// Threads that share a tcasm publish's comparing and copying.
+    #[arg(long, default_value_t = 1)]
+    copy_threads: usize,
     /// A row stops after this many seconds once it has 3 measured iterations (the
     /// synchronous-fault paths take seconds per version at high coverage).
     #[arg(long, default_value = "20", value_parser = crate::parse_seconds)]
@@ -211,9 +214,14 @@ pub struct Row {
     pub coverage: f64,
     pub observers: usize,
     pub size: usize,
+    /// Threads sharing a tcasm publish's work (1 for the baselines).
+    pub copy_threads: usize,
     /// Measured iterations.
     pub iterations: usize,
     pub pages_written: usize,
+    /// What the version's page map names as changed (median over the iterations; tcasm
+    /// only). Equal to `pages_written` when the change set is exact.
+    pub changed_pages: Option<usize>,
     pub publish_us: f64,
     /// The writes themselves, untracked: the producer's own work the overhead adds to.
     pub untracked_writes_us: f64,
@@ -251,6 +259,10 @@ trait Subject {
     fn publish(&mut self, written: &[u32]) -> crate::Result<Published>;
     /// Bytes of memory the snapshots hold now.
     fn memory_bytes(&self) -> crate::Result<u64>;
+    /// Pages the last version's page map names as changed, where there is one.
+    fn changed_pages(&self) -> Option<usize> {
+        None
+    }
     /// The arguments of `bench-coverage-observer` that attach to this, if observers can.
     fn observer_args(&self) -> Option<Vec<String>>;
 }
@@ -262,11 +274,12 @@ struct Tcasm {
 }
 
 impl Tcasm {
-    fn create(name: &str, kind: TrackerKind, size: usize, observers: usize) -> crate::Result<Tcasm> {
+    fn create(name: &str, kind: TrackerKind, size: usize, observers: usize, copy_threads: usize) -> crate::Result<Tcasm> {
         let options = ProducerOptions {
             tracker: kind,
             max_observers: ProducerOptions::default().max_observers.max(observers),
             freed: Freed::Reuse,
+            copy_threads,
             ..ProducerOptions::default()
         };
         let mut producer = Producer::create(name, options)?;
@@ -277,8 +290,7 @@ impl Tcasm {
         // Every page touched before the first version, as in the plain buffer.
         region.fill(1);
         producer.publish()?;
-        // The first version has every page written: `auto` then copies everything for the
-        // next publishes (its streak) and re-arms. Settle before measuring.
+        // Settle: the first publishes create the store's planes.
         for _ in 0..SETTLE_PUBLISHES {
             producer.publish()?;
         }
@@ -299,6 +311,10 @@ impl Subject for Tcasm {
 
     fn memory_bytes(&self) -> crate::Result<u64> {
         Ok(self.producer.stats().store_bytes)
+    }
+
+    fn changed_pages(&self) -> Option<usize> {
+        Some(self.producer.stats().last_pages_copied)
     }
 
     fn observer_args(&self) -> Option<Vec<String>> {
@@ -643,6 +659,7 @@ struct Samples {
     producer: Vec<f64>,
     memory: Vec<f64>,
     lag: Vec<f64>,
+    changed: Vec<f64>,
 }
 
 pub fn run(args: Args) -> crate::Result {
@@ -717,7 +734,7 @@ fn exclude_from_fork(plain: &Plain) -> crate::Result {
 fn run_method(args: &Args, method: Method, observers: usize, plain: &mut Plain, reference: &Reference) -> crate::Result<Vec<Row>> {
     let name = format!("coverage-{}-{method}-{observers}", std::process::id());
     let mut subject: Box<dyn Subject> = match method {
-        Method::Tcasm(kind) => Box::new(Tcasm::create(&name, kind, args.size, observers)?),
+        Method::Tcasm(kind) => Box::new(Tcasm::create(&name, kind, args.size, observers, args.copy_threads.max(1))?),
         Method::Memcpy => Box::new(Shared::create(1, args.size)?),
         Method::DoubleBuffer => Box::new(Shared::create(2, args.size)?),
         Method::Fork => Box::new(Fork::create(args.size)),
@@ -786,6 +803,9 @@ fn run_method(args: &Args, method: Method, observers: usize, plain: &mut Plain, 
                 s.overhead.push(overhead);
                 s.producer.push(micros(published.spent) + overhead);
                 s.memory.push(memory as f64);
+                if let Some(changed) = subject.changed_pages() {
+                    s.changed.push(changed as f64);
+                }
                 versions.insert(published.version, (row, called));
             }
         }
@@ -823,8 +843,10 @@ fn run_method(args: &Args, method: Method, observers: usize, plain: &mut Plain, 
             coverage,
             observers,
             size: args.size,
+            copy_threads: if matches!(method, Method::Tcasm(_)) { args.copy_threads.max(1) } else { 1 },
             iterations: s.producer.len(),
             pages_written: ((coverage / 100.0 * pages as f64).round() as usize).min(pages),
+            changed_pages: median(&s.changed).map(|c| c as usize),
             publish_us: median(&s.publish).unwrap_or(f64::NAN),
             untracked_writes_us: median(&s.writes).unwrap_or(f64::NAN),
             write_overhead_us: median(&s.overhead).unwrap_or(f64::NAN),

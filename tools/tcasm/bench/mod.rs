@@ -25,6 +25,9 @@ pub enum Pattern {
     Random,
     /// One run of `c * pages` pages from a random start (wrapping), a new start every iteration.
     Contiguous,
+    /// One run of `c * pages` pages that moves forward by a sixteenth of its length every
+    /// iteration (wrapping): a front sweeping the domain, as a simulation's active zone.
+    Sweep,
 }
 
 impl fmt::Display for Pattern {
@@ -33,6 +36,7 @@ impl fmt::Display for Pattern {
             Pattern::Strided => "strided",
             Pattern::Random => "random",
             Pattern::Contiguous => "contiguous",
+            Pattern::Sweep => "sweep",
         })
     }
 }
@@ -85,8 +89,12 @@ impl Pages {
         let mut rng = Rng::new(self.seed ^ iteration.wrapping_mul(0xD6E8_FEB8_6659_FD93) ^ coverage.to_bits());
         match self.pattern {
             Pattern::Strided => out.extend((0..n).map(|k| (k * self.pages / n) as u32)),
-            Pattern::Contiguous => {
-                let start = rng.below(self.pages);
+            Pattern::Contiguous | Pattern::Sweep => {
+                let start = if self.pattern == Pattern::Sweep {
+                    (iteration as usize).wrapping_mul(n.div_ceil(16)) % self.pages
+                } else {
+                    rng.below(self.pages)
+                };
                 out.extend((start..start + n).map(|p| (p % self.pages) as u32));
                 out.sort_unstable();
             }
@@ -216,7 +224,7 @@ mod tests {
 
     #[test]
     fn patterns_cover_what_they_say() {
-        for pattern in [Pattern::Strided, Pattern::Random, Pattern::Contiguous] {
+        for pattern in [Pattern::Strided, Pattern::Random, Pattern::Contiguous, Pattern::Sweep] {
             let mut pages = Pages::new(pattern, 1000, 7);
             let mut out = Vec::new();
             for (coverage, n) in [(0.01, 10), (0.1, 100), (0.5, 500), (1.0, 1000), (0.0, 0)] {
@@ -233,6 +241,14 @@ mod tests {
         let mut out = Vec::new();
         strided.choose(0.01, 0, &mut out);
         assert_eq!(out, (0..10).map(|k| k * 100).collect::<Vec<u32>>());
+        // The sweep moves by a sixteenth of its length an iteration, wrapping.
+        let mut sweep = Pages::new(Pattern::Sweep, 1000, 1);
+        sweep.choose(0.16, 2, &mut out);
+        assert_eq!(out, (20..180).collect::<Vec<u32>>());
+        sweep.choose(0.16, 3, &mut out);
+        assert_eq!(out, (30..190).collect::<Vec<u32>>());
+        sweep.choose(0.5, 31, &mut out);
+        assert_eq!(out, (0..434).chain(966..1000).collect::<Vec<u32>>());
     }
 
     #[test]
