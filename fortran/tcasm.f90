@@ -64,6 +64,7 @@ module tcasm
     integer(c_int64_t) :: mapping_runs = 0      ! mappings an observer needs for the last version
     integer(c_int64_t) :: planes = 0            ! planes in the snapshot pool
     integer(c_int64_t) :: pages = 0             ! pages of all regions
+    integer(c_int64_t) :: reserve_bytes = 0     ! free slots kept allocated for the next publishes
   end type
 
   !> call tcasm_wrap(producer, name, array [, stat]): share `array` as region `name`.
@@ -89,6 +90,13 @@ module tcasm
       type(c_ptr), value :: data
       integer(c_size_t), intent(in) :: shape(*)
       integer(c_size_t), value :: ndim
+      integer(c_int) :: status
+    end function
+
+    function c_set_copy_threads(producer, threads) result(status) bind(C, name="tcasm_set_copy_threads")
+      import :: c_int, c_ptr, c_size_t
+      type(c_ptr), value :: producer
+      integer(c_size_t), value :: threads
       integer(c_int) :: status
     end function
 
@@ -138,21 +146,28 @@ module tcasm
 contains
 
   !> Creates the producer `name` (1 to 64 letters, digits, '_', '-', '.'). `tracker`: "auto"
-  !> (the default), "async", "sync", "deferred" or "copy"; `max_observers`: 0 for the default.
-  subroutine tcasm_create(producer, name, tracker, max_observers, stat)
+  !> (the default), "async", "sync", "deferred" or "copy"; `max_observers`: 0 for the default;
+  !> `copy_threads`: threads that share each publish's copying (default 1).
+  subroutine tcasm_create(producer, name, tracker, max_observers, stat, copy_threads)
     type(tcasm_producer), intent(out) :: producer
     character(*), intent(in) :: name
     character(*), intent(in), optional :: tracker
     integer, intent(in), optional :: max_observers
     integer, intent(out), optional :: stat
+    integer, intent(in), optional :: copy_threads
     integer(c_size_t) :: most
+    integer(c_int) :: status
     most = 0
     if (present(max_observers)) most = int(max(max_observers, 0), c_size_t)
     if (present(tracker)) then
-      call check(c_create_with(c_string(name), c_string(tracker), most, producer%handle), stat)
+      status = c_create_with(c_string(name), c_string(tracker), most, producer%handle)
     else
-      call check(c_create_with(c_string(name), c_string("auto"), most, producer%handle), stat)
+      status = c_create_with(c_string(name), c_string("auto"), most, producer%handle)
     end if
+    if (status == TCASM_OK .and. present(copy_threads)) then
+      status = c_set_copy_threads(producer%handle, int(max(copy_threads, 1), c_size_t))
+    end if
+    call check(status, stat)
   end subroutine
 
   subroutine wrap_f64(producer, name, array, stat)

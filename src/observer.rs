@@ -26,8 +26,8 @@
 //! mapped again when its pages come back together (two runs or fewer).
 //!
 //! Views are reused: taking the next snapshot touches only what changed. In a mapped window
-//! a run already mapped from the same plane needs nothing (the slot now holds this version's
-//! bytes, the pin guarantees it); in a private window only pages written since are copied.
+//! a run already mapped from the same slots needs nothing (they hold this version's bytes,
+//! the pin guarantees it); in a private window only pages written since are copied.
 use std::ops::Range;
 use std::os::unix::net::UnixStream;
 use std::sync::{Arc, Mutex};
@@ -49,14 +49,14 @@ pub const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pages per window of a view: 1 MiB of 4 KiB pages.
 pub const WINDOW: usize = 256;
 
-/// A plane value meaning "this page of the view is private memory".
-const PRIVATE: u16 = u16::MAX;
+/// A slot value meaning "this page of the view is private memory".
+const PRIVATE: u64 = u64::MAX;
 
 /// One address range laid out like the page space, and what each page holds now.
 struct View {
     memory: Mapping,
-    /// Per page: the plane it is mapped from, or PRIVATE.
-    plane: Vec<u16>,
+    /// Per page: the pool slot it is mapped from, or PRIVATE.
+    slot: Vec<u64>,
     /// Per private page: the version whose bytes it holds (0: none).
     written: Vec<u64>,
     /// Per window: whether it is private.
@@ -235,7 +235,7 @@ fn new_view(pages: usize) -> Result<View, ReadError> {
     let memory = Mapping::anonymous(pages * page_size()).map_err(ReadError::Map)?;
     Ok(View {
         memory,
-        plane: vec![PRIVATE; pages],
+        slot: vec![PRIVATE; pages],
         written: vec![0; pages],
         private: vec![true; pages.div_ceil(WINDOW)],
         map: PageMap::default(),
@@ -257,38 +257,41 @@ fn update_view(reader: &StoreReader, pool: &mut Option<(usize, Mapping)>, view: 
         return Ok(());
     }
     let page = page_size();
-    let pages = view.plane.len();
+    let pages = view.slot.len();
     let most_runs = runs_per_window(pages);
     let runs = &map.runs;
     let mut i = 0;
-    // This window's runs, clipped to it: (pages, plane, written).
-    let mut clipped: Vec<(Range<usize>, u16, u64)> = Vec::new();
+    // This window's runs, clipped to it: (pages, slot of the first, written).
+    let mut clipped: Vec<(Range<usize>, u64, u64)> = Vec::new();
     for (w, start) in (0..pages).step_by(WINDOW).enumerate() {
         let end = (start + WINDOW).min(pages);
         clipped.clear();
         while let Some(r) = runs.get(i).filter(|r| r.pages().start < end) {
-            clipped.push((r.pages().start.max(start)..r.pages().end.min(end), r.plane, r.written));
+            let from = r.pages().start.max(start);
+            clipped.push((from..r.pages().end.min(end), r.slot_of(from), r.written));
             if r.pages().end > end {
                 break; // it goes on in the next window
             }
             i += 1;
         }
-        let mut mapped: Vec<(Range<usize>, u16)> = Vec::new();
-        for (r, plane, _) in &clipped {
+        // Merged where contiguous in the pool too: (pages, slot of the first).
+        let mut mapped: Vec<(Range<usize>, u64)> = Vec::new();
+        for (r, slot, _) in &clipped {
             match mapped.last_mut() {
-                Some((m, k)) if k == plane => m.end = r.end,
-                _ => mapped.push((r.clone(), *plane)),
+                Some((m, s)) if *s + m.len() as u64 == *slot => m.end = r.end,
+                _ => mapped.push((r.clone(), *slot)),
             }
         }
         let limit = if view.private[w] { 2 } else { most_runs };
         if mapped.len() <= limit {
-            for (r, plane) in mapped {
-                if view.plane[r.clone()].iter().any(|&k| k != plane) {
-                    let at = reader.slot_offset(plane, r.start);
+            for (r, slot) in mapped {
+                let slots = slot..slot + r.len() as u64;
+                if !view.slot[r.clone()].iter().copied().eq(slots.clone()) {
+                    let at = reader.slot_offset(slot);
                     view.memory
                         .map_file_at(r.start * page, reader.pool_file(), at, r.len() * page, Access::ReadOnly)
                         .map_err(ReadError::Map)?;
-                    view.plane[r].fill(plane);
+                    view.slot[r].iter_mut().zip(slots).for_each(|(v, s)| *v = s);
                 }
             }
             view.private[w] = false;
@@ -296,7 +299,7 @@ fn update_view(reader: &StoreReader, pool: &mut Option<(usize, Mapping)>, view: 
         }
         if !view.private[w] {
             view.memory.map_anonymous_at(start * page, (end - start) * page).map_err(ReadError::Map)?;
-            view.plane[start..end].fill(PRIVATE);
+            view.slot[start..end].fill(PRIVATE);
             view.written[start..end].fill(0);
             view.private[w] = true;
         }
@@ -304,10 +307,10 @@ fn update_view(reader: &StoreReader, pool: &mut Option<(usize, Mapping)>, view: 
             *pool = Some((planes, reader.map_pool(planes).map_err(ReadError::Map)?));
         }
         let (_, pool_map) = pool.as_ref().expect("pool mapped above");
-        for (r, plane, written) in &clipped {
-            for p in r.clone() {
+        for (r, slot, written) in &clipped {
+            for (p, s) in r.clone().zip(*slot..) {
                 if view.written[p] != *written {
-                    view.memory.copy_from(p * page, pool_map, reader.slot_offset(*plane, p) as usize, page);
+                    view.memory.copy_from(p * page, pool_map, reader.slot_offset(s) as usize, page);
                     view.written[p] = *written;
                 }
             }

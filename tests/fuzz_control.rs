@@ -28,7 +28,7 @@ use tcasm::endpoint::HELLO;
 use tcasm::store::layout::{
     hdr, pins, ver, Layout, HEADER_WORDS, LAYOUT_VERSION, MAGIC, PINS_MAGIC, REGION_WORDS, STATE_LIVE, VERSION_WORDS,
 };
-use tcasm::store::pagemap::{PageMap, Run};
+use tcasm::store::pagemap::{PageMap, Run, RUN_WORDS};
 use tcasm::store::reader::StoreReader;
 use tcasm::sys::fdpass;
 use tcasm::sys::memfd::SharedFile;
@@ -62,11 +62,17 @@ fn layout() -> Layout {
     }
 }
 
-/// Version 1's page map: `n` runs of equal length alternating between planes 0 and 1. Two
-/// runs are mapped into a view; four or more make the observer copy the window instead.
+/// Version 1's page map: `n` runs of equal length alternating between planes 0 and 1 (a
+/// page `p` of plane `k` is slot `k * PAGES + p`). Two runs are mapped into a view; four or
+/// more make the observer copy the window instead.
 fn alternating(n: usize) -> Vec<Run> {
     let len = PAGES / n;
-    (0..n).map(|i| Run { first: (i * len) as u32, count: len as u32, plane: (i % 2) as u16, written: 1 }).collect()
+    (0..n).map(|i| run(i * len, len, i % 2, 1)).collect()
+}
+
+/// A run of `count` pages from `first`, in plane `plane`'s slots for them.
+fn run(first: usize, count: usize, plane: usize, written: u64) -> Run {
+    Run { first: first as u32, count: count as u32, slot: (plane * PAGES + first) as u64, written }
 }
 
 /// What every word of page `page` of plane `plane` holds in a forged pool.
@@ -98,9 +104,9 @@ impl Forge {
         forge.set_record(0, 1);
         forge.set_record(1, runs.len() as u64);
         for (i, r) in runs.iter().enumerate() {
-            let [a, b] = r.encode();
-            forge.set_record(2 + 2 * i, a);
-            forge.set_record(3 + 2 * i, b);
+            for (j, w) in r.encode().into_iter().enumerate() {
+                forge.set_record(2 + RUN_WORDS * i + j, w);
+            }
         }
         forge
     }
@@ -266,23 +272,23 @@ proptest! {
     /// Random runs are refused, or make a map every consumer can use within bounds.
     #[test]
     fn validate_survives_random_runs(
-        runs in prop::collection::vec((0..80u32, 0..80u32, 0..6u16, 0..12u64), 0..12),
+        runs in prop::collection::vec((0..80u32, 0..80u32, 0..400u64, 0..12u64), 0..12),
         pages in 1..70usize,
-        planes in 1..5usize,
+        slots in 1..300u64,
         version in 1..10u64,
     ) {
-        let map = PageMap { runs: runs.into_iter().map(|(first, count, plane, written)| Run { first, count, plane, written }).collect() };
-        if map.validate(pages, planes, version).is_ok() {
-            assert_eq!(map.planes().len(), pages);
-            for (r, plane) in map.mapping_runs() {
-                assert!(r.end <= pages && (plane as usize) < planes);
+        let map = PageMap { runs: runs.into_iter().map(|(first, count, slot, written)| Run { first, count, slot, written }).collect() };
+        if map.validate(pages, slots, version).is_ok() {
+            assert_eq!(map.slots().len(), pages);
+            for (r, slot) in map.mapping_runs() {
+                assert!(r.end <= pages && slot + r.len() as u64 <= slots);
             }
             assert!(map.changed_since(0).iter().all(|r| r.end <= pages));
         }
     }
 
     /// Maps a producer builds are accepted; any one field of a run changed to break the map
-    /// (a gap, an overlap, a plane the pool lacks, a version not in `1..=5`) is refused.
+    /// (a gap, an overlap, a slot the pool lacks, a version not in `1..=5`) is refused.
     #[test]
     fn validate_accepts_real_maps_and_refuses_mutants(
         pages in prop::collection::vec((0..3u16, 1..6u64), 1..50),
@@ -290,18 +296,20 @@ proptest! {
         field in 0..4usize,
         value in edgy(),
     ) {
-        let (plane, written): (Vec<u16>, Vec<u64>) = pages.iter().copied().unzip();
-        let mut map = PageMap::from_pages(&plane, &written);
-        prop_assert!(map.validate(pages.len(), 3, 5).is_ok());
+        let n = pages.len() as u64;
+        let slot: Vec<u64> = pages.iter().enumerate().map(|(p, &(plane, _))| u64::from(plane) * n + p as u64).collect();
+        let written: Vec<u64> = pages.iter().map(|&(_, w)| w).collect();
+        let mut map = PageMap::from_pages(&slot, &written);
+        prop_assert!(map.validate(pages.len(), 3 * n, 5).is_ok());
         let i = run.index(map.runs.len());
         let r = &mut map.runs[i];
         match field {
             0 => r.first += 1 + value as u32 % 1000,
             1 => r.count += 1 + value as u32 % 1000,
-            2 => r.plane = 3 + (value % 60000) as u16,
+            2 => r.slot = 3 * n + value % (1 << 40),
             _ => r.written = if value % 2 == 0 { 0 } else { 6 + value % (1 << 40) },
         }
-        prop_assert!(map.validate(pages.len(), 3, 5).is_err(), "{:?}", map);
+        prop_assert!(map.validate(pages.len(), 3 * n, 5).is_err(), "{:?}", map);
     }
 }
 
@@ -335,7 +343,7 @@ proptest! {
             let _ = reader.version_info(v);
             if let Ok(map) = reader.record(v) {
                 let planes = reader.planes().expect("a record that validated names checked planes");
-                assert!(map.mapping_runs().all(|(r, k)| r.end <= PAGES && (k as usize) < planes));
+                assert!(map.mapping_runs().all(|(r, s)| r.end <= PAGES && s + r.len() as u64 <= (planes * PAGES) as u64));
                 let _ = reader.map_pool(planes);
             }
             let _ = reader.slots();
@@ -430,17 +438,17 @@ const CASES: &[Case] = &[
     Case { name: "layout from a future release", offer: || Offer::forged(2, |f| f.words[hdr::LAYOUT] = LAYOUT_VERSION + 1), expect: CORRUPT },
     Case {
         name: "run past the page space",
-        offer: || Offer::forged(2, |f| f.set_record(4, Run { first: 32, count: 33, plane: 1, written: 1 }.encode()[0])),
+        offer: || Offer::forged(2, |f| f.set_record(2 + RUN_WORDS, run(32, 33, 1, 1).encode()[0])),
         expect: CORRUPT,
     },
     Case {
-        name: "run in a plane the pool does not have",
-        offer: || Offer::forged(2, |f| f.set_record(5, Run { first: 32, count: 32, plane: 2, written: 1 }.encode()[1])),
+        name: "run in slots the pool does not have",
+        offer: || Offer::forged(2, |f| f.set_record(3 + RUN_WORDS, run(32, 32, 2, 1).encode()[1])),
         expect: CORRUPT,
     },
     Case {
         name: "run written by a future version",
-        offer: || Offer::forged(2, |f| f.set_record(5, Run { first: 32, count: 32, plane: 1, written: 2 }.encode()[1])),
+        offer: || Offer::forged(2, |f| f.set_record(4 + RUN_WORDS, run(32, 32, 1, 2).encode()[2])),
         expect: CORRUPT,
     },
     Case {
@@ -523,10 +531,11 @@ fn observe() {
             match observer.latest() {
                 Err(e) => format!("latest {}: {e}", class(&e)),
                 Ok(snapshot) => {
-                    let planes = snapshot.page_map().planes();
+                    let slots = snapshot.page_map().slots();
                     let words = snapshot.view::<u64>(REGION).unwrap();
                     let mut pages = words.chunks_exact(page_size() / 8).enumerate();
-                    match pages.find(|(p, page)| page.iter().any(|&w| w != pool_word(planes[*p], *p))) {
+                    let expected = |p: usize| pool_word((slots[p] as usize / PAGES) as u16, slots[p] as usize % PAGES);
+                    match pages.find(|(p, page)| page.iter().any(|&w| w != expected(*p))) {
                         Some((p, _)) => format!("wrong page {p}"),
                         None => "ok".to_string(),
                     }

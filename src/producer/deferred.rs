@@ -14,14 +14,13 @@
 //! waits until they are (only another producer thread writing during `publish()` can fault
 //! then). Each page goes from pending to copying to copied exactly once, by whichever thread
 //! claims it first; a thread that needs a page another is copying waits for it.
-use std::ops::Range;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::store::writer::{Mapped, Prepared};
+use crate::store::writer::{Copy, Mapped, Prepared};
 use crate::track::FirstWrite;
 
 const PENDING: u8 = 0;
@@ -33,8 +32,8 @@ struct Work {
     prepared: Prepared,
     /// What publishing cost the producer (the time inside `publish()`).
     spent: Duration,
-    /// (producer address of the page, page-space page, plane), sorted by address.
-    pages: Vec<(usize, usize, u16)>,
+    /// (producer address of the page, page-space page, pool slot), sorted by address.
+    pages: Vec<(usize, usize, u64)>,
     state: Vec<AtomicU8>,
     remaining: AtomicUsize,
 }
@@ -65,7 +64,7 @@ impl Pending {
     }
 
     /// The version's slots are chosen: copying may start.
-    fn arm(&self, prepared: Prepared, spent: Duration, mut pages: Vec<(usize, usize, u16)>) {
+    fn arm(&self, prepared: Prepared, spent: Duration, mut pages: Vec<(usize, usize, u64)>) {
         pages.sort_unstable();
         let n = pages.len();
         let work = Work {
@@ -106,8 +105,8 @@ impl Pending {
     fn copy(&self, work: &Work, i: usize) {
         match work.state[i].compare_exchange(PENDING, COPYING, Ordering::Acquire, Ordering::Acquire) {
             Ok(_) => {
-                let (_, page, plane) = work.pages[i];
-                self.mapped.copy_pages(page..page + 1, plane, false);
+                let (_, page, slot) = work.pages[i];
+                self.mapped.copy_pages(&Copy { pages: page..page + 1, slot, fresh: false });
                 // SYNC: Release pairs with the Acquire loads below and in `release`'s caller:
                 // the copy is complete before anyone sees COPIED.
                 work.state[i].store(COPIED, Ordering::Release);
@@ -176,7 +175,7 @@ impl Deferred {
     }
 
     /// The version's slots are chosen: hands it to the copier.
-    pub fn arm(&mut self, prepared: Prepared, spent: Duration, pages: Vec<(usize, usize, u16)>) {
+    pub fn arm(&mut self, prepared: Prepared, spent: Duration, pages: Vec<(usize, usize, u64)>) {
         let pending = self.in_flight.as_ref().expect("begin before arm");
         pending.arm(prepared, spent, pages);
         if let Some((tx, _)) = &self.copier {
@@ -220,10 +219,10 @@ pub(crate) fn page_address(regions: &[(usize, usize, usize)], page: usize, page_
 }
 
 /// Every page of `copies` with its producer address.
-pub(crate) fn pages_of(copies: &[(Range<usize>, u16, bool)], regions: &[(usize, usize, usize)], page_size: usize) -> Vec<(usize, usize, u16)> {
+pub(crate) fn pages_of(copies: &[Copy], regions: &[(usize, usize, usize)], page_size: usize) -> Vec<(usize, usize, u64)> {
     copies
         .iter()
-        .flat_map(|(pages, plane, _)| pages.clone().map(move |p| (p, *plane)))
-        .map(|(p, plane)| (page_address(regions, p, page_size), p, plane))
+        .flat_map(|c| c.pages.clone().map(move |p| (p, c.slot_of(p))))
+        .map(|(p, slot)| (page_address(regions, p, page_size), p, slot))
         .collect()
 }

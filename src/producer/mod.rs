@@ -47,6 +47,10 @@ pub struct ProducerOptions {
     /// Whether slots no version needs are kept for reuse (faster) or given back at once
     /// (leaner); see [`Freed`].
     pub freed: Freed,
+    /// Under [`Freed::Reuse`], the most free slots kept allocated for the next publishes,
+    /// as a share of the page space (0 to 1; the store keeps as many as recent publishes
+    /// wrote, up to this).
+    pub max_reserve: f64,
     /// A group whose members may observe too (by default only this user may; see
     /// [`crate::endpoint`]). They reach the endpoint through `TCASM_DIR`, which must name a
     /// directory they can reach.
@@ -59,7 +63,14 @@ pub struct ProducerOptions {
 
 impl Default for ProducerOptions {
     fn default() -> Self {
-        ProducerOptions { tracker: TrackerKind::Auto, max_observers: 64, freed: Freed::Reuse, group: None, copy_threads: 1 }
+        ProducerOptions {
+            tracker: TrackerKind::Auto,
+            max_observers: 64,
+            freed: Freed::Reuse,
+            max_reserve: 1.0,
+            group: None,
+            copy_threads: 1,
+        }
     }
 }
 
@@ -81,9 +92,12 @@ pub struct ProducerStats {
     pub store_bytes: u64,
     /// Pins held by live observers at the last publish.
     pub live_pins: usize,
+    /// Bytes of free slots the store keeps allocated for the next publishes (part of
+    /// `store_bytes`).
+    pub reserve_bytes: u64,
     /// Mappings an observer needs for the last version.
     pub mapping_runs: usize,
-    /// Planes in the pool.
+    /// The pool's size, in copies of the page space (address space, not memory).
     pub planes: usize,
     /// Pages in the page space.
     pub pages: usize,
@@ -287,7 +301,7 @@ impl Producer {
                 memory: r.memory.clone(),
             })
             .collect();
-        self.store = Some(StoreWriter::create(layout, sources, self.options.freed)?);
+        self.store = Some(StoreWriter::create(layout, sources, self.options.freed, self.options.max_reserve)?);
         Ok(())
     }
 
@@ -350,6 +364,7 @@ impl Producer {
             total_publish: self.stats.total_publish + elapsed,
             store_bytes: store.store_bytes(),
             live_pins: prepared.live_pins,
+            reserve_bytes: store.reserve_bytes(),
             mapping_runs: prepared.mapping_runs,
             planes: prepared.planes,
             pages: store.layout().page_count,
@@ -414,6 +429,12 @@ impl Producer {
         if let Some(d) = &mut self.deferred {
             d.flush();
         }
+    }
+
+    /// Sets how many threads share each publish's comparing and copying (at least 1); see
+    /// [`ProducerOptions::copy_threads`].
+    pub fn set_copy_threads(&mut self, threads: usize) {
+        self.options.copy_threads = threads.max(1);
     }
 
     pub fn stats(&self) -> ProducerStats {

@@ -15,13 +15,13 @@
 //! first page, and `pages | offset << 48`.
 //!
 //! A version entry: version (seqlock word, 0 while being written), record position, publish
-//! time (CLOCK_MONOTONIC ns), pages written, pages copied, publish duration ns, mapping runs,
-//! store bytes when the version was released.
+//! time (CLOCK_MONOTONIC ns), pages changed, bytes of the free-slot reserve, publish duration
+//! ns, mapping runs, store bytes when the version was released.
 //!
 //! An observer row (OBSERVER_WORDS words, one per observer slot, for tools to show): pid
 //! (0 for a free slot), then the PINS_PER_SLOT pins it held at the last publish.
 //!
-//! A record: version, run count, then two words per run (see [`super::pagemap`]).
+//! A record: version, run count, then `RUN_WORDS` words per run (see [`super::pagemap`]).
 //!
 //! A pin page (one page, one per attached observer, writable by that observer only; see
 //! [`super::pins`]): magic, slot, waiting count, then PINS_PER_SLOT pin words from word
@@ -30,7 +30,7 @@ use crate::region::{check_name, check_shape, Dtype, RegionInfo, MAX_DIMS};
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TCASM\0CB");
 pub const PINS_MAGIC: u64 = u64::from_le_bytes(*b"TCASM\0PT");
-pub const LAYOUT_VERSION: u64 = 1;
+pub const LAYOUT_VERSION: u64 = 2;
 
 pub const HEADER_WORDS: usize = 64;
 pub const REGION_WORDS: usize = 16;
@@ -88,7 +88,7 @@ pub mod ver {
     pub const RECORD: usize = 1;
     pub const TIME_NS: usize = 2;
     pub const DIRTY_PAGES: usize = 3;
-    pub const COPIED_PAGES: usize = 4;
+    pub const RESERVE_BYTES: usize = 4;
     pub const PUBLISH_NS: usize = 5;
     pub const RUNS: usize = 6;
     pub const STORE_BYTES: usize = 7;
@@ -146,7 +146,7 @@ impl Layout {
 
     /// Words of the largest possible record: one run per page.
     pub fn max_record_words(page_count: usize) -> usize {
-        2 + 2 * page_count
+        2 + super::pagemap::RUN_WORDS * page_count
     }
 
     /// A log that holds at least four largest records and 1 MiB.

@@ -3,13 +3,23 @@
 //! versions they read alive.
 //!
 //! # Layout
-//! The producer's regions are laid end to end in one *page space* of `P` pages. The pool is
-//! a sequence of *planes*, each a full-size sparse stretch of the pool memfd: page `p` of
-//! plane `k` sits at byte `(k * P + p) * PAGE`. Version `v` stores each page written since
-//! `v - 1` in a free slot, preferring one plane for the whole publish so that contiguous
-//! written pages stay contiguous in the file; every other page keeps its slot. A version's
-//! [`PageMap`] says, run by run, in which plane each page lives and at which version its
-//! bytes were written ([`pagemap`]). See [`layout`] for the words of each shared file.
+//! The producer's regions are laid end to end in one *page space* of `P` pages. The pool
+//! memfd is an array of page *slots*; it grows by *planes* of `P` slots (address space, not
+//! memory) up to [`layout::max_planes`]. Version `v` stores each page that changed since
+//! `v - 1` in a free slot — any free slot: a page is not tied to a place — taking them lowest
+//! first in page order, so that pages written together stay contiguous in the file; every
+//! other page keeps its slot. A version's [`PageMap`] says, run by run, which slot holds
+//! each page and at which version its bytes were written ([`pagemap`]). See [`layout`] for
+//! the words of each shared file.
+//!
+//! # Memory
+//! Free slots that hold memory form the *reserve* ([`slots`]): a publish writes into them
+//! at the price of a copy, where a slot the kernel must first allocate costs ~9 copies
+//! (measured: ~2.5 µs a fresh shared page, ~0.3 µs a copy). The reserve is kept at the most
+//! pages one of the last [`writer::RESERVE_WINDOW`] publishes changed (capped by
+//! `ProducerOptions::max_reserve`), and the rest is punched. So the store holds the latest
+//! version, the pages pinned versions still need, and about one version's writes; a
+//! producer that writes a moving front (a sweep) reuses the slots its trail freed.
 //!
 //! # Protocol
 //! Parties: one producer (writes the control block and the pool; reads the pin pages) and
@@ -21,20 +31,25 @@
 //!    `until` is free when no live version lies in `[since, until)`. Live = the latest version
 //!    `n - 1` (never inside: `until <= n - 1`) and every pin of an attached observer. An
 //!    observer whose connection hung up (it died) is detached and its pins are ignored.
-//! 2. *Copy*: copy each written page into a free slot of the chosen plane; grow the pool by a
-//!    plane when no slot is free. Each live version needs at most one plane of its own, so
-//!    [`layout::max_planes`] (2 + one per possible pin) is never exceeded.
+//! 2. *Copy*: copy each changed page into a free slot, the reserve's first; grow the pool by
+//!    a plane when no slot is free. Live versions need at most one page space of slots each
+//!    beyond what they share, so [`layout::max_planes`] (2 + one per possible pin) planes
+//!    always suffice.
 //! 3. *Record*: append the map of `n` to the record log (a seqlock ring: the mark word says
 //!    which positions are being overwritten) and fill the version's ring entry (seqlock).
 //! 4. *Release*: store `latest = n` (SeqCst, so also Release), then wake futex waiters.
-//! 5. *Punch*: return to the kernel the slots freed a few publishes ago and not reused since.
+//! 5. *Reclaim again, and trim*: the slots `n` superseded are free now unless a pin holds
+//!    `n - 1`; they join the reserve, and what the reserve does not need is punched. Reading
+//!    the pins after the store of `latest = n` is what makes this safe: an observer whose
+//!    re-check saw `n - 1` stored its pin before that store (SeqCst), so this read sees it.
 //!
 //! Taking a snapshot (observer, [`reader::StoreReader`]): load `latest` (Acquire), store it in
 //! a pin word (SeqCst), reload `latest` (SeqCst) and retry until both agree
 //! ([`protocol::pin_latest`]); then read the version's record, map its pages read-only. The
 //! store/load pairs make it impossible for the producer's reclaim to miss a pin that the
 //! observer's re-check accepted: the observer's re-check precedes the store of `n + 1`,
-//! which precedes the reclaim of publish `n + 2`, the first that could free a page of `n`.
+//! which precedes the reclaim after the release of `n + 1`, the first that could free a
+//! page of `n`.
 //! Releasing a pin is a Release store after the observer's last read of its pages.
 //!
 //! The producer never waits for an observer: it never takes a lock an observer holds, reads
@@ -45,13 +60,14 @@
 //! The protocol's atomics go through [`protocol`], which `tests/model.rs` runs under loom.
 //!
 //! # Fragmentation
-//! Scattered writes scatter a version's pages over planes, and a view needs one mapping per
-//! run. DESIGN.md proposed that the producer copy stale pages into the current plane to keep
-//! runs long. Measured here, one `mmap` of a page costs 2.5–7.5 µs and copying a page 0.35 µs,
-//! so the cheaper place to pay is the observer: it maps only runs long enough to be worth a
+//! Scattered writes scatter a version's pages over the pool, and a view needs one mapping
+//! per run. A producer-side cleaner could copy stale pages next to fresh ones to keep runs
+//! long; measured here, one `mmap` of a page costs 2.5–7.5 µs and copying a page 0.35 µs, so
+//! the cheaper place to pay is the observer: it maps only runs long enough to be worth a
 //! mapping and copies the rest into private memory, raising the bar until the mapped runs fit
 //! a budget far below `vm.max_map_count` (see [`crate::observer`]). The producer's publish
-//! cost stays proportional to what it wrote.
+//! cost stays proportional to what it changed, and the lowest-first placement keeps the pool
+//! packed: memory is bounded by the reserve's trimming, not by moving live pages.
 //!
 //! # Who may do what
 //! Observers get the control block and the pool through read-only descriptors and map them
@@ -70,6 +86,7 @@ pub mod pagemap;
 pub mod pins;
 pub mod protocol;
 pub mod reader;
+pub mod slots;
 pub mod writer;
 
 pub use pagemap::PageMap;
@@ -108,7 +125,7 @@ mod tests {
             pin_slots: 4,
         };
         let source = Source { first_page: 0, pages, offset: 0, bytes: pages * page, memory: memory.clone() };
-        (StoreWriter::create(layout, vec![source], freed).unwrap(), Region::new(memory, pages * page))
+        (StoreWriter::create(layout, vec![source], freed, 1.0).unwrap(), Region::new(memory, pages * page))
     }
 
     /// The byte every page of a pinned version holds, per page, read from the pool.
@@ -117,9 +134,9 @@ mod tests {
         let pool = reader.map_pool(reader.planes().unwrap()).unwrap();
         let page = page_size();
         let mut bytes = Vec::new();
-        for (p, plane) in map.planes().into_iter().enumerate() {
+        for (p, slot) in map.slots().into_iter().enumerate() {
             let mut copy = crate::sys::mem::Mapping::anonymous(page).unwrap();
-            copy.copy_from(0, &pool, reader.slot_offset(plane, p) as usize, page);
+            copy.copy_from(0, &pool, reader.slot_offset(slot) as usize, page);
             let words = copy.words();
             let first = words[0].load(std::sync::atomic::Ordering::Relaxed);
             assert!(words[..page / 8].iter().all(|w| w.load(std::sync::atomic::Ordering::Relaxed) == first), "page {p} of version {v} is torn");
@@ -132,11 +149,11 @@ mod tests {
 
     /// Random writes, random pins: every pinned version reads back exactly as it was
     /// published, however many versions and slot reuses pass, and once every pin is gone the
-    /// store holds one page per page: after one publish with `Freed::Release`, once the freed
-    /// slots have cooled with `Freed::Reuse`.
+    /// store holds one page per page: after one publish with `Freed::Release`, once
+    /// `RESERVE_WINDOW` publishes have written nothing with `Freed::Reuse`.
     #[test]
     fn pinned_versions_never_change_and_memory_returns() {
-        pinned_versions_check(Freed::Reuse, super::writer::COOLING + 1);
+        pinned_versions_check(Freed::Reuse, super::writer::RESERVE_WINDOW as u64);
         pinned_versions_check(Freed::Release, 1);
     }
 

@@ -1,19 +1,22 @@
 //! A version's page map: where each page of the page space lives in the pool, and at which
 //! version its bytes were last written, as runs.
 //!
-//! A run is encoded in two words: `first_page | count << 32` and `plane | written << 16`.
-//! Adjacent pages share a run when they sit in the same plane and were written at the same
-//! version; for mapping, adjacent runs in the same plane merge further (planes keep page `p`
-//! at file offset `(plane * pages + p) * PAGE`, so neighbours in a plane are neighbours in the
-//! file).
+//! A run is encoded in [`RUN_WORDS`] words: `first_page | count << 32`, the pool slot of its
+//! first page (slot `s` is bytes `[s * PAGE, (s + 1) * PAGE)` of the pool), and the version
+//! that wrote it. A run's pages are contiguous in the page space and in the pool, and share
+//! their version; for mapping, adjacent runs contiguous in the pool merge further.
 use std::ops::Range;
 
-/// Pages with equal plane and written version, contiguous in the page space.
+/// Words a run takes in a record.
+pub const RUN_WORDS: usize = 3;
+
+/// Pages contiguous in the page space and in the pool, written at the same version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Run {
     pub first: u32,
     pub count: u32,
-    pub plane: u16,
+    /// The pool slot of the run's first page; page `first + i` is in slot `slot + i`.
+    pub slot: u64,
     /// The version whose publish last wrote these pages' bytes.
     pub written: u64,
 }
@@ -23,17 +26,17 @@ impl Run {
         self.first as usize..self.first as usize + self.count as usize
     }
 
-    pub fn encode(&self) -> [u64; 2] {
-        [self.first as u64 | (self.count as u64) << 32, self.plane as u64 | self.written << 16]
+    /// The slot holding page `p` of the run.
+    pub fn slot_of(&self, p: usize) -> u64 {
+        self.slot + (p - self.first as usize) as u64
     }
 
-    pub fn decode(w: [u64; 2]) -> Run {
-        Run {
-            first: w[0] as u32,
-            count: (w[0] >> 32) as u32,
-            plane: w[1] as u16,
-            written: w[1] >> 16,
-        }
+    pub fn encode(&self) -> [u64; RUN_WORDS] {
+        [self.first as u64 | (self.count as u64) << 32, self.slot, self.written]
+    }
+
+    pub fn decode(w: [u64; RUN_WORDS]) -> Run {
+        Run { first: w[0] as u32, count: (w[0] >> 32) as u32, slot: w[1], written: w[2] }
     }
 }
 
@@ -47,28 +50,29 @@ pub struct PageMap {
 }
 
 impl PageMap {
-    /// Builds the map from per-page plane and written version.
-    pub fn from_pages(plane: &[u16], written: &[u64]) -> PageMap {
+    /// Builds the map from per-page slot and written version.
+    pub fn from_pages(slot: &[u64], written: &[u64]) -> PageMap {
         let mut runs: Vec<Run> = Vec::new();
-        for (p, (&k, &w)) in plane.iter().zip(written).enumerate() {
+        for (p, (&s, &w)) in slot.iter().zip(written).enumerate() {
             match runs.last_mut() {
-                Some(r) if r.plane == k && r.written == w => r.count += 1,
-                _ => runs.push(Run { first: p as u32, count: 1, plane: k, written: w }),
+                Some(r) if r.slot + r.count as u64 == s && r.written == w => r.count += 1,
+                _ => runs.push(Run { first: p as u32, count: 1, slot: s, written: w }),
             }
         }
         PageMap { runs }
     }
 
     /// Checks a map read from shared memory: runs in order, without gaps or overlaps,
-    /// covering exactly `pages` pages, in existing planes, written at versions `1..=version`.
-    pub fn validate(&self, pages: usize, planes: usize, version: u64) -> Result<(), String> {
+    /// covering exactly `pages` pages, in the pool's `slots` slots, written at versions
+    /// `1..=version`.
+    pub fn validate(&self, pages: usize, slots: u64, version: u64) -> Result<(), String> {
         let mut next = 0usize;
         for (i, r) in self.runs.iter().enumerate() {
             if r.first as usize != next || r.count == 0 {
                 return Err(format!("run {i} starts at page {} with {} pages, expected page {next}", r.first, r.count));
             }
-            if r.plane as usize >= planes {
-                return Err(format!("run {i} names plane {} of {planes}", r.plane));
+            if r.slot.checked_add(r.count as u64).is_none_or(|end| end > slots) {
+                return Err(format!("run {i} names slots {}+{} of a pool of {slots}", r.slot, r.count));
             }
             if r.written == 0 || r.written > version {
                 return Err(format!("run {i} was written at version {}, after version {version}", r.written));
@@ -81,18 +85,19 @@ impl PageMap {
         Ok(())
     }
 
-    /// Runs merged for mapping: maximal stretches of pages contiguous in one plane.
-    pub fn mapping_runs(&self) -> impl Iterator<Item = (Range<usize>, u16)> + '_ {
+    /// Runs merged for mapping: maximal stretches of pages contiguous in the page space and
+    /// in the pool, with the slot of the first.
+    pub fn mapping_runs(&self) -> impl Iterator<Item = (Range<usize>, u64)> + '_ {
         let mut i = 0;
         std::iter::from_fn(move || {
             let first = self.runs.get(i)?;
             let mut end = first.pages().end;
             i += 1;
-            while let Some(r) = self.runs.get(i).filter(|r| r.plane == first.plane) {
+            while let Some(r) = self.runs.get(i).filter(|r| r.slot == first.slot_of(end)) {
                 end = r.pages().end;
                 i += 1;
             }
-            Some((first.pages().start..end, first.plane))
+            Some((first.pages().start..end, first.slot))
         })
     }
 
@@ -113,13 +118,9 @@ impl PageMap {
         out
     }
 
-    /// The plane of each page, expanded.
-    pub fn planes(&self) -> Vec<u16> {
-        let mut v = Vec::new();
-        for r in &self.runs {
-            v.extend(std::iter::repeat_n(r.plane, r.count as usize));
-        }
-        v
+    /// The slot of each page, expanded.
+    pub fn slots(&self) -> Vec<u64> {
+        self.runs.iter().flat_map(|r| r.pages().map(move |p| r.slot_of(p))).collect()
     }
 }
 
@@ -129,27 +130,32 @@ mod tests {
 
     #[test]
     fn runs_round_trip_and_merge_for_mapping() {
-        let map = PageMap::from_pages(&[0, 0, 1, 1, 1, 0], &[3, 3, 3, 5, 5, 2]);
-        assert_eq!(map.runs.len(), 4);
+        // Pages 0-1 in slots 10-11, 2-4 in 12-14 but written later, 5 in slot 3.
+        let map = PageMap::from_pages(&[10, 11, 12, 13, 14, 3], &[3, 3, 5, 5, 5, 2]);
+        assert_eq!(map.runs.len(), 3);
         for r in &map.runs {
             assert_eq!(Run::decode(r.encode()), *r);
         }
         let m: Vec<_> = map.mapping_runs().collect();
-        assert_eq!(m, vec![(0..2, 0), (2..5, 1), (5..6, 0)]);
+        assert_eq!(m, vec![(0..5, 10), (5..6, 3)]);
+        assert_eq!(map.slots(), vec![10, 11, 12, 13, 14, 3]);
         assert_eq!(map.changed_since(2), vec![0..5]);
-        assert_eq!(map.changed_since(3), vec![3..5]);
-        assert!(map.validate(6, 2, 5).is_ok());
-        assert!(map.validate(7, 2, 5).is_err());
-        assert!(map.validate(6, 1, 5).is_err());
-        assert!(map.validate(6, 2, 4).is_err());
+        assert_eq!(map.changed_since(3), vec![2..5]);
+        assert!(map.validate(6, 15, 5).is_ok());
+        assert!(map.validate(7, 15, 5).is_err());
+        assert!(map.validate(6, 14, 5).is_err());
+        assert!(map.validate(6, 15, 4).is_err());
     }
 
     #[test]
-    fn gaps_and_overlaps_are_rejected() {
-        let mut map = PageMap::from_pages(&[0, 1, 0], &[1, 1, 1]);
+    fn gaps_overlaps_and_slot_overflow_are_rejected() {
+        let mut map = PageMap::from_pages(&[0, 5, 2], &[1, 1, 1]);
         map.runs[1].first = 2;
-        assert!(map.validate(3, 2, 1).is_err());
+        assert!(map.validate(3, 8, 1).is_err());
         map.runs[1].first = 0;
-        assert!(map.validate(3, 2, 1).is_err());
+        assert!(map.validate(3, 8, 1).is_err());
+        let mut map = PageMap::from_pages(&[0], &[1]);
+        map.runs[0].slot = u64::MAX;
+        assert!(map.validate(1, u64::MAX, 1).is_err());
     }
 }

@@ -5,7 +5,7 @@ use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::layout::{self, hdr, obs, pins, ver, Layout, OBSERVER_WORDS, PINS_PER_SLOT};
-use super::pagemap::{PageMap, Run};
+use super::pagemap::{PageMap, Run, RUN_WORDS};
 use super::protocol;
 use crate::sys::mem::{Access, Mapping};
 use crate::sys::memfd::SharedFile;
@@ -18,7 +18,8 @@ pub struct VersionInfo {
     pub record: u64,
     pub time_ns: u64,
     pub dirty_pages: u64,
-    pub copied_pages: u64,
+    /// Bytes of free slots the store kept allocated for the next publishes.
+    pub reserve_bytes: u64,
     pub publish_ns: u64,
     pub mapping_runs: u64,
     pub store_bytes: u64,
@@ -164,7 +165,7 @@ impl StoreReader {
             record: f(ver::RECORD),
             time_ns: f(ver::TIME_NS),
             dirty_pages: f(ver::DIRTY_PAGES),
-            copied_pages: f(ver::COPIED_PAGES),
+            reserve_bytes: f(ver::RESERVE_BYTES),
             publish_ns: f(ver::PUBLISH_NS),
             mapping_runs: f(ver::RUNS),
             store_bytes: f(ver::STORE_BYTES),
@@ -187,12 +188,12 @@ impl StoreReader {
             return Err(self.unless_overwritten(pos, corrupt("it starts at the end of the log".into())));
         }
         let count = head(1);
-        if count > self.layout.page_count as u64 || 2 + 2 * count as usize > room {
+        if count > self.layout.page_count as u64 || 2 + RUN_WORDS * count as usize > room {
             return Err(self.unless_overwritten(pos, corrupt(format!("{count} runs do not fit the log"))));
         }
         let count = count as usize;
         let runs: Vec<Run> = (0..count)
-            .map(|i| Run::decode([head(2 + 2 * i), head(3 + 2 * i)]))
+            .map(|i| Run::decode(std::array::from_fn(|j| head(2 + RUN_WORDS * i + j))))
             .collect();
         let version = head(0);
         // SYNC: seqlock reader: pairs with the Release fence in StoreWriter::write_record.
@@ -205,7 +206,8 @@ impl StoreReader {
             return Err(corrupt(format!("holds version {version}")));
         }
         let map = PageMap { runs };
-        map.validate(self.layout.page_count, self.planes().map_err(corrupt)?, v).map_err(corrupt)?;
+        let slots = (self.planes().map_err(corrupt)? * self.layout.page_count) as u64;
+        map.validate(self.layout.page_count, slots, v).map_err(corrupt)?;
         Ok(map)
     }
 
@@ -272,9 +274,9 @@ impl StoreReader {
         &self.pool_file
     }
 
-    /// Byte offset of page `page` of plane `plane` in the pool.
-    pub fn slot_offset(&self, plane: u16, page: usize) -> u64 {
-        ((plane as usize * self.layout.page_count + page) * self.layout.page_size) as u64
+    /// Byte offset of slot `slot` in the pool.
+    pub fn slot_offset(&self, slot: u64) -> u64 {
+        slot * self.layout.page_size as u64
     }
 
     /// The pages of the page space a region covers.

@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::layout::{self, hdr, obs, ver, Layout, OBSERVER_WORDS};
-use super::pagemap::PageMap;
+use super::pagemap::{PageMap, RUN_WORDS};
 use super::pins::PinBoard;
+use super::slots::{FreeSlots, Stretch};
 use super::protocol::{self, retained, UNPINNED};
 use crate::error::PublishError;
 use crate::sys::futex;
@@ -35,11 +36,11 @@ impl Source {
     }
 }
 
-/// A slot that held a page of some version and was superseded at `until`.
+/// Consecutive slots that held pages `since` wrote and that version `until` superseded.
 #[derive(Clone, Copy, Debug)]
 struct Retired {
-    page: u32,
-    plane: u16,
+    slot: u64,
+    count: u64,
     since: u64,
     until: u64,
 }
@@ -47,25 +48,24 @@ struct Retired {
 /// What the store does with a slot no live version needs any more.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Freed {
-    /// Keep it allocated for [`COOLING`] publishes, so that a page written again soon reuses
-    /// it without a page fault. A slot can only ever hold its own page, so this pays when the
-    /// same pages are written version after version, as simulations do, and when observers'
-    /// pins delay reuse by a publish or two. Memory: the latest version, what pinned versions
-    /// hold, and at most one more copy of each page written in the last [`COOLING`] versions
-    /// (2x the page space for a producer that rewrites everything, like double buffering).
+    /// Keep a *reserve* of such slots allocated, as many as the most pages one of the last
+    /// [`RESERVE_WINDOW`] publishes wrote (at most `ProducerOptions::max_reserve` of the page
+    /// space), for the next publishes to write into without a page fault; give the rest back
+    /// to the kernel. Any page may take any reserve slot. Memory: the latest version, what
+    /// pinned versions still need, and the reserve (about one version's writes).
     #[default]
     Reuse,
-    /// Return it to the kernel as soon as the version that superseded it is published.
-    /// Memory: the latest version plus what pinned versions hold, nothing more; each page a
-    /// publish writes then costs a page fault (allocating and zeroing a shared page).
+    /// Return every such slot to the kernel as soon as it is free. Memory: the latest
+    /// version plus what pinned versions need, nothing more; each page a publish writes then
+    /// costs a page fault (allocating and zeroing a shared page, ~9 copies' worth).
     Release,
 }
 
 /// Runs of at least this many pages are populated in one call before they are copied.
 const POPULATE_PAGES: usize = 16;
 
-/// Publishes a freed slot stays allocated under [`Freed::Reuse`].
-pub const COOLING: u64 = 4;
+/// Publishes whose writes size the reserve under [`Freed::Reuse`].
+pub const RESERVE_WINDOW: usize = 4;
 
 /// The store's shared files as the producer maps them, and the regions pages are copied
 /// from: what any thread needs to fill a prepared version and release it. The producer's
@@ -87,14 +87,25 @@ pub struct Mapped {
 #[derive(Clone, Debug)]
 pub struct Prepared {
     pub version: u64,
-    /// Page-space pages to copy, the plane each run goes to, and whether its slots are
-    /// fresh (never written, or given back to the kernel since).
-    pub copies: Vec<(Range<usize>, u16, bool)>,
+    /// The runs of pages to copy.
+    pub copies: Vec<Copy>,
     pub dirty_pages: usize,
     pub mapping_runs: usize,
+    /// The pool's size, in planes of one page space each.
     pub planes: usize,
     pub live_pins: usize,
+    /// Bytes of free slots the store keeps allocated for the next publishes.
+    pub reserve_bytes: u64,
     record: u64,
+}
+
+/// Page-space pages to copy into consecutive slots from `slot`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Copy {
+    pub pages: Range<usize>,
+    pub slot: u64,
+    /// Whether the slots hold no memory yet (never written, or given back to the kernel).
+    pub fresh: bool,
 }
 
 /// A version published by [`StoreWriter::publish`], and what publishing it found.
@@ -111,24 +122,60 @@ pub struct Published {
 /// a thread costs about as much as copying this many pages.
 const PAGES_PER_THREAD: usize = 256;
 
-/// Cuts sorted page ranges into at most `parts` consecutive shares of about equal page
-/// counts, each at least [`PAGES_PER_THREAD`] pages, each range keeping its tag.
-fn shares<T: Copy>(ranges: &[(Range<usize>, T)], parts: usize) -> Vec<Vec<(Range<usize>, T)>> {
-    let total: usize = ranges.iter().map(|(r, _)| r.len()).sum();
+/// Work on a run of pages that can be cut in two.
+trait Pages: Sized {
+    fn pages(&self) -> usize;
+    /// The first `n` pages, and the rest.
+    fn cut(self, n: usize) -> (Self, Self);
+}
+
+impl Pages for Range<usize> {
+    fn pages(&self) -> usize {
+        self.len()
+    }
+
+    fn cut(self, n: usize) -> (Self, Self) {
+        (self.start..self.start + n, self.start + n..self.end)
+    }
+}
+
+impl Copy {
+    /// The slot page `p` of the run goes to.
+    pub fn slot_of(&self, p: usize) -> u64 {
+        self.slot + (p - self.pages.start) as u64
+    }
+}
+
+impl Pages for Copy {
+    fn pages(&self) -> usize {
+        self.pages.len()
+    }
+
+    fn cut(self, n: usize) -> (Self, Self) {
+        let (head, tail) = self.pages.cut(n);
+        (Copy { pages: head, ..self }, Copy { pages: tail, slot: self.slot + n as u64, fresh: self.fresh })
+    }
+}
+
+/// Cuts runs into at most `parts` consecutive shares of about equal page counts, each at
+/// least [`PAGES_PER_THREAD`] pages.
+fn shares<T: Pages + Clone>(runs: &[T], parts: usize) -> Vec<Vec<T>> {
+    let total: usize = runs.iter().map(Pages::pages).sum();
     let parts = parts.min(total / PAGES_PER_THREAD).max(1);
     let each = total.div_ceil(parts);
     let mut out = vec![Vec::new()];
     let mut room = each;
-    for (r, tag) in ranges {
-        let mut r = r.clone();
-        while !r.is_empty() {
+    for run in runs {
+        let mut run = run.clone();
+        while run.pages() > 0 {
             if room == 0 {
                 out.push(Vec::new());
                 room = each;
             }
-            let take = r.len().min(room);
-            out.last_mut().expect("one share at least").push((r.start..r.start + take, *tag));
-            r.start += take;
+            let take = run.pages().min(room);
+            let (head, tail) = run.cut(take);
+            out.last_mut().expect("one share at least").push(head);
+            run = tail;
             room -= take;
         }
     }
@@ -157,28 +204,22 @@ pub struct StoreWriter {
     mapped: Arc<Mapped>,
     control_file: SharedFile,
     pool_file: SharedFile,
+    /// The pool's size in planes (a plane is one page space of slots), and the most it may
+    /// grow to.
     planes: usize,
-    /// Planes the pool may grow to, and the words of a page's occupancy bits.
     max_planes: usize,
-    occupancy_words: usize,
     version: u64,
     log_pos: u64,
-    /// Per page: plane of the latest version's copy, version that wrote that slot, version
-    /// whose publish wrote the bytes, and a bit per plane holding a copy some version needs
-    /// (`occupancy_words` words a page).
-    plane: Vec<u16>,
-    since: Vec<u64>,
+    /// Per page: the slot of the latest version's copy, and the version that wrote it.
+    slot: Vec<u64>,
     written: Vec<u64>,
-    occupied: Vec<u64>,
-    /// Per page, a bit per plane (the first 64) whose slot holds memory: written since the
-    /// plane was added or the slot last punched.
-    populated: Vec<u64>,
     retired: Vec<Retired>,
-    /// Slots freed by reclaim, with the version that freed them, oldest first.
-    cooling: VecDeque<(u64, u16, u32)>,
+    free: FreeSlots,
+    /// Pages written by the last [`RESERVE_WINDOW`] publishes, newest last.
+    recent: VecDeque<usize>,
+    /// Most free slots kept allocated.
+    max_reserve: u64,
     live_pins: Vec<u64>,
-    /// Publishes a freed slot stays allocated before it is punched.
-    cooling_publishes: u64,
 }
 
 fn store_err(what: &str) -> impl Fn(nix::Error) -> PublishError + '_ {
@@ -190,8 +231,9 @@ fn io_errno(e: std::io::Error) -> nix::Error {
 }
 
 impl StoreWriter {
-    /// Creates the control block and the pool for `layout`.
-    pub fn create(layout: Layout, sources: Vec<Source>, freed: Freed) -> Result<StoreWriter, PublishError> {
+    /// Creates the control block and the pool for `layout`. Under [`Freed::Reuse`] at most
+    /// `max_reserve` of the page space (0 to 1) stays allocated in free slots.
+    pub fn create(layout: Layout, sources: Vec<Source>, freed: Freed, max_reserve: f64) -> Result<StoreWriter, PublishError> {
         let page = layout.page_size;
         let control_file = SharedFile::create("tcasm-control").map_err(|e| store_err("create the control block")(io_errno(e)))?;
         let control_bytes = layout.control_words() * 8;
@@ -214,7 +256,10 @@ impl StoreWriter {
             words[i].store(v, Ordering::Relaxed);
         }
         words[hdr::STATE].store(layout::STATE_LIVE, Ordering::Relaxed);
-        let occupancy_words = max_planes.div_ceil(64);
+        let max_reserve = match freed {
+            Freed::Reuse => (max_reserve.clamp(0.0, 1.0) * n as f64).ceil() as u64,
+            Freed::Release => 0,
+        };
         let mut w = StoreWriter {
             mapped: Arc::new(Mapped {
                 board: Arc::new(PinBoard::new(layout.pin_slots)),
@@ -228,23 +273,16 @@ impl StoreWriter {
             pool_file,
             planes: 0,
             max_planes,
-            occupancy_words,
             version: 0,
             log_pos: 0,
-            plane: vec![0; n],
-            since: vec![0; n],
+            slot: vec![0; n],
             written: vec![0; n],
-            occupied: vec![0; n * occupancy_words],
-            populated: vec![0; n],
             retired: Vec::new(),
-            cooling: VecDeque::new(),
+            free: FreeSlots::default(),
+            recent: VecDeque::new(),
+            max_reserve,
             live_pins: Vec::new(),
-            cooling_publishes: match freed {
-                Freed::Reuse => COOLING,
-                Freed::Release => 0,
-            },
         };
-        w.add_plane()?;
         w.add_plane()?;
         Ok(w)
     }
@@ -273,24 +311,12 @@ impl StoreWriter {
         self.mapped.board.clone()
     }
 
-    fn is_occupied(&self, page: usize, plane: u16) -> bool {
-        self.occupied[page * self.occupancy_words + plane as usize / 64] & (1 << (plane % 64)) != 0
-    }
-
-    fn set_occupied(&mut self, page: usize, plane: u16, on: bool) {
-        let word = &mut self.occupied[page * self.occupancy_words + plane as usize / 64];
-        if on {
-            *word |= 1 << (plane % 64);
-        } else {
-            *word &= !(1 << (plane % 64));
-        }
-    }
-
     fn plane_bytes(&self) -> usize {
         self.layout().page_count * self.layout().page_size
     }
 
-    fn add_plane(&mut self) -> Result<u16, PublishError> {
+    /// Grows the pool by a plane of holes.
+    fn add_plane(&mut self) -> Result<(), PublishError> {
         if self.planes == self.max_planes {
             // Unreachable by the protocol: each live version needs one plane at most, and at
             // most max_planes versions are live. Reported rather than assumed.
@@ -307,10 +333,12 @@ impl StoreWriter {
             self.pool_file.set_len(needed).map_err(|e| store_err("grow the pool")(io_errno(e)))?;
         }
         self.planes += 1;
-        // SYNC: Release pairs with the Acquire load in StoreReader::record: an observer that
-        // sees a record naming plane k sees a pool large enough to map it.
+        let per_plane = self.layout().page_count as u64;
+        self.free.add_holes(k as u64 * per_plane, per_plane);
+        // SYNC: Release pairs with the Acquire load in StoreReader::planes: an observer that
+        // sees a record naming a slot of plane k sees a pool large enough to map it.
         self.mapped.control.words()[hdr::PLANES].store(self.planes as u64, Ordering::Release);
-        Ok(k as u16)
+        Ok(())
     }
 
     /// The pins of attached observers, and their rows in the control block for tools.
@@ -346,43 +374,25 @@ impl StoreWriter {
             if retained(r.since, r.until, &self.live_pins) {
                 return true;
             }
-            self.set_occupied(r.page as usize, r.plane, false);
-            self.cooling.push_back((self.version, r.plane, r.page));
+            self.free.free(r.slot, r.count);
             false
         });
         self.retired = retired;
         self.live_pins.truncate(pins_held);
     }
 
-    /// The plane that is free for the most dirty pages, so a publish lands in one plane.
-    fn choose_plane(&mut self, dirty: &[Range<usize>]) -> Result<u16, PublishError> {
-        let mut conflicts = vec![0usize; self.planes];
-        for r in dirty {
-            for p in r.clone() {
-                let words = &self.occupied[p * self.occupancy_words..(p + 1) * self.occupancy_words];
-                for (w, &word) in words.iter().enumerate() {
-                    let mut bits = word;
-                    while bits != 0 {
-                        conflicts[w * 64 + bits.trailing_zeros() as usize] += 1;
-                        bits &= bits - 1;
-                    }
-                }
+    /// Gives back to the kernel the free slots beyond the reserve the next publishes need:
+    /// the most pages one of the last [`RESERVE_WINDOW`] publishes wrote, at most
+    /// `max_reserve`.
+    fn trim_reserve(&mut self) {
+        let keep = (self.recent.iter().copied().max().unwrap_or(0) as u64).min(self.max_reserve);
+        let page = self.layout().page_size as u64;
+        for (slot, count) in self.free.trim(keep) {
+            if let Err(e) = self.pool_file.punch_hole(slot * page, count * page) {
+                // The slots stay allocated, as holes that need no fault: memory, not
+                // correctness.
+                tracing::warn!("punching {count} slots of the pool failed: {e}");
             }
-        }
-        let best = (0..self.planes).min_by_key(|&k| (conflicts[k], k)).unwrap_or(0);
-        if conflicts[best] > 0 && self.planes < 3 {
-            return self.add_plane();
-        }
-        Ok(best as u16)
-    }
-
-    fn free_plane_for(&mut self, page: usize, preferred: u16) -> Result<u16, PublishError> {
-        if !self.is_occupied(page, preferred) {
-            return Ok(preferred);
-        }
-        match (0..self.planes as u16).find(|&k| !self.is_occupied(page, k)) {
-            Some(k) => Ok(k),
-            None => self.add_plane(),
         }
     }
 
@@ -396,7 +406,7 @@ impl StoreWriter {
             // No version to compare with: everything is new.
             compare.to_vec()
         } else {
-            self.mapped.changed_pages(compare, &self.plane, threads)
+            self.mapped.changed_pages(compare, &self.slot, threads)
         };
         let compare_time = started.elapsed();
         let mut dirty: Vec<Range<usize>> = written.iter().chain(&changed).cloned().collect();
@@ -404,54 +414,59 @@ impl StoreWriter {
         let prepared = self.prepare(&dirty)?;
         self.mapped.copy_all(&prepared.copies, threads);
         self.mapped.release(&prepared, started.elapsed());
-        if self.cooling_publishes == 0 {
-            // The slots this version superseded are free now unless pinned: give them back.
-            self.reclaim();
-            self.punch_cooled(prepared.version);
-        }
+        // The slots this version superseded are free now unless pinned: into the reserve,
+        // and what the reserve does not need back to the kernel. (Safe right after the
+        // release: see the protocol in the module docs.)
+        self.reclaim();
+        self.trim_reserve();
         Ok(Published { prepared, changed, compare_time })
     }
 
     /// Prepares version `version + 1` for the pages in `dirty` (sorted, disjoint page
-    /// ranges): reclaims what no live version needs, chooses a free slot for each page and
-    /// writes the version's record. The caller then copies `copies` (any thread, any order)
-    /// and releases it with [`Mapped::release`]; until then observers see the previous
-    /// version, and no other version may be prepared.
+    /// ranges): reclaims what no live version needs, takes a free slot for each page (the
+    /// reserve's first, lowest first, in page order, so pages written together stay
+    /// together) and writes the version's record. The caller then copies `copies` (any
+    /// thread, any order) and releases it with [`Mapped::release`]; until then observers see
+    /// the previous version, and no other version may be prepared.
     pub fn prepare(&mut self, dirty: &[Range<usize>]) -> Result<Prepared, PublishError> {
         let n = self.version + 1;
         self.reclaim();
-        let target = self.choose_plane(dirty)?;
-        let mut dirty_pages = 0;
+        let dirty_pages: usize = dirty.iter().map(|r| r.len()).sum();
+        let mut stretches = Vec::new();
+        let mut found = self.free.take(dirty_pages as u64, &mut stretches);
+        while found < dirty_pages as u64 {
+            self.add_plane()?;
+            found += self.free.take(dirty_pages as u64 - found, &mut stretches);
+        }
         let mut copies = Vec::new();
+        let mut stretches = stretches.into_iter();
+        let mut stretch = Stretch { start: 0, count: 0, fresh: false };
         for r in dirty {
             let mut p = r.start;
             while p < r.end {
-                // A stretch of pages that go to one plane.
-                let k = self.free_plane_for(p, target)?;
-                let start = p;
-                while p < r.end && (p == start || !self.is_occupied(p, k)) {
-                    if self.since[p] != 0 {
-                        let old = self.plane[p];
-                        self.retired.push(Retired { page: p as u32, plane: old, since: self.since[p], until: n });
-                    }
-                    self.set_occupied(p, k, true);
-                    self.plane[p] = k;
-                    self.since[p] = n;
-                    self.written[p] = n;
-                    p += 1;
+                if stretch.count == 0 {
+                    stretch = stretches.next().expect("as many slots taken as pages written");
                 }
-                let fresh = k >= 64 || self.populated[start] & (1 << k) == 0;
-                if k < 64 {
-                    self.populated[start..p].iter_mut().for_each(|bits| *bits |= 1 << k);
+                let take = (r.end - p).min(stretch.count as usize);
+                copies.push(Copy { pages: p..p + take, slot: stretch.start, fresh: stretch.fresh });
+                for (i, q) in (p..p + take).enumerate() {
+                    self.retire(q, n);
+                    self.slot[q] = stretch.start + i as u64;
+                    self.written[q] = n;
                 }
-                copies.push((start..p, k, fresh));
-                dirty_pages += p - start;
+                stretch.start += take as u64;
+                stretch.count -= take as u64;
+                p += take;
             }
         }
-        let map = PageMap::from_pages(&self.plane, &self.written);
+        self.recent.push_back(dirty_pages);
+        if self.recent.len() > RESERVE_WINDOW {
+            self.recent.pop_front();
+        }
+        self.trim_reserve();
+        let map = PageMap::from_pages(&self.slot, &self.written);
         let mapping_runs = map.mapping_count();
         let record = self.write_record(n, &map);
-        self.punch_cooled(n);
         self.version = n;
         Ok(Prepared {
             version: n,
@@ -460,14 +475,28 @@ impl StoreWriter {
             mapping_runs,
             planes: self.planes,
             live_pins: self.live_pins.len(),
+            reserve_bytes: self.free.reserve_slots() * self.layout().page_size as u64,
             record,
         })
+    }
+
+    /// Retires the slot page `p` held (if it held one), superseded by version `n`: joins
+    /// the last retired stretch when it continues it.
+    fn retire(&mut self, p: usize, n: u64) {
+        let (slot, since) = (self.slot[p], self.written[p]);
+        if since == 0 {
+            return;
+        }
+        match self.retired.last_mut() {
+            Some(r) if r.until == n && r.since == since && r.slot + r.count == slot => r.count += 1,
+            _ => self.retired.push(Retired { slot, count: 1, since, until: n }),
+        }
     }
 
     /// Appends version `n`'s record to the log and returns its position.
     fn write_record(&mut self, n: u64, map: &PageMap) -> u64 {
         let cap = self.layout().log_words as u64;
-        let len = 2 + 2 * map.runs.len() as u64;
+        let len = 2 + (RUN_WORDS * map.runs.len()) as u64;
         let mut pos = self.log_pos;
         if pos % cap + len > cap {
             pos += cap - pos % cap;
@@ -485,56 +514,12 @@ impl StoreWriter {
         words[at].store(n, Ordering::Relaxed);
         words[at + 1].store(map.runs.len() as u64, Ordering::Relaxed);
         for (i, r) in map.runs.iter().enumerate() {
-            let [a, b] = r.encode();
-            words[at + 2 + 2 * i].store(a, Ordering::Relaxed);
-            words[at + 3 + 2 * i].store(b, Ordering::Relaxed);
+            for (j, w) in r.encode().into_iter().enumerate() {
+                words[at + 2 + RUN_WORDS * i + j].store(w, Ordering::Relaxed);
+            }
         }
         self.log_pos = pos + len;
         pos
-    }
-
-    /// Returns to the kernel the slots freed `cooling_publishes` ago that are free now, one
-    /// `fallocate` per stretch of free slots in a plane. A slot reused and freed again since
-    /// may go early: that costs its next reuse a page fault, never correctness (a free slot
-    /// holds no live version's page).
-    fn punch_cooled(&mut self, n: u64) {
-        let mut due = Vec::new();
-        while let Some(&(freed_at, k, p)) = self.cooling.front() {
-            if freed_at + self.cooling_publishes > n {
-                break;
-            }
-            self.cooling.pop_front();
-            if !self.is_occupied(p as usize, k) {
-                due.push((k, p));
-            }
-        }
-        due.sort_unstable();
-        due.dedup();
-        let mut i = 0;
-        while i < due.len() {
-            let (k, first) = due[i];
-            let mut last = first as usize;
-            i += 1;
-            while i < due.len() && due[i].0 == k {
-                let next = due[i].1 as usize;
-                // Bridge the gap if every slot in it is free (a hole or free) in plane k.
-                if (last + 1..next).all(|p| !self.is_occupied(p, k)) {
-                    last = next;
-                    i += 1;
-                } else {
-                    break;
-                }
-            }
-            let off = self.mapped.slot_offset(k, first as usize) as u64;
-            let len = ((last + 1 - first as usize) * self.layout().page_size) as u64;
-            if k < 64 {
-                self.populated[first as usize..=last].iter_mut().for_each(|bits| *bits &= !(1 << k));
-            }
-            if let Err(e) = self.pool_file.punch_hole(off, len) {
-                // The slots stay allocated and reusable: memory, not correctness.
-                tracing::warn!("punching {len} bytes of plane {k} failed: {e}");
-            }
-        }
     }
 
     /// Marks the store closed and wakes every waiting observer.
@@ -545,6 +530,11 @@ impl StoreWriter {
     /// Bytes of memory the pool holds now.
     pub fn store_bytes(&self) -> u64 {
         self.pool_file.allocated_bytes().unwrap_or(0)
+    }
+
+    /// Bytes of free slots kept allocated for the next publishes.
+    pub fn reserve_bytes(&self) -> u64 {
+        self.free.reserve_slots() * self.layout().page_size as u64
     }
 
     /// Pins currently held by live observers (as of the last publish).
@@ -564,23 +554,32 @@ impl StoreWriter {
 }
 
 impl Mapped {
-    fn slot_offset(&self, plane: u16, page: usize) -> usize {
-        (plane as usize * self.layout.page_count + page) * self.layout.page_size
+    fn slot_offset(&self, slot: u64) -> usize {
+        slot as usize * self.layout.page_size
     }
 
-    /// Copies pages `pages` of the page space from their region(s) into plane `k`; `fresh`
-    /// says the slots hold no memory yet, which a long run then allocates in one call.
-    pub fn copy_pages(&self, pages: Range<usize>, k: u16, fresh: bool) {
+    /// Copies pages `copy.pages` of the page space from their region(s) into consecutive
+    /// slots from `copy.slot`; fresh slots of a long run are allocated in one call. A slot
+    /// may last have held any page, so the part of a region's first and last page that is
+    /// not the region's (other data shares that page in the producer) is zeroed, unless the
+    /// slot is fresh (zero already): observers see only the region's own bytes.
+    pub fn copy_pages(&self, copy: &Copy) {
         let page = self.layout.page_size;
-        for (s, own) in self.sources_of(pages) {
+        for (s, own) in self.sources_of(copy.pages.clone()) {
             let (from, _, at) = s.page_bytes(own.start, page);
-            let (_, to, _) = s.page_bytes(own.end - 1, page);
-            let dst = self.slot_offset(k, s.first_page + own.start) + at;
-            if fresh && own.len() >= POPULATE_PAGES {
+            let (last_from, to, last_at) = s.page_bytes(own.end - 1, page);
+            let start = self.slot_offset(copy.slot_of(s.first_page + own.start));
+            let dst = start + at;
+            if copy.fresh && own.len() >= POPULATE_PAGES {
                 // Allocating fresh slots in one call costs a third of a fault each.
                 self.pool.populate(dst, to - from);
             }
             self.pool.copy_in(dst, &s.memory, from, to - from);
+            if !copy.fresh {
+                self.pool.zero(start, at);
+                let end = self.slot_offset(copy.slot_of(s.first_page + own.end - 1)) + last_at + (to - last_from);
+                self.pool.zero(end, start + own.len() * page - end);
+            }
         }
     }
 
@@ -595,25 +594,23 @@ impl Mapped {
         })
     }
 
-    /// Copies every run of `copies` (pages, plane, fresh), shared over `threads` threads.
-    pub fn copy_all(&self, copies: &[(Range<usize>, u16, bool)], threads: usize) {
-        let tagged: Vec<(Range<usize>, (u16, bool))> = copies.iter().map(|(r, k, f)| (r.clone(), (*k, *f))).collect();
-        on_threads(shares(&tagged, threads), |share| {
-            for (pages, (k, fresh)) in share {
-                self.copy_pages(pages, k, fresh);
+    /// Copies every run of `copies`, shared over `threads` threads.
+    pub fn copy_all(&self, copies: &[Copy], threads: usize) {
+        on_threads(shares(copies, threads), |share| {
+            for copy in &share {
+                self.copy_pages(copy);
             }
         });
     }
 
     /// The pages of `compare` (sorted page ranges) whose bytes differ from the latest
-    /// version's copy, in the slot of plane `plane[p]`, as sorted ranges; `threads` threads
-    /// share the comparing.
-    fn changed_pages(&self, compare: &[Range<usize>], plane: &[u16], threads: usize) -> Vec<Range<usize>> {
-        let tagged: Vec<(Range<usize>, ())> = compare.iter().map(|r| (r.clone(), ())).collect();
-        let mut changed: Vec<Range<usize>> = on_threads(shares(&tagged, threads), |share| {
+    /// version's copy, in slot `slot[p]`, as sorted ranges; `threads` threads share the
+    /// comparing.
+    fn changed_pages(&self, compare: &[Range<usize>], slot: &[u64], threads: usize) -> Vec<Range<usize>> {
+        let mut changed: Vec<Range<usize>> = on_threads(shares(compare, threads), |share| {
             let mut out = Vec::new();
-            for (pages, ()) in share {
-                self.changed_in(pages, plane, &mut out);
+            for pages in share {
+                self.changed_in(pages, slot, &mut out);
             }
             out
         })
@@ -622,16 +619,16 @@ impl Mapped {
         changed
     }
 
-    /// Adds to `out` the pages of `pages` whose bytes differ from their copy in plane
-    /// `plane[p]`. Only a region's own bytes are compared: the rest of a page it shares with
+    /// Adds to `out` the pages of `pages` whose bytes differ from their copy in slot
+    /// `slot[p]`. Only a region's own bytes are compared: the rest of a page it shares with
     /// other data is never copied, so never differs.
-    fn changed_in(&self, pages: Range<usize>, plane: &[u16], out: &mut Vec<Range<usize>>) {
+    fn changed_in(&self, pages: Range<usize>, slot: &[u64], out: &mut Vec<Range<usize>>) {
         let page = self.layout.page_size;
         for (s, own) in self.sources_of(pages) {
             for j in own {
                 let (from, to, at) = s.page_bytes(j, page);
                 let p = s.first_page + j;
-                if !self.pool.equals(self.slot_offset(plane[p], p) + at, &s.memory, from, to - from) {
+                if !self.pool.equals(self.slot_offset(slot[p]) + at, &s.memory, from, to - from) {
                     match out.last_mut() {
                         Some(r) if r.end == p => r.end = p + 1,
                         _ => out.push(p..p + 1),
@@ -649,7 +646,7 @@ impl Mapped {
             (ver::RECORD, prepared.record),
             (ver::TIME_NS, crate::sys::monotonic_ns()),
             (ver::DIRTY_PAGES, prepared.dirty_pages as u64),
-            (ver::COPIED_PAGES, prepared.dirty_pages as u64),
+            (ver::RESERVE_BYTES, prepared.reserve_bytes),
             (ver::PUBLISH_NS, spent.as_nanos() as u64),
             (ver::RUNS, prepared.mapping_runs as u64),
             (ver::STORE_BYTES, self.pool_file.allocated_bytes().unwrap_or(0)),

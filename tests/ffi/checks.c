@@ -76,6 +76,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "tracker is %s, asked for %s\n", used ? used : "NULL", tracker), failures++;
     if (tcasm_producer_tracker(NULL) != NULL)
         fprintf(stderr, "tcasm_producer_tracker(NULL) is not NULL\n"), failures++;
+    /* Every publish below is shared by two copy threads. */
+    EXPECT(tcasm_set_copy_threads(NULL, 2), TCASM_ERR_NULL);
+    EXPECT(tcasm_set_copy_threads(p, 2), TCASM_OK);
 
     /* Wrapping: every misuse is refused. */
     size_t rows = 30, cols = 50;

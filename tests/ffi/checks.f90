@@ -24,7 +24,7 @@ program checks
 
   call tcasm_create(p, "no spaces", stat=stat)
   call expect(stat, TCASM_ERR_INVALID, "create with a bad name")
-  call tcasm_create(p, trim(name), trim(tracker), stat=stat)
+  call tcasm_create(p, trim(name), trim(tracker), stat=stat, copy_threads=2)
   call expect(stat, TCASM_OK, "create")
   call tcasm_create(again, trim(name), stat=stat)
   call expect(stat, TCASM_ERR_NAME_IN_USE, "create a second producer of that name")

@@ -66,7 +66,7 @@ pub fn run(args: Args) -> crate::Result {
     let versions: Vec<_> = (first..=latest).rev().filter_map(|v| observer.version_info(v)).collect();
     println!("\nnewest versions:");
     print_table(
-        &["VERSION", "AGE", "WRITTEN", "COPIED", "PUBLISH", "RUNS", "STORE"],
+        &["VERSION", "AGE", "CHANGED", "PUBLISH", "RUNS", "STORE", "RESERVE"],
         versions
             .iter()
             .map(|v| {
@@ -74,10 +74,10 @@ pub fn run(args: Args) -> crate::Result {
                     v.version.to_string(),
                     human_time(Duration::from_nanos(now.saturating_sub(v.time_ns))),
                     v.dirty_pages.to_string(),
-                    v.copied_pages.to_string(),
                     human_time(Duration::from_nanos(v.publish_ns)),
                     v.mapping_runs.to_string(),
                     HumanBytes(v.store_bytes).to_string(),
+                    HumanBytes(v.reserve_bytes).to_string(),
                 ]
             })
             .collect(),
@@ -99,10 +99,11 @@ pub fn run(args: Args) -> crate::Result {
 
     if let Some(v) = versions.first() {
         println!(
-            "\nstore memory: {} at version {} ({:.2}x the regions)",
+            "\nstore memory: {} at version {} ({:.2}x the regions), of which {} free slots kept for the next publishes",
             HumanBytes(v.store_bytes),
             v.version,
-            v.store_bytes as f64 / region_bytes as f64
+            v.store_bytes as f64 / region_bytes as f64,
+            HumanBytes(v.reserve_bytes)
         );
     }
     Ok(())

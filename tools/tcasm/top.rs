@@ -29,6 +29,7 @@ struct Sample {
     pages_per_version: f64,
     publish_ms: f64,
     store_bytes: u64,
+    reserve_bytes: u64,
     observers: Vec<String>,
 }
 
@@ -53,6 +54,7 @@ fn sample(observer: &Observer, since: u64, elapsed: Duration) -> Sample {
         pages_per_version: infos.iter().map(|i| i.dirty_pages as f64).sum::<f64>() / n,
         publish_ms: infos.iter().map(|i| i.publish_ns as f64).sum::<f64>() / n / 1e6,
         store_bytes: observer.version_info(latest).map_or(0, |i| i.store_bytes),
+        reserve_bytes: observer.version_info(latest).map_or(0, |i| i.reserve_bytes),
         observers,
     }
 }
@@ -83,12 +85,13 @@ pub fn run(args: Args) -> crate::Result {
         (since, at) = (s.latest, Instant::now());
         updates += 1;
         let line = format!(
-            "v{}: {:.1} versions/s, {:.0} pages/version, publish {:.2} ms, store {}, {} observers",
+            "v{}: {:.1} versions/s, {:.0} pages/version, publish {:.2} ms, store {} (reserve {}), {} observers",
             s.latest,
             s.per_second,
             s.pages_per_version,
             s.publish_ms,
             HumanBytes(s.store_bytes),
+            HumanBytes(s.reserve_bytes),
             s.observers.len()
         );
         match &bar {
