@@ -56,7 +56,7 @@ fn header_compiles_as_c_and_cpp() {
             &format!("tcasm.h with cc {std}"),
         );
     }
-    if Command::new("c++").arg("--version").output().is_ok_and(|o| o.status.success()) {
+    if ffi::tool_available("header_compiles_as_c_and_cpp", "c++", &[]) {
         ffi::run(
             Command::new("c++").args(["-std=c++11", "-Wall", "-Wextra", "-Werror", "-fsyntax-only", "-x", "c++"]).arg(&include),
             "tcasm.h with c++",

@@ -709,12 +709,11 @@ fn only_the_producers_user_or_group_may_observe() {
     if playing() {
         return;
     }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP {TEST}: needs root to run observers as another user");
+    if !common::root(TEST) {
         return;
     }
     let Some(member) = nix::unistd::Group::from_gid(Gid::from_raw(100)).ok().flatten().map(|g| g.name) else {
-        eprintln!("SKIP {TEST}: no group 100 here");
+        common::skip(TEST, "no group 100 here (.ci/run creates one)", common::Lacks::Kernel);
         return;
     };
     match Producer::create("no-group", ProducerOptions { group: Some("no-such-group-tcasm".into()), ..Source::options() }) {

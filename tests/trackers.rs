@@ -233,14 +233,10 @@ fn trackers_agree(test: &str) {
     if common::async_tracking_available(test) {
         kinds.extend([TrackerKind::Async, TrackerKind::Auto]);
     }
-    // The sync trackers take the kernel's own writes (the read(2) below) only when this
-    // process may handle kernel-mode faults; without, such a read fails with EFAULT, as the
-    // tracker documents.
+    // The sync trackers need to take the kernel's own writes (the read(2) below).
     let sync = [TrackerKind::Sync, TrackerKind::Deferred];
-    if tcasm::track::kernel_faults_allowed() {
+    if common::kernel_faults_allowed(test) {
         kinds.extend(sync);
-    } else {
-        eprintln!("{test}: sync and deferred not run: no CAP_SYS_PTRACE and vm.unprivileged_userfaultfd=0, so read(2) into a protected page fails");
     }
     for placement in [Placement::WholePages, Placement::Shared] {
         let runs: Vec<(TrackerKind, Versions)> = kinds
@@ -291,7 +287,8 @@ fn unprivileged_trackers_agree_too() {
         return trackers_agree("trackers-unprivileged");
     }
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("SKIP {TEST}: not root, so the other test already runs unprivileged");
+        // Not a skip: the other test already runs unprivileged.
+        eprintln!("{TEST}: not root, so trackers_give_identical_snapshots_equal_to_memory ran unprivileged");
         return;
     }
     // The build directory may not be reachable for uid 65534 (a checkout under /root): run a

@@ -49,11 +49,7 @@ pub fn tool_available(test: &str, tool: &str, probe: &[&str]) -> bool {
 
 /// Skips test `test` for `why`, or fails it under `TCASM_REQUIRE_TOOLS=1`. Returns false.
 pub fn skip_or_fail(test: &str, why: &str) -> bool {
-    if std::env::var("TCASM_REQUIRE_TOOLS").as_deref() == Ok("1") {
-        panic!("{test}: TCASM_REQUIRE_TOOLS=1 but {why}");
-    }
-    eprintln!("SKIP {test}: {why} (install it, or set TCASM_REQUIRE_TOOLS=1 to make this a failure)");
-    false
+    super::common::skip(test, why, super::common::Lacks::Tool)
 }
 
 /// The cargo running these tests.
