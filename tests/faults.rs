@@ -225,6 +225,7 @@ fn playing() -> bool {
         "limited" => limited(&name),
         "group-producer" => group_producer(&name),
         "group-observer" => group_observer(&name),
+        "endpoint" => endpoint(&name),
         other => panic!("no role {other:?}"),
     }
     true
@@ -441,6 +442,17 @@ fn group_observer(name: &str) {
                 .any(|f| f.try_clone().unwrap().into_file().set_permissions(std::fs::Permissions::from_mode(0o666)).is_ok());
             format!("admitted; reopened for writing: {reopened}; mode changed: {chmod}")
         }
+    };
+    println!("outcome: {outcome}");
+}
+
+/// A producer creating its endpoint where `TCASM_DIR` (or the default) says, admitting the
+/// group `TCASM_TEST_GROUP` names (if any): says whether it could.
+fn endpoint(name: &str) {
+    let group = std::env::var(GROUP).ok();
+    let outcome = match Producer::create(name, ProducerOptions { group, ..Source::options() }) {
+        Ok(_) => "created".to_string(),
+        Err(e) => format!("{e}"),
     };
     println!("outcome: {outcome}");
 }
@@ -788,4 +800,69 @@ fn as_user(command: &mut Command, uid: u32, gid: u32, groups: &[u32]) {
             Ok(())
         });
     }
+}
+
+/// Endpoint directories where someone else could replace the sockets are refused, each with
+/// what to do: one anyone may write (`TCASM_DIR`), another user's default directory, and a
+/// directory a group the producer admits cannot enter, which is not the producer's to fix.
+/// The last two need root: to run the producer as uid 65534, and to use another user's
+/// directory at all.
+#[test]
+fn endpoint_directories_others_could_write_are_refused() {
+    const TEST: &str = "endpoint_directories_others_could_write_are_refused";
+    if playing() {
+        return;
+    }
+    use std::os::unix::fs::chown;
+    let base = common::private_dir("directories");
+    std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let producer = |exe: &Path, env: &[(&str, &Path)], group: Option<&str>, user: bool| {
+        let mut command = Player::command(exe, TEST, "endpoint", "refused");
+        command.env_remove("TCASM_DIR").env_remove("XDG_RUNTIME_DIR");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        if let Some(g) = group {
+            command.env(GROUP, g);
+        }
+        if user {
+            as_user(&mut command, 65534, 65534, &[]);
+        }
+        Player::start(command, format!("producer with {env:?}")).expect("outcome:")
+    };
+    let this = std::env::current_exe().unwrap();
+
+    let open = base.join("anyone-writes");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let outcome = producer(&this, &[("TCASM_DIR", &open)], None, false);
+    assert!(outcome.contains("anyone may write it; `chmod o-w` it or set TCASM_DIR elsewhere"), "{outcome}");
+
+    if !common::root(TEST) {
+        return;
+    }
+    let exe = common::runnable_by_anyone(TEST);
+    // XDG_RUNTIME_DIR/tcasm, the default, made by root before.
+    let runtime = base.join("runtime");
+    std::fs::create_dir_all(runtime.join("tcasm")).unwrap();
+    std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let outcome = producer(&exe, &[("XDG_RUNTIME_DIR", &runtime)], None, true);
+    assert!(outcome.contains("owned by uid 0, not by you (uid 65534); set TCASM_DIR to a directory of yours"), "{outcome}");
+
+    // Another user's directory, which root may use but group 100 (admitted) cannot enter:
+    // not root's to open to the group.
+    let shared = base.join("group");
+    std::fs::create_dir(&shared).unwrap();
+    chown(&shared, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let group = nix::unistd::Group::from_gid(Gid::from_raw(100)).ok().flatten().map(|g| g.name);
+    let Some(group) = group else {
+        common::skip(TEST, "no group 100 here (.ci/run creates one)", common::Lacks::Kernel);
+        return;
+    };
+    let outcome = producer(&this, &[("TCASM_DIR", &shared)], Some(&group), false);
+    let advice = format!("its owner may `chgrp {group} {d} && chmod g=rx {d}`, or set TCASM_DIR to a directory of yours", d = shared.display());
+    assert!(outcome.contains(&format!("group {group:?} cannot enter it, or may write it")) && outcome.contains(&advice), "{outcome}");
+    let _ = std::fs::remove_dir_all(exe.parent().unwrap());
+    let _ = std::fs::remove_dir_all(&base);
 }
