@@ -148,7 +148,7 @@ fn checks(tracker: &str) {
     assert!(with_table || fields[1] != "copy", "the copy tracker refused initialised static data");
     eprintln!("checks.c ({tracker}): version {version}, tracker {}, initialised static data wrapped: {with_table}", fields[1]);
 
-    let observer: Observer = ffi::attach(&name, Duration::from_secs(10));
+    let observer: Observer = ffi::attach(&name, LIMIT);
     let snap = observer.latest().unwrap();
     assert_eq!(snap.version(), version);
     let regions: Vec<(String, Dtype, Vec<usize>)> =
