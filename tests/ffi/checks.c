@@ -1,7 +1,7 @@
 /* The C ABI's contract, from C: every misuse gets its status and a message, static and
  * heap arrays can be wrapped, what is published is what the arrays held, and a producer
- * that cannot have its endpoint, its tracker or its memory says so. Run by tests/capi.rs,
- * which checks the published regions from Rust:
+ * that cannot have its endpoint, its tracker, its threads or its memory says so. Run by
+ * tests/capi.rs, which checks the published regions from Rust:
  *
  *   checks NAME TRACKER    prints "ready VERSION" once published; when a line arrives on
  *                          stdin destroys the producer and prints "destroyed"; at the next
@@ -42,10 +42,43 @@ static int failures;
 static uint32_t counters[4096];
 static int16_t table[100] = {1, 2, 3};
 
+/* This process's address space in bytes (VmSize). */
+static unsigned long long address_space(void) {
+    char line[256];
+    unsigned long long kb = 0;
+    FILE *status = fopen("/proc/self/status", "r");
+    while (status && fgets(line, sizeof line, status))
+        if (sscanf(line, "VmSize: %llu kB", &kb) == 1)
+            break;
+    if (status)
+        fclose(status);
+    return kb << 10;
+}
+
+/* Address space for one more thread (a 2 MiB stack) only: the deferred tracker's fault
+ * handler starts, its copier thread cannot (TCASM_ERR_IO). Run first, before any thread of tcasm ran (whose
+ * cached stack a new thread would reuse), and only where that tracker works (the test says
+ * so), as otherwise the tracker itself is refused. */
+static void no_room_for_a_thread(const char *name) {
+    if (!getenv("TCASM_CHECKS_DEFERRED"))
+        return;
+    tcasm_producer *q = NULL;
+    struct rlimit space, tight;
+    getrlimit(RLIMIT_AS, &space);
+    tight = space;
+    tight.rlim_cur = address_space() + (3u << 20);
+    setrlimit(RLIMIT_AS, &tight);
+    EXPECT(tcasm_producer_create_with(name, "deferred", 0, &q), TCASM_ERR_IO);
+    EXPECT_MESSAGE("starting the copier thread");
+    setrlimit(RLIMIT_AS, &space);
+    if (q)
+        fprintf(stderr, "a failed create left a producer\n"), failures++;
+}
+
 /* The statuses of what the program cannot change by calling differently: an endpoint
  * directory anyone may write (TCASM_ERR_ENDPOINT), a tracker that cannot open its
  * userfaultfd with no descriptors left (TCASM_ERR_TRACKER), a store that cannot grow past
- * the file size limit (TCASM_ERR_PUBLISH). Each with the message that says what to do. */
+ * the file size limit (TCASM_ERR_PUBLISH). (TCASM_ERR_IO: no_room_for_a_thread.) Each with the message that says what to do. */
 static void failing_statuses(const char *name) {
     char named[256];
     snprintf(named, sizeof named, "%s-failing", name);
@@ -113,6 +146,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "unknown statuses are not described as such\n"), failures++;
     if (!tcasm_last_error() || *tcasm_last_error())
         fprintf(stderr, "the last error is not empty before any failure\n"), failures++;
+    no_room_for_a_thread(name);
 
     /* Creating. */
     tcasm_producer *p = (tcasm_producer *)&failures; /* must be reset to NULL on failure */

@@ -168,18 +168,21 @@ pub fn tcasm_lines(source: &str, marker: &str) -> (Vec<String>, String) {
     (marked.into_iter().map(str::to_string).collect(), plain.join("\n") + "\n")
 }
 
+/// A running `checks` program, the rest of its output, and the fields of its `ready` line.
+pub type Checks = (std::process::Child, std::io::BufReader<std::process::ChildStdout>, Vec<String>);
+
 /// Starts one of the `checks` programs (`bin NAME TRACKER`) and reads its first line, which
 /// must be `ready VERSION ...`: the child, the rest of its output, and the fields after
 /// `ready`. `what` names it in failures.
-pub fn start_checks(
-    bin: &Path,
-    name: &str,
-    tracker: &str,
-    what: &str,
-) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>, Vec<String>) {
+pub fn start_checks(bin: &Path, name: &str, tracker: &str, what: &str) -> Checks {
+    start_checks_with(Command::new(bin), name, tracker, what)
+}
+
+/// [`start_checks`] of `command` (the program, and what else it is to have).
+pub fn start_checks_with(mut command: Command, name: &str, tracker: &str, what: &str) -> Checks {
     use std::io::BufRead;
     use std::process::Stdio;
-    let mut child = Command::new(bin)
+    let mut child = command
         .args([name, tracker])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
