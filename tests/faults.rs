@@ -638,7 +638,7 @@ fn a_pool_that_cannot_grow_fails_publish_cleanly() {
     let reserve = producer.expect("no address space:");
     assert!(reserve.contains("map address space for the pool"), "{reserve}");
     let grow = producer.expect("pool cannot grow:");
-    assert!(grow.contains("grow the pool") && grow.contains("too large"), "{grow}");
+    assert!(grow.contains("grow the pool") && grow.contains("too large") && grow.contains("raise the file size limit"), "{grow}");
     assert_eq!(producer.expect("recovered:"), "version 3");
     producer.finish();
 }

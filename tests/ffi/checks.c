@@ -124,6 +124,7 @@ static void failing_statuses(const char *name) {
     uint64_t version = 0;
     EXPECT(tcasm_publish(q, &version), TCASM_ERR_PUBLISH);
     EXPECT_MESSAGE("EFBIG");
+    EXPECT_MESSAGE("raise the file size limit");
     setrlimit(RLIMIT_FSIZE, &size);
     EXPECT(tcasm_publish(q, &version), TCASM_OK);
     if (version != 1)
