@@ -75,8 +75,17 @@ pub enum PublishError {
     NoRegions,
     #[error("finding written pages failed: {0}")]
     Track(nix::Error),
-    #[error("the snapshot store could not {what}: {errno}; free memory, or let observers release old snapshots")]
+    #[error("the snapshot store could not {what}: {errno}; {}", store_advice(*.errno))]
     Store { what: String, errno: nix::Error },
+}
+
+/// What to do when the store cannot have its memory: the store's files count against the
+/// file size limit, which no freeing of memory lifts.
+fn store_advice(errno: nix::Error) -> &'static str {
+    match errno {
+        nix::Error::EFBIG => "raise the file size limit (`ulimit -f`), which the store's memory files count against",
+        _ => "free memory, or let observers release old snapshots",
+    }
 }
 
 /// Errors of an observer reading a producer's store.

@@ -3,7 +3,8 @@
 //!
 //! The shared memory of a real store is too big for a model checker, so the model keeps one
 //! page and the few words the protocol is about. What stays real: `pin_latest`, `unpin`,
-//! `publish`, `read_pin` and `retained`, each run on loom's atomics, and the producer's
+//! `publish`, `read_pin`, `retained` and the wake-up handshake (`wait_begin`, `wait_done`,
+//! `announce`, `is_waiting`), each run on loom's atomics, and the producer's
 //! reclaim loop as `StoreWriter` runs it (read every pin, free what no live version needs,
 //! write into a free plane, record, publish). The page's slots and the version records are
 //! loom `UnsafeCell`s, so loom fails the model on any read of a slot that is not ordered
@@ -34,15 +35,23 @@ impl LoomWord {
         LoomWord(AtomicU64::new(value))
     }
 
-    /// A `SeqCst` `fetch_add`, modelled like a `SeqCst` store.
-    fn fetch_add(&self, value: u64) -> u64 {
-        let old = self.0.fetch_add(value, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
+    /// A read-modify-write, a `SeqCst` one modelled like a `SeqCst` store.
+    fn update(&self, order: Ordering, rmw: impl FnOnce(&AtomicU64, Ordering) -> u64) -> u64 {
+        let old = rmw(&self.0, order);
+        if order == Ordering::SeqCst {
+            fence(Ordering::SeqCst);
+        }
         old
     }
 }
 
 impl Word for LoomWord {
+    fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
+        self.update(order, |a, o| a.fetch_add(value, o))
+    }
+    fn fetch_sub(&self, value: u64, order: Ordering) -> u64 {
+        self.update(order, |a, o| a.fetch_sub(value, o))
+    }
     fn load(&self, order: Ordering) -> u64 {
         if order == Ordering::SeqCst {
             fence(Ordering::SeqCst);
@@ -225,6 +234,12 @@ impl Word for AcquireRelease<'_> {
     fn store(&self, value: u64, order: Ordering) {
         self.0.store(value, if order == Ordering::SeqCst { Ordering::Release } else { order })
     }
+    fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
+        self.0.fetch_add(value, if order == Ordering::SeqCst { Ordering::AcqRel } else { order })
+    }
+    fn fetch_sub(&self, value: u64, order: Ordering) -> u64 {
+        self.0.fetch_sub(value, if order == Ordering::SeqCst { Ordering::AcqRel } else { order })
+    }
 }
 
 /// Whether a model failure is a snapshot read while its slot was reused.
@@ -248,35 +263,56 @@ fn model_catches_a_pin_without_seqcst() {
     assert!(is_overwrite(&message), "{message}");
 }
 
-/// The futex wake-up handshake of `StoreReader::wait_newer` and `StoreWriter::wake`, without
-/// the futex: the waiter counts itself in `waiters`, reads the wake word, then re-checks
-/// `latest`; the publisher stores `latest`, then the wake word, then reads `waiters`. No
-/// wake-up is lost: a waiter that decides to sleep read the wake word's old value (so a
-/// futex wait returns at once or is woken), and the publisher sees it and wakes it.
+/// The waiter's side of the wake-up handshake: whether it sleeps, on which wake value.
+fn waiter(latest: &impl Word, wake: &impl Word, waiting: &impl Word) -> Option<u32> {
+    let seq = protocol::wait_begin(latest, wake, waiting, UNPINNED);
+    if seq.is_none() {
+        // A sleeper stays counted until it is woken.
+        protocol::wait_done(waiting);
+    }
+    seq
+}
+
+/// The publisher's side: publishes version 1; whether it wakes the sleepers.
+fn publisher(latest: &impl Word, wake: &impl Word, waiting: &impl Word) -> bool {
+    protocol::publish(latest, 1);
+    protocol::announce(wake, 1);
+    protocol::is_waiting(waiting)
+}
+
+/// The futex wake-up handshake, as `StoreReader::wait_newer` and `StoreWriter::wake` run it
+/// (`protocol::wait_begin`, `announce`, `is_waiting`), without the futex: no wake-up is lost.
+/// A waiter that decides to sleep read the wake word's old value (so a futex wait with it
+/// returns at once, or is woken), and the publisher then sees it waiting and wakes it.
+/// `weakened`: with every `SeqCst` access made acquire/release.
+fn wake_handshake(weakened: bool) {
+    loom::model(move || {
+        let words = Arc::new([LoomWord::new(UNPINNED), LoomWord::new(0), LoomWord::new(0)]);
+        let w = words.clone();
+        let sleeps = thread::spawn(move || match weakened {
+            false => waiter(&w[0], &w[1], &w[2]),
+            true => waiter(&AcquireRelease(&w[0]), &AcquireRelease(&w[1]), &AcquireRelease(&w[2])),
+        });
+        let w = &words;
+        let wakes = match weakened {
+            false => publisher(&w[0], &w[1], &w[2]),
+            true => publisher(&AcquireRelease(&w[0]), &AcquireRelease(&w[1]), &AcquireRelease(&w[2])),
+        };
+        if let Some(seq) = sleeps.join().unwrap() {
+            assert!(seq != 1, "the waiter sleeps on the new wake value");
+            assert!(wakes, "the waiter sleeps and the publisher does not wake it");
+        }
+    });
+}
+
 #[test]
 fn a_waiter_about_to_sleep_is_always_woken() {
-    loom::model(|| {
-        let latest = Arc::new(LoomWord::new(UNPINNED));
-        let wake = Arc::new(LoomWord::new(0));
-        let waiters = Arc::new(LoomWord::new(0));
-        let waiter = {
-            let (latest, wake, waiters) = (latest.clone(), wake.clone(), waiters.clone());
-            thread::spawn(move || {
-                waiters.fetch_add(1);
-                let seq = wake.load(Ordering::SeqCst);
-                let sleeps = latest.load(Ordering::Acquire) == UNPINNED;
-                if !sleeps {
-                    // A sleeper stays counted until it is woken.
-                    waiters.0.fetch_sub(1, Ordering::SeqCst);
-                }
-                (sleeps, seq)
-            })
-        };
-        protocol::publish(&*latest, 1);
-        wake.store(1, Ordering::SeqCst);
-        let wakes = waiters.load(Ordering::SeqCst) != 0;
-        let (sleeps, seq) = waiter.join().unwrap();
-        assert!(!(sleeps && seq == 1), "the waiter sleeps on the new wake value");
-        assert!(!sleeps || wakes, "the waiter sleeps and the publisher does not wake it");
-    });
+    wake_handshake(false);
+}
+
+/// Mutation check: with acquire/release orderings only, the model finds the lost wake-up.
+#[test]
+fn model_catches_a_wake_handshake_without_seqcst() {
+    let message = panic_message(|| wake_handshake(true));
+    assert!(message.contains("does not wake it"), "{message}");
 }

@@ -2,7 +2,8 @@
 //! target directory (created once, with maturin and numpy from PyPI), then
 //! `python/tests/check_observer.py` checks, against a producer this test runs, that snapshots
 //! are read-only numpy arrays equal to what was published, that an array keeps its version
-//! pinned, that `wait_newer` waits, and that checkpoints written by `tcasm checkpoint` read
+//! pinned, that `wait_newer` waits (for a publish, or its whole timeout), that an observer
+//! holds at most 8 snapshots, and that checkpoints written by `tcasm checkpoint` read
 //! back equal to the versions they hold.
 mod common;
 mod ffi;

@@ -380,3 +380,36 @@ fn a_killed_producer_is_replaced_and_snapshots_stay_readable() {
     assert!(matches!(observer.latest(), Err(ReadError::ProducerGone { .. })));
     assert!(snapshot.view::<u64>(REGION).unwrap() == &before[..]);
 }
+
+/// An observer holds at most `PINS_PER_SLOT` (8) snapshots: the next `latest()` is refused
+/// with `TooManySnapshots`, saying what to do, until one is dropped; the ones held stay as
+/// they were.
+#[test]
+fn an_observer_holds_at_most_eight_snapshots() {
+    common::endpoint_dir("too-many");
+    let mut producer = Producer::create("too-many", ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
+    let mut field: tcasm::Region<u64> = producer.region("field", &[512]).unwrap();
+    let mut held = Vec::new();
+    let mut observer = None;
+    for v in 1..=tcasm::store::layout::PINS_PER_SLOT as u64 {
+        field.fill(v);
+        assert_eq!(producer.publish().unwrap(), v);
+        let o = observer.get_or_insert_with(|| Observer::attach("too-many").unwrap());
+        held.push(o.latest().unwrap());
+    }
+    let observer = observer.unwrap();
+    field.fill(99);
+    producer.publish().unwrap();
+    match observer.latest() {
+        Err(e @ tcasm::ReadError::TooManySnapshots { held: 8 }) => assert!(e.to_string().contains("drop one first"), "{e}"),
+        Err(e) => panic!("expected TooManySnapshots, got {e}"),
+        Ok(s) => panic!("a ninth snapshot, of version {}", s.version()),
+    }
+    for (v, snap) in (1..).zip(&held) {
+        assert_eq!(snap.version(), v);
+        assert!(snap.view::<u64>("field").unwrap().iter().all(|&x| x == v), "version {v} changed while held");
+    }
+    drop(held.remove(3));
+    let ninth = observer.latest().unwrap();
+    assert_eq!((ninth.version(), ninth.view::<u64>("field").unwrap()[0]), (9, 99));
+}

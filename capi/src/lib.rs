@@ -568,3 +568,54 @@ pub extern "C" fn tcasm_last_error() -> *const c_char {
     // The pointer is to the CString's heap buffer, which lives until it is replaced.
     LAST_ERROR.with(|last| last.borrow().as_ptr())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last_error() -> String {
+        // SAFETY: tcasm_last_error returns a NUL-terminated string valid until the next failure.
+        unsafe { CStr::from_ptr(tcasm_last_error()) }.to_string_lossy().into_owned()
+    }
+
+    /// No input makes the library panic, so the panic is made here, inside the same guard
+    /// every entry point runs its body in: it is reported as `TCASM_ERR_INTERNAL`, and the
+    /// producer then refuses everything but destroy.
+    #[test]
+    fn a_caught_panic_is_internal_and_only_destroy_works_after() {
+        let dir = std::env::temp_dir().join(format!("tcasm-capi-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        std::env::set_var("TCASM_DIR", &dir);
+        let mut p: *mut tcasm_producer = std::ptr::null_mut();
+        // SAFETY: valid C strings and a valid out pointer.
+        assert_eq!(unsafe { tcasm_producer_create_with(c"internal".as_ptr(), c"copy".as_ptr(), 0, &mut p) }, TCASM_OK);
+        let mut field = [0.0f64; 512];
+        let shape = [512usize];
+        // SAFETY: `p` is live; `field` and `shape` outlive the producer.
+        let wrapped = unsafe { tcasm_wrap(p, c"field".as_ptr(), TCASM_F64, field.as_mut_ptr().cast(), shape.as_ptr(), 1) };
+        assert_eq!(wrapped, TCASM_OK, "{}", last_error());
+
+        // SAFETY: `p` is live and used by this thread only.
+        let status = unsafe { with_producer("tcasm_publish", p, |_| panic!("a bug")) };
+        assert_eq!(status, TCASM_ERR_INTERNAL);
+        assert!(last_error().contains("internal error") && last_error().contains("a bug"), "{}", last_error());
+
+        let mut version = 0u64;
+        let mut stats = std::mem::MaybeUninit::<tcasm_producer_stats>::zeroed();
+        // SAFETY: `p` is live; the out pointers are valid.
+        let refused = unsafe { [tcasm_publish(p, &mut version), tcasm_flush(p), tcasm_stats(p, stats.as_mut_ptr())] };
+        assert_eq!(refused, [TCASM_ERR_INTERNAL; 3]);
+        assert!(last_error().contains("destroy it"), "{}", last_error());
+        assert_eq!(version, 0);
+        // SAFETY: `p` is live; destroyed once.
+        unsafe { tcasm_producer_destroy(p) };
+        // The endpoint went with it: the name is free again.
+        let mut q: *mut tcasm_producer = std::ptr::null_mut();
+        // SAFETY: as above.
+        assert_eq!(unsafe { tcasm_producer_create_with(c"internal".as_ptr(), c"copy".as_ptr(), 0, &mut q) }, TCASM_OK);
+        // SAFETY: `q` is live; destroyed once.
+        unsafe { tcasm_producer_destroy(q) };
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

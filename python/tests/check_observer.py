@@ -9,6 +9,7 @@ newer versions exist, prints "ok", reads "gone" once the producer has exited, pr
 """
 import gc
 import sys
+import time
 
 import numpy as np
 
@@ -106,7 +107,26 @@ def main():
     check_arrays(later.arrays(), newest, f"snapshot v{newest}")
     assert later.changed_since(v), "no page changed"
     assert np.array_equal(kept, expected("grid/t", v)), "a kept array changed: its version was not pinned"
-    assert observer.wait_newer(newest, 0.2) is None, "a newer version without a publish"
+    # Nothing newer is published now: wait_newer waits its whole timeout, then says so.
+    started = time.monotonic()
+    assert observer.wait_newer(newest, 0.3) is None, "a newer version without a publish"
+    waited = time.monotonic() - started
+    assert waited >= 0.3, f"wait_newer returned after {waited:.3f} s of a 0.3 s timeout"
+
+    # At most 8 snapshots per observer: `kept`'s and `later` are two.
+    held = []
+    while len(held) < 8:
+        try:
+            held.append(observer.latest())
+        except tcasm.TcasmError as e:
+            assert "already holds 8 snapshots" in str(e) and "drop one first" in str(e), repr(e)
+            break
+    assert len(held) == 6, f"{len(held)} more snapshots than the 2 held"
+    held.pop()
+    gc.collect()
+    held.append(observer.latest())
+    del held
+    gc.collect()
     print("ok", flush=True)
 
     # The producer exits: the observer is told, and what it holds stays readable.

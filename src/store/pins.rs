@@ -76,9 +76,8 @@ impl PinBoard {
 
     /// Whether some observer sleeps in `wait_newer`.
     pub fn any_waiting(&self) -> bool {
-        // SYNC: Dekker pair with StoreReader::wait_newer, which increments its WAITING word
-        // and then reads WAKE, while the producer stores WAKE and then reads here.
-        self.lock().iter().flatten().any(|p| waiting(p.mapping.words()).load(Ordering::SeqCst) != 0)
+        // The wake-up handshake with StoreReader::wait_newer (module docs of `protocol`).
+        self.lock().iter().flatten().any(|p| protocol::is_waiting(waiting(p.mapping.words())))
     }
 
     /// Observers attached now.

@@ -11,12 +11,20 @@
 //! page of `v` is overwritten while the observer holds it. It is a hazard-pointer handshake:
 //! the observer stores its pin then re-reads `latest`; the producer stores `latest` then (in a
 //! later publish) reads the pins. Both pairs are `SeqCst`, so at least one side sees the other.
+//!
+//! The wake-up handshake is the same shape: an observer about to sleep on the futex word
+//! `wake` counts itself in its `waiting` word, then reads `wake`, then re-checks `latest`
+//! ([`wait_begin`]); the producer stores `latest`, then `wake` ([`announce`]), then reads the
+//! `waiting` words ([`is_waiting`]). A sleeper either read the new `wake` (so its futex wait
+//! returns at once) or is seen waiting and woken: no wake-up is lost.
 use std::sync::atomic::Ordering;
 
 /// A 64-bit atomic word, in shared memory or in a model.
 pub trait Word {
     fn load(&self, order: Ordering) -> u64;
     fn store(&self, value: u64, order: Ordering);
+    fn fetch_add(&self, value: u64, order: Ordering) -> u64;
+    fn fetch_sub(&self, value: u64, order: Ordering) -> u64;
 }
 
 impl Word for std::sync::atomic::AtomicU64 {
@@ -25,6 +33,12 @@ impl Word for std::sync::atomic::AtomicU64 {
     }
     fn store(&self, value: u64, order: Ordering) {
         std::sync::atomic::AtomicU64::store(self, value, order)
+    }
+    fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
+        std::sync::atomic::AtomicU64::fetch_add(self, value, order)
+    }
+    fn fetch_sub(&self, value: u64, order: Ordering) -> u64 {
+        std::sync::atomic::AtomicU64::fetch_sub(self, value, order)
     }
 }
 
@@ -75,4 +89,36 @@ pub fn read_pin(pin: &impl Word) -> u64 {
 /// page of some live version: the latest (always `>= until`, so never inside) or a pinned one.
 pub fn retained(since: u64, until: u64, pins: &[u64]) -> bool {
     pins.iter().any(|&p| p != UNPINNED && since <= p && p < until)
+}
+
+/// Observer, before sleeping until a version newer than `than`: counts itself in `waiting`,
+/// reads the futex word `wake`, and re-checks `latest`. Returns the value of `wake` to sleep
+/// on (a futex wait with it returns at once if a publish changed it since), or `None` when a
+/// newer version is there already. Either way [`wait_done`] follows.
+pub fn wait_begin(latest: &impl Word, wake: &impl Word, waiting: &impl Word, than: u64) -> Option<u32> {
+    // SYNC: store-then-load against the producer's store-then-load (`announce`, then
+    // `is_waiting`): SeqCst on all four makes at least one side see the other.
+    waiting.fetch_add(1, Ordering::SeqCst);
+    let seq = wake.load(Ordering::SeqCst) as u32;
+    // SYNC: pairs with the SeqCst store in `publish`, which comes before `announce`.
+    (latest.load(Ordering::Acquire) <= than).then_some(seq)
+}
+
+/// Observer: no longer sleeping (woken, timed out, or never slept).
+pub fn wait_done(waiting: &impl Word) {
+    waiting.fetch_sub(1, Ordering::SeqCst);
+}
+
+/// Producer, after [`publish`] of version `v`: changes the futex word, so that an observer
+/// about to sleep on its old value does not.
+pub fn announce(wake: &impl Word, v: u64) {
+    // SYNC: the store of the store-then-load pair with `wait_begin` (then `is_waiting`).
+    wake.store(v & 0xffff_ffff, Ordering::SeqCst);
+}
+
+/// Producer, after [`announce`]: whether the observer of this `waiting` word may sleep and
+/// must be woken.
+pub fn is_waiting(waiting: &impl Word) -> bool {
+    // SYNC: the load of the store-then-load pair with `wait_begin`.
+    waiting.load(Ordering::SeqCst) != 0
 }

@@ -232,14 +232,14 @@ impl StoreReader {
             if latest > than || self.closed() || now >= deadline {
                 return latest;
             }
-            // SYNC: Dekker pair with Mapped::wake (store WAKE, then PinBoard::any_waiting).
-            waiters.fetch_add(1, Ordering::SeqCst);
-            let seq = words[hdr::WAKE].load(Ordering::SeqCst) as u32;
-            if self.latest() <= than && !self.closed() {
-                // Sleep in slices so a producer that dies without closing is noticed.
-                futex::wait(&words[hdr::WAKE], seq, (deadline - now).min(Duration::from_millis(100)));
+            // The wake-up handshake with StoreWriter::wake (module docs of `protocol`).
+            if let Some(seq) = protocol::wait_begin(&words[hdr::LATEST], &words[hdr::WAKE], waiters, than) {
+                if !self.closed() {
+                    // Sleep in slices so a producer that dies without closing is noticed.
+                    futex::wait(&words[hdr::WAKE], seq, (deadline - now).min(Duration::from_millis(100)));
+                }
             }
-            waiters.fetch_sub(1, Ordering::SeqCst);
+            protocol::wait_done(waiters);
         }
     }
 

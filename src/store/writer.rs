@@ -671,9 +671,8 @@ impl Mapped {
 
     fn wake(&self, n: u64) {
         let words = self.control.words();
-        // SYNC: Dekker pair with StoreReader::wait_newer, which increments WAITERS then reads
-        // WAKE: either the waiter sees the new value, or this load sees the waiter.
-        words[hdr::WAKE].store(n & 0xffff_ffff, Ordering::SeqCst);
+        // The wake-up handshake with StoreReader::wait_newer (module docs of `protocol`).
+        protocol::announce(&words[hdr::WAKE], n);
         if self.board.any_waiting() {
             futex::wake_all(&words[hdr::WAKE]);
         }

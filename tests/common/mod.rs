@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ExitStatus};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
@@ -34,19 +34,66 @@ pub fn private_dir(test: &str) -> PathBuf {
     dir
 }
 
+/// What a skipped test lacked, and the variable that makes such a skip a failure: CI sets
+/// both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lacks {
+    /// A kernel feature, or a privilege (root, a group) the test needs:
+    /// `TCASM_REQUIRE_KERNEL=1`.
+    Kernel,
+    /// A tool (a compiler, Python): `TCASM_REQUIRE_TOOLS=1`.
+    Tool,
+}
+
+impl Lacks {
+    fn gate(self) -> &'static str {
+        match self {
+            Lacks::Kernel => "TCASM_REQUIRE_KERNEL",
+            Lacks::Tool => "TCASM_REQUIRE_TOOLS",
+        }
+    }
+}
+
+/// Skips test `test` for `why` and returns false, or fails it when the variable `lacks`
+/// names is 1. A skip is said where libtest does not capture it (straight to stderr, not
+/// through `eprintln!`, whose lines of a passing test are dropped), and appended to the file
+/// `TCASM_SKIP_LOG` names, when set: `.ci/run` fails when that file holds a line.
+pub fn skip(test: &str, why: &str, lacks: Lacks) -> bool {
+    use std::io::Write;
+    let gate = lacks.gate();
+    if std::env::var(gate).as_deref() == Ok("1") {
+        panic!("{test}: {gate}=1 but {why}");
+    }
+    let line = format!("SKIP {test}: {why} (set {gate}=1 to make this a failure)\n");
+    let _ = std::io::stderr().write_all(line.as_bytes());
+    if let Some(log) = std::env::var_os("TCASM_SKIP_LOG") {
+        let appended = std::fs::OpenOptions::new().create(true).append(true).open(&log).and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = appended {
+            panic!("{test} skips, and cannot say so in TCASM_SKIP_LOG ({}): {e}", Path::new(&log).display());
+        }
+    }
+    false
+}
+
 /// Whether async tracking works here. When it does not, says why; under
 /// `TCASM_REQUIRE_KERNEL=1` (CI) that is a failure instead of a skip.
 pub fn async_tracking_available(test: &str) -> bool {
     let d = tcasm::track::detect();
-    if d.async_ok {
-        return true;
-    }
-    let why = d.describe();
-    if std::env::var("TCASM_REQUIRE_KERNEL").as_deref() == Ok("1") {
-        panic!("{test}: TCASM_REQUIRE_KERNEL=1 but {why}");
-    }
-    eprintln!("SKIP {test}: {why}");
-    false
+    d.async_ok || skip(test, &d.describe(), Lacks::Kernel)
+}
+
+/// Whether the sync trackers can take the kernel's own writes into protected pages
+/// (`read(2)` into a region): only with `CAP_SYS_PTRACE` or `vm.unprivileged_userfaultfd=1`;
+/// without, such a read fails with `EFAULT`, as the tracker documents.
+pub fn kernel_faults_allowed(test: &str) -> bool {
+    tcasm::track::kernel_faults_allowed()
+        || skip(test, "no CAP_SYS_PTRACE and vm.unprivileged_userfaultfd=0, so the sync trackers cannot take read(2) into a protected page", Lacks::Kernel)
+}
+
+/// Whether this process runs as root, which the tests that run observers as another user
+/// need.
+pub fn root(test: &str) -> bool {
+    nix::unistd::geteuid().is_root() || skip(test, "needs root to run processes as another user", Lacks::Kernel)
 }
 
 /// Waits for `child` up to `limit`, killing it (and failing) if it takes longer.

@@ -49,11 +49,7 @@ pub fn tool_available(test: &str, tool: &str, probe: &[&str]) -> bool {
 
 /// Skips test `test` for `why`, or fails it under `TCASM_REQUIRE_TOOLS=1`. Returns false.
 pub fn skip_or_fail(test: &str, why: &str) -> bool {
-    if std::env::var("TCASM_REQUIRE_TOOLS").as_deref() == Ok("1") {
-        panic!("{test}: TCASM_REQUIRE_TOOLS=1 but {why}");
-    }
-    eprintln!("SKIP {test}: {why} (install it, or set TCASM_REQUIRE_TOOLS=1 to make this a failure)");
-    false
+    super::common::skip(test, why, super::common::Lacks::Tool)
 }
 
 /// The cargo running these tests.
@@ -172,18 +168,21 @@ pub fn tcasm_lines(source: &str, marker: &str) -> (Vec<String>, String) {
     (marked.into_iter().map(str::to_string).collect(), plain.join("\n") + "\n")
 }
 
+/// A running `checks` program, the rest of its output, and the fields of its `ready` line.
+pub type Checks = (std::process::Child, std::io::BufReader<std::process::ChildStdout>, Vec<String>);
+
 /// Starts one of the `checks` programs (`bin NAME TRACKER`) and reads its first line, which
 /// must be `ready VERSION ...`: the child, the rest of its output, and the fields after
 /// `ready`. `what` names it in failures.
-pub fn start_checks(
-    bin: &Path,
-    name: &str,
-    tracker: &str,
-    what: &str,
-) -> (std::process::Child, std::io::BufReader<std::process::ChildStdout>, Vec<String>) {
+pub fn start_checks(bin: &Path, name: &str, tracker: &str, what: &str) -> Checks {
+    start_checks_with(Command::new(bin), name, tracker, what)
+}
+
+/// [`start_checks`] of `command` (the program, and what else it is to have).
+pub fn start_checks_with(mut command: Command, name: &str, tracker: &str, what: &str) -> Checks {
     use std::io::BufRead;
     use std::process::Stdio;
-    let mut child = Command::new(bin)
+    let mut child = command
         .args([name, tracker])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
