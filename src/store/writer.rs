@@ -64,6 +64,9 @@ pub enum Freed {
 /// Runs of at least this many pages are populated in one call before they are copied.
 const POPULATE_PAGES: usize = 16;
 
+/// How many pages ahead a comparison asks for the next pages' first lines.
+const PREFETCH_PAGES: usize = 16;
+
 /// Publishes whose writes size the reserve under [`Freed::Reuse`].
 pub const RESERVE_WINDOW: usize = 4;
 
@@ -625,7 +628,13 @@ impl Mapped {
     fn changed_in(&self, pages: Range<usize>, slot: &[u64], out: &mut Vec<Range<usize>>) {
         let page = self.layout.page_size;
         for (s, own) in self.sources_of(pages) {
-            for j in own {
+            for j in own.clone() {
+                // The lines a few pages ahead, so that their loads overlap this comparison.
+                let ahead = j + PREFETCH_PAGES;
+                if ahead < own.end {
+                    s.memory.prefetch(ahead * page);
+                    self.pool.prefetch(self.slot_offset(slot[s.first_page + ahead]));
+                }
                 let (from, to, at) = s.page_bytes(j, page);
                 let p = s.first_page + j;
                 if !self.pool.equals(self.slot_offset(slot[p]) + at, &s.memory, from, to - from) {
