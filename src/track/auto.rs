@@ -27,6 +27,13 @@
 //! is caught by that comparison and a write after it by the following scan. Both kinds give
 //! the exact set of pages written, so no publish ever reports a page it did not find written
 //! or changed, and no publish is a probe that costs a whole version.
+//!
+//! A comparison cannot tell pages left alone from pages rewritten with the bytes they held,
+//! which a scan counts as written. A simulation that rewrites a whole zone every step while
+//! few values change (converged cells stored again) would send its chunks back to tracking
+//! only to find them written whole at the next scan. So a chunk found written whole at the
+//! first scan after it went back stays untracked longer the next time: 1, 2, 4 ... up to
+//! [`MAX_BACKOFF`] publishes before it is tried again; a return that holds resets it.
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
@@ -40,6 +47,8 @@ pub const CHUNK_PAGES: usize = 512;
 const CALIBRATION_PAGES: usize = 256;
 /// Pages a comparison must have found unchanged for its time to teach the compare price.
 const LEARN_PAGES: usize = 64;
+/// Most publishes a chunk that went back to tracking in vain stays untracked next time.
+pub const MAX_BACKOFF: u32 = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -55,6 +64,12 @@ struct Chunk {
     state: State,
     /// Whether the last publish compared this chunk (so its outcome speaks of it).
     compared: bool,
+    /// Whether it went back to tracking at the last publish (so its next scan tells whether
+    /// that was right).
+    returned: bool,
+    /// Publishes it stays untracked after going untracked, and how many of them are left.
+    backoff: u32,
+    stay: u32,
 }
 
 pub struct AutoTracker {
@@ -155,7 +170,7 @@ impl AutoTracker {
             let mut at = r.start;
             while at < r.end {
                 let end = (at + bytes).min(r.end);
-                self.chunks.push(Chunk { range: at..end, state: State::Tracked, compared: false });
+                self.chunks.push(Chunk { range: at..end, state: State::Tracked, compared: false, returned: false, backoff: 0, stay: 0 });
                 at = end;
             }
         }
@@ -191,6 +206,7 @@ impl Tracker for AutoTracker {
                 }
                 if c.state == State::Rearm {
                     c.state = State::Tracked;
+                    c.returned = true;
                 }
                 i += 1;
                 continue;
@@ -218,10 +234,18 @@ impl Tracker for AutoTracker {
         let threshold = self.threshold();
         let page = page_size();
         for (c, &w) in self.chunks.iter_mut().zip(&self.written) {
+            if c.state != State::Tracked || c.compared {
+                continue;
+            }
             let n = (c.range.end - c.range.start) / page;
-            if c.state == State::Tracked && !c.compared && w > 0 && w as f64 >= threshold * n as f64 {
+            let dense = w > 0 && w as f64 >= threshold * n as f64;
+            if std::mem::take(&mut c.returned) {
+                c.backoff = if dense { (c.backoff * 2).clamp(1, MAX_BACKOFF) } else { 0 };
+            }
+            if dense {
                 self.inner.unprotect(c.range.start, c.range.end)?;
                 c.state = State::Untracked;
+                c.stay = c.backoff;
             }
         }
         Ok(())
@@ -246,7 +270,11 @@ impl Tracker for AutoTracker {
         for (c, &w) in self.chunks.iter_mut().zip(&self.written) {
             let n = (c.range.end - c.range.start) / page;
             if c.state == State::Untracked && c.compared && (w as f64) < back * n as f64 {
-                c.state = State::Rearm;
+                if c.stay > 0 {
+                    c.stay -= 1;
+                } else {
+                    c.state = State::Rearm;
+                }
             }
         }
     }

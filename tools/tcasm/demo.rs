@@ -128,11 +128,12 @@ pub fn run(args: Args) -> crate::Result {
                 None => format!("observers attached: {}", producer.observers()),
             };
             println!(
-                "{:>3} s  version {:>5}  {:>6} pages copied ({:>4} a version)  publish {:>9}  store {:>10}  | {observed}",
+                "{:>3} s  version {:>5}  {:>6} pages changed ({:>4} a version, {:>4} compared)  publish {:>9}  store {:>10}  | {observed}",
                 started.elapsed().as_secs_f64().round(),
                 run.versions,
                 second.pages,
                 second.pages / second.versions.max(1),
+                second.compared / second.versions.max(1),
                 human_time(second.mean_publish()),
                 HumanBytes(producer.stats().store_bytes).to_string(),
             );
@@ -300,6 +301,8 @@ impl FullCopy {
 struct Tally {
     versions: u64,
     pages: u64,
+    /// Pages compared with the previous version (untracked chunks).
+    compared: u64,
     publish: Duration,
     slowest: Duration,
     peak_store: u64,
@@ -309,6 +312,7 @@ impl Tally {
     fn add(&mut self, stats: &ProducerStats) {
         self.versions += 1;
         self.pages += stats.last_pages_copied as u64;
+        self.compared += stats.last_pages_compared as u64;
         self.publish += stats.last_publish;
         self.slowest = self.slowest.max(stats.last_publish);
         self.peak_store = self.peak_store.max(stats.store_bytes);
