@@ -107,8 +107,11 @@ macro_rules! element {
 element!(u8 => U8, i8 => I8, u16 => U16, i16 => I16, u32 => U32, i32 => I32,
          u64 => U64, i64 => I64, f32 => F32, f64 => F64);
 
-/// The most dimensions a region's shape may have.
-pub const MAX_DIMS: usize = 4;
+/// The most dimensions a region's shape may have. HDF5 allows 32 and Fortran 2008 15, but
+/// simulation fields stop at rank 6 or 7 (a transport code's phase space is 6-D, and 7 was
+/// Fortran's limit until 2008); 8 covers those and keeps a region's shared-memory entry
+/// small (one word per dimension).
+pub const MAX_DIMS: usize = 8;
 /// The longest region name, in bytes.
 pub const MAX_NAME: usize = 63;
 
