@@ -8,7 +8,7 @@ mod common;
 mod ffi;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -20,33 +20,8 @@ const LIMIT: Duration = Duration::from_secs(120);
 /// per target directory and rebuilt (incrementally) by every run. `None` when Python cannot
 /// make one (a skip, or a failure under TCASM_REQUIRE_TOOLS=1).
 fn venv(test: &str) -> Option<PathBuf> {
-    let python = std::env::var("TCASM_PYTHON").unwrap_or_else(|_| "python3".into());
-    if !ffi::tool_available(test, &python, &["-c", "import venv, ensurepip"]) {
-        return None;
-    }
-    let venv = ffi::target_dir().join("tcasm-python-venv");
+    let venv = ffi::venv(test, "tcasm-python-venv", &["maturin>=1.7,<2", "numpy"], "import numpy, maturin")?;
     let bin = venv.join("bin");
-    let ready = |bin: &Path| {
-        bin.join("maturin").exists()
-            && Command::new(bin.join("python")).args(["-c", "import numpy"]).output().is_ok_and(|o| o.status.success())
-    };
-    if !ready(&bin) {
-        let _ = std::fs::remove_dir_all(&venv);
-        ffi::run(Command::new(&python).args(["-m", "venv"]).arg(&venv), "creating the virtual environment");
-        let pip = Command::new(bin.join("python"))
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "maturin>=1.7,<2", "numpy"])
-            .output();
-        match pip {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                let why = format!("pip could not install maturin and numpy: {}", String::from_utf8_lossy(&out.stderr).trim());
-                let _ = std::fs::remove_dir_all(&venv);
-                ffi::skip_or_fail(test, &why);
-                return None;
-            }
-            Err(e) => panic!("running pip: {e}"),
-        }
-    }
     let path = std::env::join_paths(
         std::iter::once(bin.clone()).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
     )

@@ -72,12 +72,18 @@ use crate::observer::{Observer, Snapshot};
 use crate::region::RegionInfo;
 
 mod format;
+#[cfg(feature = "hdf5")]
+mod hdf5;
 mod npy;
 mod reader;
 mod verify;
 mod writer;
+#[cfg(feature = "hdf5")]
+mod xdmf;
 
 pub use format::{Chunk, Link, Manifest, CHUNK_BYTES, FORMAT};
+#[cfg(feature = "hdf5")]
+pub use hdf5::{export_hdf5, ExportError, Exported};
 pub use npy::{restore_npy, RestoredRegion};
 pub use reader::{Catalog, ChainListing, Restore};
 pub use verify::{verify, Damage, VerifyReport};

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod checkpoint;
 mod demo;
+mod export;
 mod inspect;
 mod stress;
 mod top;
@@ -30,7 +31,8 @@ enum Command {
     Stress(stress::Args),
     /// Follow a producer and write incremental, crash-consistent checkpoints to a directory.
     Checkpoint(checkpoint::Args),
-    /// Rebuild a checkpointed version as one .npy file per region.
+    /// Rebuild a checkpointed version as one .npy file per region, or export versions to
+    /// HDF5 + XDMF (--format hdf5).
     Restore(checkpoint::RestoreArgs),
     /// Check every checksum and chain link of a checkpoint directory.
     Verify(checkpoint::VerifyArgs),
