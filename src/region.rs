@@ -88,6 +88,26 @@ impl fmt::Display for Dtype {
     }
 }
 
+/// Runs `$body` with the type alias `$t` set to the Rust element type of the [`Dtype`]
+/// `$dtype`: code written once for every element type (`with_element!(d, T => size_of::<T>())`).
+#[macro_export]
+macro_rules! with_element {
+    ($dtype:expr, $t:ident => $body:expr) => {
+        match $dtype {
+            $crate::Dtype::U8 => { type $t = u8; $body }
+            $crate::Dtype::I8 => { type $t = i8; $body }
+            $crate::Dtype::U16 => { type $t = u16; $body }
+            $crate::Dtype::I16 => { type $t = i16; $body }
+            $crate::Dtype::U32 => { type $t = u32; $body }
+            $crate::Dtype::I32 => { type $t = i32; $body }
+            $crate::Dtype::U64 => { type $t = u64; $body }
+            $crate::Dtype::I64 => { type $t = i64; $body }
+            $crate::Dtype::F32 => { type $t = f32; $body }
+            $crate::Dtype::F64 => { type $t = f64; $body }
+        }
+    };
+}
+
 mod sealed {
     pub trait Sealed {}
 }

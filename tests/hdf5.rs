@@ -37,8 +37,8 @@ fn without_the_feature_the_command_says_how_to_get_it() {
 mod export {
     use std::fs;
     use std::path::{Path, PathBuf};
-    use std::process::{Command, Stdio};
-    use std::time::{Duration, Instant};
+    use std::process::Command;
+    use std::time::Duration;
 
     use tcasm::checkpoint::Catalog;
     use tcasm::{Producer, ProducerOptions, Region};
@@ -105,29 +105,11 @@ mod export {
         next
     }
 
-    /// Checkpoints of `name` in `dir` while it publishes: `count` of them, base and increments.
+    /// `count` checkpoints of `name` in `dir` (a base and increments) while it publishes.
     fn checkpoint(name: &str, dir: &Path, count: u64, p: &mut Producer, regions: &mut Regions) {
-        let mut checkpointer = Command::new(common::tcasm_bin())
-            .args(["checkpoint", name, "--dir"])
-            .arg(dir)
-            .args(["--count", &count.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let since = Instant::now();
-        let status = loop {
-            if let Some(status) = checkpointer.try_wait().unwrap() {
-                break status;
-            }
-            if since.elapsed() > LIMIT {
-                let _ = checkpointer.kill();
-                panic!("tcasm checkpoint did not finish in {LIMIT:?}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        ffi::checkpoint_while_publishing(name, dir, count, LIMIT, || {
             publish(p, regions);
-        };
-        assert!(status.success(), "tcasm checkpoint failed: {status}");
+        });
     }
 
     fn scratch(test: &str) -> PathBuf {

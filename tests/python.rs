@@ -103,24 +103,9 @@ fn python_observer_sees_what_was_published() {
 
     // Two checkpoints (a base and an increment) by the tcasm tool, while versions go by.
     let checkpoints = scratch.join("checkpoints");
-    let mut checkpointer = Command::new(common::tcasm_bin())
-        .args(["checkpoint", name, "--dir"])
-        .arg(&checkpoints)
-        .args(["--count", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let since = Instant::now();
-    let status = loop {
-        if let Some(status) = checkpointer.try_wait().unwrap() {
-            break status;
-        }
-        assert!(since.elapsed() < LIMIT, "tcasm checkpoint did not finish");
-        std::thread::sleep(Duration::from_millis(30));
+    ffi::checkpoint_while_publishing(name, &checkpoints, 2, LIMIT, || {
         publish(&mut producer, &mut regions);
-    };
-    assert!(status.success(), "tcasm checkpoint failed: {status}");
+    });
 
     let mut python = Command::new(venv.join("bin/python"))
         .arg(ffi::root().join("python/tests/check_observer.py"))

@@ -40,6 +40,7 @@ use ndarray::{ArrayView, IxDyn};
 use super::xdmf;
 use super::{CheckpointError, Restore};
 use crate::region::{Dtype, RegionInfo};
+use crate::with_element;
 
 /// Why an export failed. Nothing is left at the output paths when it does.
 #[derive(Debug, thiserror::Error)]
@@ -296,32 +297,14 @@ macro_rules! little_endian {
 }
 little_endian!(u8, i8, u16, i16, u32, i32, u64, i64, f32, f64);
 
-/// Runs `body` with the Rust type of `dtype` as `$t`.
-macro_rules! with_type {
-    ($dtype:expr, $t:ident => $body:expr) => {
-        match $dtype {
-            Dtype::U8 => { type $t = u8; $body }
-            Dtype::I8 => { type $t = i8; $body }
-            Dtype::U16 => { type $t = u16; $body }
-            Dtype::I16 => { type $t = i16; $body }
-            Dtype::U32 => { type $t = u32; $body }
-            Dtype::I32 => { type $t = i32; $body }
-            Dtype::U64 => { type $t = u64; $body }
-            Dtype::I64 => { type $t = i64; $body }
-            Dtype::F32 => { type $t = f32; $body }
-            Dtype::F64 => { type $t = f64; $body }
-        }
-    };
-}
-
 fn create_dataset(group: &Group, r: &RegionInfo) -> ::hdf5::Result<Dataset> {
-    with_type!(r.dtype, T => group.new_dataset::<T>().shape(r.shape.clone()).create(r.name.as_str()))
+    with_element!(r.dtype, T => group.new_dataset::<T>().shape(r.shape.clone()).create(r.name.as_str()))
 }
 
 /// Writes a `step` attribute of the type of the one-element region `step` holding `bytes`,
 /// and returns its value as a number.
 fn step_attribute(group: &Group, dtype: Dtype, bytes: &[u8]) -> ::hdf5::Result<f64> {
-    with_type!(dtype, T => {
+    with_element!(dtype, T => {
         let value = <T as LittleEndian>::decode_le(bytes);
         group.new_attr::<T>().create("step")?.write_scalar(&value)?;
         Ok(value.as_f64())
@@ -331,7 +314,7 @@ fn step_attribute(group: &Group, dtype: Dtype, bytes: &[u8]) -> ::hdf5::Result<f
 /// Writes the elements in `bytes` into `dataset` (of `region`'s shape), the first of them
 /// being element `first` in C order.
 fn write_run(dataset: &Dataset, region: &RegionInfo, first: usize, bytes: &[u8]) -> ::hdf5::Result<()> {
-    with_type!(region.dtype, T => {
+    with_element!(region.dtype, T => {
         let values: Vec<T> = bytes.chunks_exact(std::mem::size_of::<T>()).map(<T as LittleEndian>::decode_le).collect();
         let mut done = 0;
         for ranges in boxes(&region.shape, first..first + values.len()) {

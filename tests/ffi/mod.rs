@@ -89,6 +89,32 @@ pub fn venv(test: &str, name: &str, packages: &[&str], probe: &str) -> Option<Pa
     Some(venv)
 }
 
+/// Runs `tcasm checkpoint NAME --dir DIR --count COUNT` while calling `publish` every 30 ms
+/// (the producer runs in the test process), until it has taken its checkpoints.
+pub fn checkpoint_while_publishing(name: &str, dir: &Path, count: u64, limit: Duration, mut publish: impl FnMut()) {
+    let mut checkpointer = Command::new(env!("CARGO_BIN_EXE_tcasm"))
+        .args(["checkpoint", name, "--dir"])
+        .arg(dir)
+        .args(["--count", &count.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let since = Instant::now();
+    let status = loop {
+        if let Some(status) = checkpointer.try_wait().unwrap() {
+            break status;
+        }
+        if since.elapsed() > limit {
+            let _ = checkpointer.kill();
+            panic!("tcasm checkpoint did not finish in {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        publish();
+    };
+    assert!(status.success(), "tcasm checkpoint failed: {status}");
+}
+
 /// The cargo running these tests.
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
