@@ -349,7 +349,7 @@ fn split(shape: &[usize], run: Range<usize>, prefix: &mut Vec<usize>, out: &mut 
     };
     let (rest, stride) = (&shape[1..], shape[1..].iter().product::<usize>());
     let (first, last) = (run.start / stride, (run.end - 1) / stride);
-    let (head, tail) = (run.start % stride != 0, run.end % stride != 0);
+    let (head, tail) = (!run.start.is_multiple_of(stride), !run.end.is_multiple_of(stride));
     if first == last && (head || tail) {
         prefix.push(first);
         split(rest, run.start - first * stride..run.end - first * stride, prefix, out);

@@ -89,7 +89,7 @@ pub fn hdf5(args: Hdf5Args) -> crate::Result {
         HumanBytes((exported.bytes as f64 / took.as_secs_f64().max(1e-9)) as u64)
     );
     for r in &last.space.regions {
-        println!("  {:<24} {:<4} {}", r.name, r.dtype.name(), format!("{:?}", r.shape));
+        println!("  {:<24} {:<4} {:?}", r.name, r.dtype.name(), r.shape);
     }
     match &exported.xdmf {
         Some(xmf) => println!("open {} in ParaView or VisIt (the regions of rank 2 and 3, as cell data)", xmf.display()),
