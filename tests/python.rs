@@ -55,7 +55,7 @@ impl Regions {
             counts: p.wrap_vec("counts", vec![0i32; 1000], &[1000]).unwrap(),
             bytes: p.region::<u8>("bytes", &[3, 5, 300]).unwrap(),
             constant: p.region::<u64>("const", &[2048]).unwrap(),
-            small: p.wrap_vec("small", vec![0f32; 120], &[2, 3, 4, 5]).unwrap(),
+            small: p.wrap_vec("small", vec![0f32; 120], &[2, 1, 3, 1, 4, 1, 5, 1]).unwrap(),
         };
         for (i, x) in r.constant.iter_mut().enumerate() {
             *x = i as u64 * 3;
