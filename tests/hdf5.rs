@@ -212,6 +212,7 @@ mod export {
         refused(&["restore", &dir, "--version", "999999", "--format", "hdf5", "--out", &h5s], "no complete checkpoint of version 999999");
         refused(&["restore", &dir, "--versions", "999990..999999", "--format", "hdf5", "--out", &h5s], "no complete checkpoint of a version in");
         refused(&["restore", &dir, "--versions", "1..", "--out", &out_dir.join("npy").display().to_string()], "--format hdf5");
+        refused(&["restore", &dir, "--format", "hdf5", "--out", &out_dir.join("x.xmf").display().to_string()], "name the HDF5 file FILE.h5");
         // A directory that does not exist, and one that is a file.
         refused(&["restore", &dir, "--format", "hdf5", "--out", &scratch.join("missing/x.h5").display().to_string()], "No such file or directory");
         fs::write(scratch.join("file"), b"").unwrap();

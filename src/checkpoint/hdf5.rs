@@ -55,6 +55,8 @@ pub enum ExportError {
     Hdf5 { path: PathBuf, what: String, #[source] source: ::hdf5::Error },
     #[error("nothing to export: no versions given")]
     NoVersions,
+    #[error("{}: the XDMF file takes the name ending in .xmf; name the HDF5 file FILE.h5", path.display())]
+    XdmfName { path: PathBuf },
 }
 
 /// What [`export_hdf5`] wrote.
@@ -124,6 +126,9 @@ pub fn export_hdf5(restores: &[Restore], out: &Path, force: bool) -> Result<Expo
         return Err(ExportError::NoVersions);
     }
     let xmf = out.with_extension("xmf");
+    if xmf == out {
+        return Err(ExportError::XdmfName { path: out.to_path_buf() });
+    }
     if !force {
         for path in [out, xmf.as_path()] {
             if fs::symlink_metadata(path).is_ok() {
