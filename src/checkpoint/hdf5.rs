@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use ::hdf5::types::VarLenUnicode;
-use ::hdf5::{Dataset, Group, H5Type, Hyperslab, SliceOrIndex};
+use ::hdf5::{Dataset, Group, Hyperslab, SliceOrIndex};
 use ndarray::{ArrayView, IxDyn};
 
 use super::xdmf;
@@ -280,28 +280,6 @@ fn write_version(group: &Group, restore: &Restore, out: &Path) -> Result<Written
     Ok(WrittenVersion { step })
 }
 
-/// Element types as their little-endian bytes.
-trait LittleEndian: H5Type + Copy {
-    fn decode_le(bytes: &[u8]) -> Self;
-    fn as_f64(self) -> f64;
-}
-
-macro_rules! little_endian {
-    ($($t:ty),*) => {$(
-        impl LittleEndian for $t {
-            fn decode_le(bytes: &[u8]) -> Self {
-                let mut b = [0u8; std::mem::size_of::<$t>()];
-                b.copy_from_slice(bytes);
-                <$t>::from_le_bytes(b)
-            }
-            fn as_f64(self) -> f64 {
-                self as f64
-            }
-        }
-    )*};
-}
-little_endian!(u8, i8, u16, i16, u32, i32, u64, i64, f32, f64);
-
 fn create_dataset(group: &Group, r: &RegionInfo) -> ::hdf5::Result<Dataset> {
     with_element!(r.dtype, T => group.new_dataset::<T>().shape(r.shape.clone()).create(r.name.as_str()))
 }
@@ -310,17 +288,25 @@ fn create_dataset(group: &Group, r: &RegionInfo) -> ::hdf5::Result<Dataset> {
 /// and returns its value as a number.
 fn step_attribute(group: &Group, dtype: Dtype, bytes: &[u8]) -> ::hdf5::Result<f64> {
     with_element!(dtype, T => {
-        let value = <T as LittleEndian>::decode_le(bytes);
+        let value: T = bytemuck::pod_read_unaligned(bytes);
         group.new_attr::<T>().create("step")?.write_scalar(&value)?;
-        Ok(value.as_f64())
+        Ok(value as f64)
     })
 }
 
-/// Writes the elements in `bytes` into `dataset` (of `region`'s shape), the first of them
-/// being element `first` in C order.
+/// Writes the elements in `bytes` (the producer's memory, so native byte order) into
+/// `dataset` (of `region`'s shape), the first of them being element `first` in C order.
 fn write_run(dataset: &Dataset, region: &RegionInfo, first: usize, bytes: &[u8]) -> ::hdf5::Result<()> {
     with_element!(region.dtype, T => {
-        let values: Vec<T> = bytes.chunks_exact(std::mem::size_of::<T>()).map(<T as LittleEndian>::decode_le).collect();
+        let copied: Vec<T>;
+        let values: &[T] = match bytemuck::try_cast_slice(bytes) {
+            Ok(values) => values,
+            // Not aligned for T where the reader's buffer happens to lie: a copy is.
+            Err(_) => {
+                copied = bytemuck::pod_collect_to_vec(bytes);
+                &copied
+            }
+        };
         let mut done = 0;
         for ranges in boxes(&region.shape, first..first + values.len()) {
             let lengths: Vec<usize> = ranges.iter().map(|r| r.len()).collect();

@@ -1,6 +1,7 @@
 //! `tcasm restore --format hdf5`: checkpointed versions as one HDF5 file and an XDMF file
-//! beside it (`tcasm::checkpoint::export_hdf5`), for h5py, ParaView and VisIt. Only in a
-//! build with the `hdf5` feature; without it the command says how to get one.
+//! beside it (`tcasm::checkpoint::export_hdf5`), for h5py, ParaView and VisIt; and `tcasm
+//! bench export`, its rate against the `.npy` restore. Only in a build with the `hdf5`
+//! feature; without it both say how to get one.
 use std::fmt;
 use std::path::PathBuf;
 
@@ -98,12 +99,86 @@ pub fn hdf5(args: Hdf5Args) -> crate::Result {
     Ok(())
 }
 
+/// What a build without the `hdf5` feature answers.
+#[cfg(not(feature = "hdf5"))]
+const NOT_BUILT: &str = "this tcasm was built without HDF5 export. Install the HDF5 library and pkg-config \
+     (Debian/Ubuntu: `apt-get install libhdf5-dev pkg-config`), then rebuild with the \
+     feature: `cargo build --release --features hdf5`";
+
 #[cfg(not(feature = "hdf5"))]
 pub fn hdf5(_: Hdf5Args) -> crate::Result {
-    Err("this tcasm was built without HDF5 export. Install the HDF5 library and pkg-config \
-         (Debian/Ubuntu: `apt-get install libhdf5-dev pkg-config`), then rebuild with the \
-         feature: `cargo build --release --features hdf5`"
-        .into())
+    Err(NOT_BUILT.into())
+}
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// A checkpoint directory.
+    checkpoints: PathBuf,
+    /// The version to export (default: the newest complete checkpoint).
+    #[arg(long)]
+    version: Option<u64>,
+    /// A scratch directory for the outputs (created; what the bench writes is removed).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Rounds of one .npy restore and one HDF5 export, after one that warms up.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    rounds: u64,
+}
+
+/// The HDF5 export's rate against the `.npy` restore of the same version, in one run: the
+/// two alternate, each round writing the version anew, and both are synced before the clock
+/// stops (the export syncs itself; the `.npy` files are synced after the restore).
+#[cfg(feature = "hdf5")]
+pub fn bench(args: BenchArgs) -> crate::Result {
+    use std::fs::{self, File};
+    use std::time::{Duration, Instant};
+
+    use tcasm::checkpoint::{self, Restore};
+
+    let restore = Restore::open(&args.checkpoints, args.version)?;
+    let bytes: u64 = restore.manifest().space.regions.iter().map(|r| r.bytes() as u64).sum();
+    let scratch = args.dir.join(format!("tcasm-bench-export-{}", std::process::id()));
+    fs::create_dir_all(&scratch)?;
+    let mib_per_s = |took: Duration| bytes as f64 / took.as_secs_f64() / (1 << 20) as f64;
+    let (mut npy, mut hdf5) = (Vec::new(), Vec::new());
+    for round in 0..=args.rounds {
+        let out = scratch.join("npy");
+        let _ = fs::remove_dir_all(&out);
+        let started = Instant::now();
+        let restored = checkpoint::restore_npy(&restore, &out)?;
+        for r in &restored {
+            File::open(out.join(&r.file))?.sync_all()?;
+        }
+        let a = started.elapsed();
+        for old in ["x.h5", "x.xmf"] {
+            let _ = fs::remove_file(scratch.join(old));
+        }
+        let started = Instant::now();
+        checkpoint::export_hdf5(std::slice::from_ref(&restore), &scratch.join("x.h5"), false)?;
+        let b = started.elapsed();
+        if round == 0 {
+            println!("warm-up: npy {:.0} MiB/s, hdf5 {:.0} MiB/s (not counted)", mib_per_s(a), mib_per_s(b));
+            continue;
+        }
+        println!("round {round}: npy {:.0} MiB/s, hdf5 {:.0} MiB/s", mib_per_s(a), mib_per_s(b));
+        npy.push(a);
+        hdf5.push(b);
+    }
+    fs::remove_dir_all(&scratch)?;
+    npy.sort();
+    hdf5.sort();
+    let (npy, hdf5) = (npy[npy.len() / 2], hdf5[hdf5.len() / 2]);
+    let m = restore.manifest();
+    println!("version {} of {:?}: {} in {} regions", m.version, m.space.producer, indicatif::HumanBytes(bytes), m.space.regions.len());
+    println!("npy restore, synced: median {:.3} s ({:.0} MiB/s)", npy.as_secs_f64(), mib_per_s(npy));
+    println!("hdf5 export, synced: median {:.3} s ({:.0} MiB/s)", hdf5.as_secs_f64(), mib_per_s(hdf5));
+    println!("ratio: hdf5 at {:.2} of the npy rate", npy.as_secs_f64() / hdf5.as_secs_f64());
+    Ok(())
+}
+
+#[cfg(not(feature = "hdf5"))]
+pub fn bench(_: BenchArgs) -> crate::Result {
+    Err(NOT_BUILT.into())
 }
 
 #[cfg(test)]

@@ -56,6 +56,8 @@ enum Command {
 enum Bench {
     /// Checkpoint drain rate against the directory's sequential write bandwidth.
     Checkpoint(checkpoint::BenchArgs),
+    /// HDF5 export rate against the .npy restore of the same version (--features hdf5).
+    Export(export::BenchArgs),
     /// Producer cost per version against the share of pages written, for each tracker and
     /// the hand-written baselines (memcpy, double buffer, fork), with observer processes.
     Coverage(bench::coverage::Args),
@@ -105,6 +107,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => checkpoint::verify(a),
         Command::Top(a) => top::run(a),
         Command::Bench(Bench::Checkpoint(a)) => checkpoint::bench(a),
+        Command::Bench(Bench::Export(a)) => export::bench(a),
         Command::Bench(Bench::Coverage(a)) => bench::coverage::run(a),
         Command::DemoObserver(a) => demo::observe(a),
         Command::StressObserver(a) => stress::observe(a),
