@@ -18,7 +18,8 @@
 //! A dataset has the region's shape (C order) and element type (HDF5's native little-endian
 //! integers and IEEE floats: every tcasm element type has one). A region named `a/b` is the
 //! dataset `b` in the group `a`. `checkpoint_time` is when the checkpoint completed, in
-//! seconds since the Unix epoch; `step` is the value of a one-element region named `step`,
+//! seconds since the Unix epoch (its manifest's modification time: a copy of the directory
+//! that does not keep times has the copy's); `step` is the value of a one-element region named `step`,
 //! when the producer has one, with its type.
 //!
 //! # Writing

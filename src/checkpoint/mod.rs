@@ -60,6 +60,11 @@
 //! the chain directory is renamed to `chain-N.retired` (atomically invisible to readers)
 //! and then removed; a leftover `.retired` directory is removed by the next writer.
 //!
+//! # Restore and export
+//! A version is rebuilt by replaying its chain, base first ([`Restore`]), into one `.npy`
+//! file per region (`npy`), or, with the `hdf5` feature, into one HDF5 file with an XDMF file
+//! beside it for ParaView and VisIt (`hdf5`, `xdmf`), several versions into one file.
+//!
 //! # Checks
 //! Every check has its own [`CheckpointError`] variant: magic, format version, manifest
 //! checksum, chunk checksum (naming file and chunk), truncated or overlong data file, a
