@@ -21,7 +21,10 @@
 !   tcasm_publish), and stay allocated until tcasm_destroy: do not DEALLOCATE, reallocate
 !   (t = bigger) or MOVE_ALLOC it before. Every array must be wrapped before the first publish.
 ! - Element types: real(c_double), real(c_float), integer(c_int32_t), integer(c_int64_t);
-!   rank 0 to 4 (a scalar is a region of one element).
+!   rank 0 to 8 (TCASM_MAX_DIMS in tcasm.h; a scalar is a region of one element). Each kind has
+!   one wrapper taking an assumed-rank array (`array(..)`, Fortran 2018), which covers every
+!   rank: nothing is repeated per rank, and nothing is generated. A rank above 8 is refused
+!   with TCASM_ERR_INVALID.
 ! - Observers see a region in C order, so its shape is the array's reversed: t(nx, ny) is a
 !   region of shape (ny, nx), and in numpy a[j-1, i-1] is t(i, j) (a.T has Fortran's indexing).
 ! - Every procedure takes an optional integer `stat`: without it a failure stops the program

@@ -13,8 +13,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// The most dimensions a shape may have.
-#define TCASM_MAX_DIMS 4
+// The most dimensions a shape may have: 8, enough for a Fortran array of any rank up to 7
+// (Fortran 2003's limit) and for the 6-D phase space of transport codes. HDF5 allows 32;
+// tcasm keeps one shared-memory word per dimension, so it stops at 8.
+#define TCASM_MAX_DIMS 8
 
 // What a call did: `TCASM_OK`, or why it failed. `tcasm_strerror` names a status;
 // `tcasm_last_error` describes the last failure of the calling thread in full.
@@ -24,7 +26,7 @@ typedef enum tcasm_status {
   // A pointer argument that must not be NULL was NULL.
   TCASM_ERR_NULL = 1,
   // An argument is not valid: a name that is not UTF-8 or has characters tcasm does not
-  // allow, an unknown element type or tracker, a shape with 0 or more than 4 dimensions or
+  // allow, an unknown element type or tracker, a shape with 0 or more than 8 dimensions or
   // no elements, a buffer that overlaps one wrapped already.
   TCASM_ERR_INVALID = 2,
   // Another live producer has this endpoint name.

@@ -88,6 +88,26 @@ impl fmt::Display for Dtype {
     }
 }
 
+/// Runs `$body` with the type alias `$t` set to the Rust element type of the [`Dtype`]
+/// `$dtype`: code written once for every element type (`with_element!(d, T => size_of::<T>())`).
+#[macro_export]
+macro_rules! with_element {
+    ($dtype:expr, $t:ident => $body:expr) => {
+        match $dtype {
+            $crate::Dtype::U8 => { type $t = u8; $body }
+            $crate::Dtype::I8 => { type $t = i8; $body }
+            $crate::Dtype::U16 => { type $t = u16; $body }
+            $crate::Dtype::I16 => { type $t = i16; $body }
+            $crate::Dtype::U32 => { type $t = u32; $body }
+            $crate::Dtype::I32 => { type $t = i32; $body }
+            $crate::Dtype::U64 => { type $t = u64; $body }
+            $crate::Dtype::I64 => { type $t = i64; $body }
+            $crate::Dtype::F32 => { type $t = f32; $body }
+            $crate::Dtype::F64 => { type $t = f64; $body }
+        }
+    };
+}
+
 mod sealed {
     pub trait Sealed {}
 }
@@ -107,8 +127,11 @@ macro_rules! element {
 element!(u8 => U8, i8 => I8, u16 => U16, i16 => I16, u32 => U32, i32 => I32,
          u64 => U64, i64 => I64, f32 => F32, f64 => F64);
 
-/// The most dimensions a region's shape may have.
-pub const MAX_DIMS: usize = 4;
+/// The most dimensions a region's shape may have. HDF5 allows 32 and Fortran 2008 15, but
+/// simulation fields stop at rank 6 or 7 (a transport code's phase space is 6-D, and 7 was
+/// Fortran's limit until 2008); 8 covers those and keeps a region's shared-memory entry
+/// small (one word per dimension).
+pub const MAX_DIMS: usize = 8;
 /// The longest region name, in bytes.
 pub const MAX_NAME: usize = 63;
 

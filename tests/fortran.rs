@@ -1,8 +1,8 @@
 //! The Fortran module from Fortran, built with gfortran against the libtcasm this target
 //! directory holds: `examples/heat.f90` (an ALLOCATABLE heat simulation, a few lines added
 //! for tcasm) publishes exactly the fields it computes, and `tests/ffi/checks.f90` gets the
-//! right statuses and shares arrays of every kind, rank and a scalar, in C order (dimensions
-//! reversed), as a Rust observer sees them.
+//! right statuses and shares arrays of every kind, ranks 1 to 7 and a scalar, in C order
+//! (dimensions reversed), as a Rust observer sees them.
 mod common;
 mod ffi;
 
@@ -112,8 +112,16 @@ fn checks() {
             ("b", Dtype::F32, &[2, 3, 4][..]),
             ("counts", Dtype::I32, &[7][..]),
             ("step", Dtype::I64, &[1][..]),
+            ("phase", Dtype::F64, &[5, 2, 1, 4, 2, 3][..]),
+            ("flags", Dtype::I32, &[2, 2, 1, 3, 2, 1, 2][..]),
         ]
     );
+    // phase(3, 2, 4, 1, 2, 5) and flags(2, 1, 2, 3, 1, 2, 2) hold their memory order index:
+    // the reversed shape in C order is the same memory, element for element.
+    let phase = snap.view::<f64>("phase").unwrap();
+    assert!(phase.len() == 240 && phase.iter().enumerate().all(|(n, &x)| x == n as f64), "{phase:?}");
+    let flags = snap.view::<i32>("flags").unwrap();
+    assert!(flags.len() == 48 && flags.iter().enumerate().all(|(n, &x)| x == n as i32), "{flags:?}");
     // a(i, j) = 10 i + j is a[j-1][i-1] in C order.
     let a = snap.view::<f64>("a").unwrap();
     assert!((1..=3).all(|j| (1..=5).all(|i| a[(j - 1) * 5 + (i - 1)] == (10 * i + j) as f64)), "{a:?}");

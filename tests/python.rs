@@ -9,7 +9,7 @@ mod common;
 mod ffi;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -21,33 +21,8 @@ const LIMIT: Duration = Duration::from_secs(120);
 /// per target directory and rebuilt (incrementally) by every run. `None` when Python cannot
 /// make one (a skip, or a failure under TCASM_REQUIRE_TOOLS=1).
 fn venv(test: &str) -> Option<PathBuf> {
-    let python = std::env::var("TCASM_PYTHON").unwrap_or_else(|_| "python3".into());
-    if !ffi::tool_available(test, &python, &["-c", "import venv, ensurepip"]) {
-        return None;
-    }
-    let venv = ffi::target_dir().join("tcasm-python-venv");
+    let venv = ffi::venv(test, "tcasm-python-venv", &["maturin>=1.7,<2", "numpy"], "import numpy, maturin")?;
     let bin = venv.join("bin");
-    let ready = |bin: &Path| {
-        bin.join("maturin").exists()
-            && Command::new(bin.join("python")).args(["-c", "import numpy"]).output().is_ok_and(|o| o.status.success())
-    };
-    if !ready(&bin) {
-        let _ = std::fs::remove_dir_all(&venv);
-        ffi::run(Command::new(&python).args(["-m", "venv"]).arg(&venv), "creating the virtual environment");
-        let pip = Command::new(bin.join("python"))
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "maturin>=1.7,<2", "numpy"])
-            .output();
-        match pip {
-            Ok(out) if out.status.success() => {}
-            Ok(out) => {
-                let why = format!("pip could not install maturin and numpy: {}", String::from_utf8_lossy(&out.stderr).trim());
-                let _ = std::fs::remove_dir_all(&venv);
-                ffi::skip_or_fail(test, &why);
-                return None;
-            }
-            Err(e) => panic!("running pip: {e}"),
-        }
-    }
     let path = std::env::join_paths(
         std::iter::once(bin.clone()).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
     )
@@ -81,7 +56,7 @@ impl Regions {
             counts: p.wrap_vec("counts", vec![0i32; 1000], &[1000]).unwrap(),
             bytes: p.region::<u8>("bytes", &[3, 5, 300]).unwrap(),
             constant: p.region::<u64>("const", &[2048]).unwrap(),
-            small: p.wrap_vec("small", vec![0f32; 120], &[2, 3, 4, 5]).unwrap(),
+            small: p.wrap_vec("small", vec![0f32; 120], &[2, 1, 3, 1, 4, 1, 5, 1]).unwrap(),
         };
         for (i, x) in r.constant.iter_mut().enumerate() {
             *x = i as u64 * 3;
@@ -129,24 +104,9 @@ fn python_observer_sees_what_was_published() {
 
     // Two checkpoints (a base and an increment) by the tcasm tool, while versions go by.
     let checkpoints = scratch.join("checkpoints");
-    let mut checkpointer = Command::new(common::tcasm_bin())
-        .args(["checkpoint", name, "--dir"])
-        .arg(&checkpoints)
-        .args(["--count", "2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let since = Instant::now();
-    let status = loop {
-        if let Some(status) = checkpointer.try_wait().unwrap() {
-            break status;
-        }
-        assert!(since.elapsed() < LIMIT, "tcasm checkpoint did not finish");
-        std::thread::sleep(Duration::from_millis(30));
+    ffi::checkpoint_while_publishing(name, &checkpoints, 2, LIMIT, || {
         publish(&mut producer, &mut regions);
-    };
-    assert!(status.success(), "tcasm checkpoint failed: {status}");
+    });
 
     let mut python = Command::new(venv.join("bin/python"))
         .arg(ffi::root().join("python/tests/check_observer.py"))

@@ -31,7 +31,7 @@ use pyo3::types::PyDict;
 
 use tcasm_core::checkpoint::{Catalog, CheckpointError, Restore};
 use tcasm_core::error::{EndpointError, ReadError};
-use tcasm_core::{Dtype, RegionInfo};
+use tcasm_core::{with_element, RegionInfo};
 
 create_exception!(tcasm, TcasmError, PyException, "A tcasm operation failed; the message says why.");
 create_exception!(
@@ -51,24 +51,6 @@ fn read_error(e: ReadError) -> PyErr {
 
 fn checkpoint_error(e: CheckpointError) -> PyErr {
     TcasmError::new_err(e.to_string())
-}
-
-/// Calls `$body` with the type alias `$t` set to the Rust element type of `$dtype`.
-macro_rules! with_element {
-    ($dtype:expr, $t:ident => $body:expr) => {
-        match $dtype {
-            Dtype::U8 => { type $t = u8; $body }
-            Dtype::I8 => { type $t = i8; $body }
-            Dtype::U16 => { type $t = u16; $body }
-            Dtype::I16 => { type $t = i16; $body }
-            Dtype::U32 => { type $t = u32; $body }
-            Dtype::I32 => { type $t = i32; $body }
-            Dtype::U64 => { type $t = u64; $body }
-            Dtype::I64 => { type $t = i64; $body }
-            Dtype::F32 => { type $t = f32; $body }
-            Dtype::F64 => { type $t = f64; $body }
-        }
-    };
 }
 
 /// A connection to one producer (from `tcasm.attach`).

@@ -60,6 +60,11 @@
 //! the chain directory is renamed to `chain-N.retired` (atomically invisible to readers)
 //! and then removed; a leftover `.retired` directory is removed by the next writer.
 //!
+//! # Restore and export
+//! A version is rebuilt by replaying its chain, base first ([`Restore`]), into one `.npy`
+//! file per region (`npy`), or, with the `hdf5` feature, into one HDF5 file with an XDMF file
+//! beside it for ParaView and VisIt (`hdf5`, `xdmf`), several versions into one file.
+//!
 //! # Checks
 //! Every check has its own [`CheckpointError`] variant: magic, format version, manifest
 //! checksum, chunk checksum (naming file and chunk), truncated or overlong data file, a
@@ -72,12 +77,18 @@ use crate::observer::{Observer, Snapshot};
 use crate::region::RegionInfo;
 
 mod format;
+#[cfg(feature = "hdf5")]
+mod hdf5;
 mod npy;
 mod reader;
 mod verify;
 mod writer;
+#[cfg(feature = "hdf5")]
+mod xdmf;
 
 pub use format::{Chunk, Link, Manifest, CHUNK_BYTES, FORMAT};
+#[cfg(feature = "hdf5")]
+pub use hdf5::{export_hdf5, ExportError, Exported};
 pub use npy::{restore_npy, RestoredRegion};
 pub use reader::{Catalog, ChainListing, Restore};
 pub use verify::{verify, Damage, VerifyReport};

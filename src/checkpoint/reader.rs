@@ -86,6 +86,14 @@ impl Catalog {
         self.chains.iter().rev().find(|c| c.complete.binary_search(&version).is_ok()).map(|c| c.number)
     }
 
+    /// Every version with a complete checkpoint in some chain, ascending, once each.
+    pub fn versions(&self) -> Vec<u64> {
+        let mut all: Vec<u64> = self.chains.iter().flat_map(|c| c.complete.iter().copied()).collect();
+        all.sort_unstable();
+        all.dedup();
+        all
+    }
+
     /// Whether `chain` starts with a complete, intact base manifest.
     pub fn has_base(&self, chain: &ChainListing) -> bool {
         chain.complete.first().is_some_and(|&v| load_manifest(&chain.dir, chain.number, v).is_ok_and(|(m, _)| m.is_base()))
@@ -238,6 +246,13 @@ impl Restore {
     /// The checkpoint restored.
     pub fn manifest(&self) -> &Manifest {
         self.chain.last().expect("a chain has its checkpoint")
+    }
+
+    /// When the checkpoint completed: its manifest's modification time (the format stores
+    /// no time; the manifest is renamed into place as the checkpoint's last step).
+    pub fn completed(&self) -> Result<std::time::SystemTime, CheckpointError> {
+        let file = format::manifest_path(&self.dir, self.manifest().version);
+        fs::metadata(&file).and_then(|m| m.modified()).map_err(CheckpointError::io("reading", file))
     }
 
     /// The versions replayed, base first.

@@ -11,8 +11,9 @@
 //! log_at .. +log_words   record log: one page-map record per version, written round-robin
 //! ```
 //!
-//! A region entry: 8 words of name (NUL-padded UTF-8), dtype code, ndim, 4 shape words,
-//! first page, and `pages | offset << 48`.
+//! A region entry (REGION_WORDS words, fields in [`reg`]): 8 words of name (NUL-padded
+//! UTF-8), dtype code, ndim, MAX_DIMS shape words (unused ones 0), first page, and
+//! `pages | offset << 48`.
 //!
 //! A version entry: version (seqlock word, 0 while being written), record position, publish
 //! time (CLOCK_MONOTONIC ns), pages changed, bytes of the free-slot reserve, publish duration
@@ -30,10 +31,12 @@ use crate::region::{check_name, check_shape, Dtype, RegionInfo, MAX_DIMS};
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TCASM\0CB");
 pub const PINS_MAGIC: u64 = u64::from_le_bytes(*b"TCASM\0PT");
+/// 2: region entries hold 8 shape words (1 held 4); page-map runs name a pool slot (three
+/// words a run) instead of a plane; version entries carry the reserve's bytes.
 pub const LAYOUT_VERSION: u64 = 2;
 
 pub const HEADER_WORDS: usize = 64;
-pub const REGION_WORDS: usize = 16;
+pub const REGION_WORDS: usize = reg::PLACEMENT + 1;
 pub const VERSION_WORDS: usize = 8;
 pub const VERSION_RING: usize = 1024;
 pub const OBSERVER_WORDS: usize = 16;
@@ -66,6 +69,20 @@ pub mod hdr {
     pub const LATEST: usize = 19;
     /// Log positions below this mark may be overwritten (the log's seqlock word).
     pub const LOG_MARK: usize = 21;
+}
+
+/// Words of a region entry, relative to its first.
+pub mod reg {
+    use crate::region::MAX_DIMS;
+    /// 8 words: the name, NUL-padded UTF-8.
+    pub const NAME: usize = 0;
+    pub const DTYPE: usize = 8;
+    pub const NDIM: usize = 9;
+    /// MAX_DIMS words: the shape, unused dimensions 0.
+    pub const SHAPE: usize = 10;
+    pub const FIRST_PAGE: usize = SHAPE + MAX_DIMS;
+    /// `pages | offset << 48`.
+    pub const PLACEMENT: usize = FIRST_PAGE + 1;
 }
 
 /// Words of a pin page.
@@ -176,15 +193,15 @@ impl Layout {
             let mut name = [0u8; 64];
             name[..r.name.len()].copy_from_slice(r.name.as_bytes());
             for k in 0..8 {
-                w.push((at + k, u64::from_le_bytes(name[k * 8..k * 8 + 8].try_into().unwrap())));
+                w.push((at + reg::NAME + k, u64::from_le_bytes(name[k * 8..k * 8 + 8].try_into().unwrap())));
             }
-            w.push((at + 8, r.dtype as u64));
-            w.push((at + 9, r.shape.len() as u64));
+            w.push((at + reg::DTYPE, r.dtype as u64));
+            w.push((at + reg::NDIM, r.shape.len() as u64));
             for (k, d) in r.shape.iter().enumerate() {
-                w.push((at + 10 + k, *d as u64));
+                w.push((at + reg::SHAPE + k, *d as u64));
             }
-            w.push((at + 14, r.first_page as u64));
-            w.push((at + 15, r.pages as u64 | (r.offset as u64) << 48));
+            w.push((at + reg::FIRST_PAGE, r.first_page as u64));
+            w.push((at + reg::PLACEMENT, r.pages as u64 | (r.offset as u64) << 48));
         }
         w
     }
@@ -252,22 +269,22 @@ impl Layout {
             let at = l.regions_at() + i * REGION_WORDS;
             let mut name = Vec::with_capacity(64);
             for k in 0..8 {
-                name.extend_from_slice(&read(at + k).to_le_bytes());
+                name.extend_from_slice(&read(at + reg::NAME + k).to_le_bytes());
             }
             let end = name.iter().position(|&b| b == 0).unwrap_or(64);
             let name = String::from_utf8(name[..end].to_vec())
                 .map_err(|_| format!("region {i}: name is not UTF-8"))?;
             check_name(&name).map_err(|e| format!("region {i}: {e}"))?;
-            let dtype = Dtype::from_code(read(at + 8) as u32)
-                .ok_or_else(|| format!("region {name:?}: unknown element type code {}", read(at + 8)))?;
-            let ndim = read(at + 9) as usize;
+            let dtype = Dtype::from_code(read(at + reg::DTYPE) as u32)
+                .ok_or_else(|| format!("region {name:?}: unknown element type code {}", read(at + reg::DTYPE)))?;
+            let ndim = read(at + reg::NDIM) as usize;
             if ndim == 0 || ndim > MAX_DIMS {
                 return Err(format!("region {name:?}: {ndim} dimensions"));
             }
-            let shape: Vec<usize> = (0..ndim).map(|k| read(at + 10 + k) as usize).collect();
+            let shape: Vec<usize> = (0..ndim).map(|k| read(at + reg::SHAPE + k) as usize).collect();
             let elements = check_shape(&name, &shape)?;
-            let first_page = read(at + 14) as usize;
-            let packed = read(at + 15);
+            let first_page = read(at + reg::FIRST_PAGE) as usize;
+            let packed = read(at + reg::PLACEMENT);
             let pages = (packed & ((1 << 48) - 1)) as usize;
             let offset = (packed >> 48) as usize;
             let bytes = elements.checked_mul(dtype.size()).ok_or("region size overflows")?;
@@ -307,12 +324,13 @@ mod tests {
         let page = crate::sys::page_size();
         Layout {
             page_size: page,
-            page_count: 5,
+            page_count: 6,
             regions: vec![
                 RegionInfo { name: "t".into(), dtype: Dtype::F64, shape: vec![16, 32], first_page: 0, pages: 1, offset: 0 },
                 RegionInfo { name: "u".into(), dtype: Dtype::I32, shape: vec![4000], first_page: 1, pages: 4, offset: 8 },
+                RegionInfo { name: "f".into(), dtype: Dtype::F32, shape: vec![2, 1, 3, 1, 2, 1, 2, 2], first_page: 5, pages: 1, offset: 0 },
             ],
-            log_words: Layout::log_words_for(5),
+            log_words: Layout::log_words_for(6),
             pin_slots: 8,
         }
     }
@@ -350,7 +368,7 @@ mod tests {
     fn region_entries_are_checked() {
         let l = sample();
         let at = l.regions_at() + REGION_WORDS;
-        for k in [8, 9, 10, 14, 15] {
+        for k in [reg::DTYPE, reg::NDIM, reg::SHAPE, reg::FIRST_PAGE, reg::PLACEMENT] {
             let mut w = words_of(&l);
             w[at + k] = w[at + k].wrapping_add(1 << 20);
             assert!(Layout::decode(&|i| w[i], w.len()).is_err(), "region word {k} not checked");

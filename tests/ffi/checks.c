@@ -181,7 +181,7 @@ int main(int argc, char **argv) {
     size_t rows = 30, cols = 50;
     double *heap = malloc(rows * cols * sizeof *heap);
     char *bytes = malloc(64);
-    size_t shape2[2] = {rows, cols}, five[5] = {1, 1, 1, 1, 1}, zero[1] = {0}, one[1] = {4};
+    size_t shape2[2] = {rows, cols}, nine[9] = {1, 1, 1, 1, 1, 1, 1, 1, 1}, zero[1] = {0}, one[1] = {4};
     EXPECT(tcasm_publish(p, NULL), TCASM_ERR_NO_REGIONS);
     EXPECT(tcasm_wrap(NULL, "heap", TCASM_F64, heap, shape2, 2), TCASM_ERR_NULL);
     EXPECT(tcasm_wrap(p, NULL, TCASM_F64, heap, shape2, 2), TCASM_ERR_NULL);
@@ -191,7 +191,8 @@ int main(int argc, char **argv) {
     EXPECT(tcasm_wrap(p, "heap", 11, heap, shape2, 2), TCASM_ERR_INVALID);
     EXPECT_MESSAGE("unknown element type 11");
     EXPECT(tcasm_wrap(p, "heap", TCASM_F64, heap, shape2, 0), TCASM_ERR_INVALID);
-    EXPECT(tcasm_wrap(p, "heap", TCASM_F64, heap, five, 5), TCASM_ERR_INVALID);
+    EXPECT(tcasm_wrap(p, "heap", TCASM_F64, heap, nine, 9), TCASM_ERR_INVALID);
+    EXPECT_MESSAGE("1 to 8 dimensions");
     EXPECT(tcasm_wrap(p, "heap", TCASM_F64, heap, zero, 1), TCASM_ERR_INVALID);
     EXPECT(tcasm_wrap(p, "bad name", TCASM_F64, heap, shape2, 2), TCASM_ERR_INVALID);
     EXPECT(tcasm_wrap(p, "odd", TCASM_F64, bytes + 1, one, 1), TCASM_ERR_MISALIGNED);

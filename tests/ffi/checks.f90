@@ -1,5 +1,5 @@
 ! The Fortran module's contract: statuses through stat=, arrays of every supported kind and
-! rank (a scalar too), and refusal of what cannot be shared. Run by tests/fortran.rs, which
+! of ranks 0 (a scalar), 1, 2, 3, 6 and 7, and refusal of what cannot be shared. Run by tests/fortran.rs, which
 ! checks the published regions from Rust:
 !
 !   checks-f NAME TRACKER    prints "ready VERSION TRACKER" once published, destroys the
@@ -13,9 +13,11 @@ program checks
   real(c_float), allocatable, target :: b(:,:,:)
   integer(c_int32_t), target :: counts(7)
   integer(c_int64_t), target :: step
+  real(c_double), allocatable, target :: phase(:,:,:,:,:,:)   ! a transport code's f(x,y,z,mu,eta,g)
+  integer(c_int32_t), allocatable, target :: flags(:,:,:,:,:,:,:)
   integer(c_int64_t) :: version
   type(tcasm_stats) :: stats
-  integer :: stat, i, j, k, failures
+  integer :: stat, i, j, k, failures, n
   character(64) :: name, tracker, line
 
   failures = 0
@@ -47,6 +49,10 @@ program checks
     end do
   end do
   counts = [(i * i, i = 1, 7)]
+  ! Element n (counting from 0 in memory order) holds n: in C order, the flat index.
+  allocate(phase(3, 2, 4, 1, 2, 5), flags(2, 1, 2, 3, 1, 2, 2))
+  phase = reshape([(real(n, c_double), n = 0, size(phase) - 1)], shape(phase))
+  flags = reshape([(int(n, c_int32_t), n = 0, size(flags) - 1)], shape(flags))
   strided = 0
   step = 0
 
@@ -57,6 +63,8 @@ program checks
   call tcasm_wrap(p, "b", b)
   call tcasm_wrap(p, "counts", counts)
   call tcasm_wrap(p, "step", step)
+  call tcasm_wrap(p, "phase", phase)
+  call tcasm_wrap(p, "flags", flags)
   call tcasm_wrap(p, "strided", strided(1:10:2, :), stat=stat)
   call expect(stat, TCASM_ERR_INVALID, "wrap a non-contiguous section")
 
@@ -72,7 +80,7 @@ program checks
   read (*, '(a)') line
   call tcasm_destroy(p)
   call tcasm_destroy(p)   ! a destroyed producer is NULL: nothing happens
-  deallocate(a, b, strided)
+  deallocate(a, b, strided, phase, flags)
   print '(a, 1x, i0)', "done", failures
   if (failures > 0) error stop 1
 

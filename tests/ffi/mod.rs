@@ -52,6 +52,65 @@ pub fn skip_or_fail(test: &str, why: &str) -> bool {
     super::common::skip(test, why, super::common::Lacks::Tool)
 }
 
+/// A Python virtual environment `name` in the target directory with `packages` installed
+/// from PyPI, made once and kept while `probe` (Python code, e.g. `import numpy`) runs in it.
+/// `None` when Python cannot make one or pip cannot install the packages (a skip, or a
+/// failure under TCASM_REQUIRE_TOOLS=1).
+pub fn venv(test: &str, name: &str, packages: &[&str], probe: &str) -> Option<PathBuf> {
+    let python = std::env::var("TCASM_PYTHON").unwrap_or_else(|_| "python3".into());
+    if !tool_available(test, &python, &["-c", "import venv, ensurepip"]) {
+        return None;
+    }
+    let venv = target_dir().join(name);
+    let bin = venv.join("bin");
+    let ready = |bin: &Path| Command::new(bin.join("python")).args(["-c", probe]).output().is_ok_and(|o| o.status.success());
+    if !ready(&bin) {
+        let _ = std::fs::remove_dir_all(&venv);
+        run(Command::new(&python).args(["-m", "venv"]).arg(&venv), "creating the virtual environment");
+        let pip = Command::new(bin.join("python"))
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+            .args(packages)
+            .output();
+        match pip {
+            Ok(out) if out.status.success() && ready(&bin) => {}
+            Ok(out) => {
+                let why = format!("pip could not install {}: {}", packages.join(", "), String::from_utf8_lossy(&out.stderr).trim());
+                let _ = std::fs::remove_dir_all(&venv);
+                skip_or_fail(test, &why);
+                return None;
+            }
+            Err(e) => panic!("running pip: {e}"),
+        }
+    }
+    Some(venv)
+}
+
+/// Runs `tcasm checkpoint NAME --dir DIR --count COUNT` while calling `publish` every 30 ms
+/// (the producer runs in the test process), until it has taken its checkpoints.
+pub fn checkpoint_while_publishing(name: &str, dir: &Path, count: u64, limit: Duration, mut publish: impl FnMut()) {
+    let mut checkpointer = Command::new(env!("CARGO_BIN_EXE_tcasm"))
+        .args(["checkpoint", name, "--dir"])
+        .arg(dir)
+        .args(["--count", &count.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let since = Instant::now();
+    let status = loop {
+        if let Some(status) = checkpointer.try_wait().unwrap() {
+            break status;
+        }
+        if since.elapsed() > limit {
+            let _ = checkpointer.kill();
+            panic!("tcasm checkpoint did not finish in {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(30));
+        publish();
+    };
+    assert!(status.success(), "tcasm checkpoint failed: {status}");
+}
+
 /// The cargo running these tests.
 pub fn cargo() -> Command {
     let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));

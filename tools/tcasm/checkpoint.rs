@@ -203,12 +203,37 @@ pub struct RestoreArgs {
     /// The version to restore (default: the newest complete checkpoint).
     #[arg(long)]
     version: Option<u64>,
-    /// Where to write one .npy file per region and manifest.json.
+    /// Where to write one .npy file per region and manifest.json (with --format hdf5: the
+    /// .h5 file; the .xmf file goes beside it).
     #[arg(long)]
     out: PathBuf,
+    /// npy: a directory of .npy files. hdf5: one HDF5 file and an XDMF file for ParaView and
+    /// VisIt (needs a build with `--features hdf5`).
+    #[arg(long, value_enum, default_value_t = Format::Npy)]
+    format: Format,
+    /// With --format hdf5: every complete checkpoint from A to B (both included; `A..`,
+    /// `..B`), a group per version.
+    #[arg(long, value_name = "A..B", conflicts_with = "version", value_parser = crate::export::parse_versions)]
+    versions: Option<crate::export::VersionRange>,
+    /// With --format hdf5: replace the output files if they exist.
+    #[arg(long)]
+    force: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    Npy,
+    Hdf5,
 }
 
 pub fn restore(args: RestoreArgs) -> crate::Result {
+    if args.format == Format::Hdf5 {
+        let RestoreArgs { dir, version, versions, out, force, .. } = args;
+        return crate::export::hdf5(crate::export::Hdf5Args { dir, version, versions, out, force });
+    }
+    if args.versions.is_some() || args.force {
+        return Err("--versions and --force go with --format hdf5; a .npy restore is of one version".into());
+    }
     let restore = Restore::open(&args.dir, args.version)?;
     let regions = checkpoint::restore_npy(&restore, &args.out)?;
     let m = restore.manifest();

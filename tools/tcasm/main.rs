@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod checkpoint;
 mod demo;
+mod export;
 mod inspect;
 mod stress;
 mod top;
@@ -30,7 +31,8 @@ enum Command {
     Stress(stress::Args),
     /// Follow a producer and write incremental, crash-consistent checkpoints to a directory.
     Checkpoint(checkpoint::Args),
-    /// Rebuild a checkpointed version as one .npy file per region.
+    /// Rebuild a checkpointed version as one .npy file per region, or export versions to
+    /// HDF5 + XDMF (--format hdf5).
     Restore(checkpoint::RestoreArgs),
     /// Check every checksum and chain link of a checkpoint directory.
     Verify(checkpoint::VerifyArgs),
@@ -54,6 +56,8 @@ enum Command {
 enum Bench {
     /// Checkpoint drain rate against the directory's sequential write bandwidth.
     Checkpoint(checkpoint::BenchArgs),
+    /// HDF5 export rate against the .npy restore of the same version (--features hdf5).
+    Export(export::BenchArgs),
     /// Producer cost per version against the share of pages written, for each tracker and
     /// the hand-written baselines (memcpy, double buffer, fork), with observer processes.
     Coverage(bench::coverage::Args),
@@ -103,6 +107,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => checkpoint::verify(a),
         Command::Top(a) => top::run(a),
         Command::Bench(Bench::Checkpoint(a)) => checkpoint::bench(a),
+        Command::Bench(Bench::Export(a)) => export::bench(a),
         Command::Bench(Bench::Coverage(a)) => bench::coverage::run(a),
         Command::DemoObserver(a) => demo::observe(a),
         Command::StressObserver(a) => stress::observe(a),
