@@ -424,10 +424,17 @@ impl Producer {
     }
 
     /// Waits until the last published version is visible to observers. Only the deferred
-    /// path returns from `publish()` earlier; this finishes its copy on the calling thread.
+    /// path returns from `publish()` earlier; this finishes its copy on the calling thread,
+    /// then frees the slots that version superseded (which the other paths do inside
+    /// `publish()`), so that `stats()` shows the memory held from then on.
     pub fn flush(&mut self) {
         if let Some(d) = &mut self.deferred {
             d.flush();
+            if let Some(store) = &mut self.store {
+                store.settle();
+                self.stats.store_bytes = store.store_bytes();
+                self.stats.reserve_bytes = store.reserve_bytes();
+            }
         }
     }
 

@@ -384,6 +384,14 @@ impl StoreWriter {
         self.live_pins.truncate(pins_held);
     }
 
+    /// After the latest version is released: the slots it superseded are free now unless
+    /// pinned; they join the reserve, and what the reserve does not need goes back to the
+    /// kernel. (Safe right after the release: see the protocol in the module docs.)
+    pub fn settle(&mut self) {
+        self.reclaim();
+        self.trim_reserve();
+    }
+
     /// Gives back to the kernel the free slots beyond the reserve the next publishes need:
     /// the most pages one of the last [`RESERVE_WINDOW`] publishes wrote, at most
     /// `max_reserve`.
@@ -417,11 +425,7 @@ impl StoreWriter {
         let prepared = self.prepare(&dirty)?;
         self.mapped.copy_all(&prepared.copies, threads);
         self.mapped.release(&prepared, started.elapsed());
-        // The slots this version superseded are free now unless pinned: into the reserve,
-        // and what the reserve does not need back to the kernel. (Safe right after the
-        // release: see the protocol in the module docs.)
-        self.reclaim();
-        self.trim_reserve();
+        self.settle();
         Ok(Published { prepared, changed, compare_time })
     }
 

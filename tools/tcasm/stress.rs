@@ -60,7 +60,7 @@ pub struct Args {
     /// Bytes of the producer's region, a multiple of the page size (e.g. 64MiB).
     #[arg(long, default_value = "64MiB", value_parser = crate::parse_size)]
     size: usize,
-    /// How the producer finds written pages: async, copy or auto.
+    /// How the producer finds written pages: auto, async, sync, deferred or copy.
     #[arg(long, default_value_t = TrackerKind::Auto)]
     tracker: TrackerKind,
     /// Endpoint name (default: stress-PID).
@@ -406,6 +406,7 @@ impl Writer {
         for _ in 0..SETTLE_VERSIONS {
             self.publish_next()?;
         }
+        self.producer.flush();
         let latest = (self.pattern.pages * page_size()) as u64;
         Ok(self.producer.stats().store_bytes.saturating_sub(latest))
     }
