@@ -159,7 +159,7 @@ pub fn run(args: Args) -> crate::Result {
     let observed = observer.map(ObserverProcess::finish);
 
     println!(
-        "summary: {} versions in {:.1} s, {} pages copied ({})",
+        "summary: {} versions in {:.1} s, {} pages changed and copied ({})",
         run.versions,
         elapsed.as_secs_f64(),
         run.pages,
