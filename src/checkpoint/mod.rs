@@ -73,6 +73,7 @@ use crate::region::RegionInfo;
 
 mod format;
 mod npy;
+mod plan;
 mod reader;
 mod verify;
 mod writer;

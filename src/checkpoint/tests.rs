@@ -223,6 +223,28 @@ fn a_truncated_data_file_is_reported() {
 }
 
 #[test]
+fn verify_and_restore_agree_per_page_on_a_truncated_base() {
+    // By version 6 every page was written again since 1: v6 needs nothing of its base.
+    let dir = scratch("truncated-base");
+    write(&dir, &[1, 6], WriterOptions::default());
+    let f = fs::OpenOptions::new().write(true).open(format::data_path(&format::chain_dir(&dir, 1), 1)).unwrap();
+    f.set_len(f.metadata().unwrap().len() - 1).unwrap();
+    let report = verify(&dir).unwrap();
+    assert_eq!(report.damage.len(), 1);
+    assert!(matches!(report.damage[0].error, CheckpointError::Truncated { .. }), "{}", report.damage[0].error);
+    assert_eq!(report.damage[0].unrestorable, [1]);
+    assert_eq!(report.restorable, [(1, 6)]);
+    assert!(restored(&dir, Some(6)).unwrap() == Fake::at(6).image());
+    assert!(matches!(restored(&dir, Some(1)), Err(CheckpointError::Truncated { .. })));
+    // A missing base data file is the same: v6 still restores, v1 does not.
+    fs::remove_file(format::data_path(&format::chain_dir(&dir, 1), 1)).unwrap();
+    let report = verify(&dir).unwrap();
+    assert_eq!((report.damage[0].unrestorable.as_slice(), report.restorable.as_slice()), ([1].as_slice(), [(1, 6)].as_slice()));
+    assert!(restored(&dir, Some(6)).unwrap() == Fake::at(6).image());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn missing_manifests_break_the_chain_after_them() {
     let (dir, report) = damaged("missing", |chain| fs::remove_file(format::manifest_path(chain, 2)).unwrap());
     let e = &report.damage[0].error;
