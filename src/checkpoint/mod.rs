@@ -75,6 +75,7 @@ mod format;
 mod npy;
 mod plan;
 mod reader;
+pub mod restart;
 mod verify;
 mod writer;
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::{self, Manifest};
 use super::*;
+use super::restart;
 use crate::region::{Dtype, RegionInfo};
 
 const PAGE: usize = 4096;
@@ -332,5 +333,92 @@ fn npy_files_hold_each_region_after_a_standard_header() {
     assert_eq!(&h[..10], b"\x93NUMPY\x01\x00\x76\x00");
     assert!(String::from_utf8_lossy(&h[10..]).starts_with("{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }"));
     assert!(String::from_utf8_lossy(&npy::header(Dtype::U8, &[5])[10..]).contains("'shape': (5,)"));
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The bytes of each region of `space()` at version `v`.
+fn region_bytes(v: u64) -> Vec<Vec<u8>> {
+    let image = Fake::at(v).image();
+    space().regions.iter().map(|r| image[r.first_page * PAGE + r.offset..][..r.bytes()].to_vec()).collect()
+}
+
+/// Restarts into buffers laid out unlike the checkpoint's page space (other offsets).
+fn restart_into(dirs: &[&Path], regions: &[RegionInfo]) -> Result<Option<(restart::Restarted, Vec<Vec<u8>>)>, restart::RestartError> {
+    let mut out: Vec<Vec<u8>> = regions.iter().map(|r| vec![0xee; r.bytes()]).collect();
+    let found = restart::load(dirs, regions, |r, at, bytes| out[r][at..at + bytes.len()].copy_from_slice(bytes))?;
+    Ok(found.map(|f| (f, out)))
+}
+
+fn moved_regions() -> Vec<RegionInfo> {
+    let mut regions = space().regions;
+    regions.reverse();
+    regions[0].offset = 0;
+    regions[1].offset = 100;
+    regions
+}
+
+#[test]
+fn restart_takes_the_newest_complete_version_of_any_level() {
+    let (local, persistent) = (scratch("restart-local"), scratch("restart-persistent"));
+    let regions = moved_regions();
+    let missing = local.join("not-yet");
+    assert!(restart_into(&[&missing, &persistent], &regions).unwrap().is_none(), "no checkpoint: a first run");
+    write(&local, &[1, 3], WriterOptions::default());
+    write(&persistent, &[2, 5], WriterOptions::default());
+    let (found, bytes) = restart_into(&[&local, &persistent], &regions).unwrap().unwrap();
+    assert_eq!((found.version, found.dir.as_path()), (5, persistent.as_path()));
+    let mut expected = region_bytes(5);
+    expected.reverse();
+    assert!(bytes == expected);
+    // The same version on both levels: the first directory is read; a damaged copy there
+    // gives way to the intact one.
+    write(&local, &[5], WriterOptions::default());
+    let (found, _) = restart_into(&[&local, &persistent], &regions).unwrap().unwrap();
+    assert_eq!(found.dir, local);
+    let chain = format::chain_dir(&local, 2);
+    flip(&format::data_path(&chain, 5), format::DATA_HEADER as u64 + 7);
+    let (found, bytes) = restart_into(&[&local, &persistent], &regions).unwrap().unwrap();
+    assert_eq!(found.dir, persistent);
+    assert!(bytes == expected);
+    // Damaged on the only level: refused, nothing written.
+    fs::remove_dir_all(&persistent).unwrap();
+    let mut out = vec![Vec::new(); 2];
+    let e = restart::load(&[&local, &persistent], &regions, |r, _, _| out[r].push(1)).unwrap_err();
+    assert!(matches!(e, restart::RestartError::Checkpoint(CheckpointError::ChunkChecksum { chunk: 0, .. })), "{e}");
+    assert!(out.iter().all(|o| o.is_empty()), "memory touched");
+    fs::remove_dir_all(&local).unwrap();
+}
+
+#[test]
+fn restart_refuses_another_layout_naming_what_differs() {
+    let dir = scratch("restart-layout");
+    write(&dir, &[1, 2], WriterOptions::default());
+    let refused = |regions: Vec<RegionInfo>| {
+        let mut touched = false;
+        let e = restart::load(&[&dir], &regions, |_, _, _| touched = true).unwrap_err();
+        assert!(!touched, "memory touched by a refused restart");
+        e.to_string()
+    };
+    let mut renamed = moved_regions();
+    renamed[0].name = "temperature".into();
+    let e = refused(renamed);
+    assert!(e.contains("no region \"temperature\"") && e.contains("\"grid/u\""), "{e}");
+    let mut retyped = moved_regions();
+    retyped[0].dtype = Dtype::I64;
+    let e = refused(retyped);
+    assert!(e.contains("region \"t\"") && e.contains("holds f64") && e.contains("i64"), "{e}");
+    let mut reshaped = moved_regions();
+    reshaped[1].shape = vec![100 * PAGE / 3 + 1, 3];
+    let e = refused(reshaped);
+    assert!(e.contains("region \"grid/u\"") && e.contains("shape"), "{e}");
+    let e = refused(moved_regions()[..1].to_vec());
+    assert!(e.contains("region \"grid/u\" this producer does not"), "{e}");
+    // A newer format: refused by name of file and format.
+    let manifest = format::manifest_path(&format::chain_dir(&dir, 1), 2);
+    let mut b = fs::read(&manifest).unwrap();
+    b[8] = 9;
+    fs::write(&manifest, b).unwrap();
+    let e = refused(moved_regions());
+    assert!(e.contains("checkpoint format 9") && e.contains("v000000000002.manifest"), "{e}");
     fs::remove_dir_all(&dir).unwrap();
 }
