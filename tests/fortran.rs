@@ -54,7 +54,7 @@ fn heat_example_publishes_every_step() {
     // "tcasm: target" only gained that attribute).
     let (added, _) = ffi::tcasm_lines(&text, "! tcasm");
     eprintln!("examples/heat.f90: {} lines marked for tcasm: {added:#?}", added.len());
-    assert!(added.len() <= 7, "examples/heat.f90 has {} tcasm lines", added.len());
+    assert!(added.len() <= 10, "examples/heat.f90 has {} tcasm lines", added.len());
     let plain: String = text
         .lines()
         .filter_map(|l| match l.find("! tcasm") {
