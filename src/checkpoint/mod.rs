@@ -73,6 +73,7 @@ use crate::region::RegionInfo;
 
 mod format;
 mod npy;
+pub mod output;
 mod plan;
 mod reader;
 pub mod restart;
@@ -168,6 +169,8 @@ pub enum CheckpointError {
     NoSuchVersion { dir: PathBuf, version: u64, have: String },
     #[error("{} is being written by another checkpointer; give each its own directory", dir.display())]
     Busy { dir: PathBuf },
+    #[error("{}: {what}", dir.display())]
+    BadOutput { dir: PathBuf, what: String },
     #[error("version {version} is not newer than the last checkpoint v{last}")]
     NotNewer { version: u64, last: u64 },
 }

@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
-use tcasm::checkpoint::{self, PageSpace, Restore, WriteBehind, Writer, WriterOptions, Written};
+use tcasm::checkpoint::{self, restart, PageSpace, Restore, WriteBehind, Writer, WriterOptions, Written};
 use tcasm::{Observer, Producer, ProducerOptions, ReadError};
 
 #[derive(clap::Args)]
@@ -198,27 +198,59 @@ pub fn run(args: Args) -> crate::Result {
 
 #[derive(clap::Args)]
 pub struct RestoreArgs {
-    /// A checkpoint directory.
-    dir: PathBuf,
+    /// A checkpoint directory (or give the levels with --from).
+    #[arg(required_unless_present = "from", conflicts_with = "from")]
+    dir: Option<PathBuf>,
+    /// Checkpoint directories LOCAL:PERSISTENT (level 1 first): the newest complete version
+    /// in any of them is restored, from the first directory holding it intact.
+    #[arg(long, value_name = "DIRS")]
+    from: Option<String>,
     /// The version to restore (default: the newest complete checkpoint).
     #[arg(long)]
     version: Option<u64>,
-    /// Where to write one .npy file per region and manifest.json.
+    /// Where to write one .npy file per region and manifest.json (written into a temporary
+    /// directory beside it and renamed at the end; an earlier result there is replaced).
     #[arg(long)]
     out: PathBuf,
 }
 
+/// The checkpoint `args` asks for, from the directory or the first level holding it.
+fn open_restore(args: &RestoreArgs) -> crate::Result<Restore> {
+    let dirs: Vec<PathBuf> = match (&args.dir, &args.from) {
+        (Some(dir), _) => vec![dir.clone()],
+        (None, Some(from)) => restart::split_dirs(from),
+        (None, None) => unreachable!("clap requires DIR or --from"),
+    };
+    let paths: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+    let Some(version) = args.version else {
+        return restart::find_newest(&paths)?.ok_or_else(|| format!("no complete checkpoint in {}", list(&dirs)).into());
+    };
+    let mut errors = Vec::new();
+    for dir in &paths {
+        match Restore::open(dir, Some(version)) {
+            Ok(r) => return Ok(r),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    Err(errors.join("; ").into())
+}
+
+fn list(dirs: &[PathBuf]) -> String {
+    dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" or ")
+}
+
 pub fn restore(args: RestoreArgs) -> crate::Result {
-    let restore = Restore::open(&args.dir, args.version)?;
+    let restore = open_restore(&args)?;
     let regions = checkpoint::restore_npy(&restore, &args.out)?;
     let m = restore.manifest();
     println!(
-        "restored version {} of {:?} (chain {}: base v{} and {} increments) into {}",
+        "restored version {} of {:?} (chain {}: base v{} and {} increments, in {}) into {}",
         m.version,
         m.space.producer,
         m.chain,
         m.base,
         restore.replayed().len() - 1,
+        restore.chain_dir().display(),
         args.out.display()
     );
     for r in regions {
