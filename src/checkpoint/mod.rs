@@ -71,6 +71,7 @@ use std::path::PathBuf;
 use crate::observer::{Observer, Snapshot};
 use crate::region::RegionInfo;
 
+mod flush;
 mod format;
 mod npy;
 pub mod output;
@@ -80,6 +81,7 @@ pub mod restart;
 mod verify;
 mod writer;
 
+pub use flush::{Flushed, Flusher};
 pub use format::{Chunk, Link, Manifest, CHUNK_BYTES, FORMAT};
 pub use npy::{restore_npy, RestoredRegion};
 pub use reader::{Catalog, ChainListing, Restore};

@@ -422,3 +422,41 @@ fn restart_refuses_another_layout_naming_what_differs() {
     assert!(e.contains("checkpoint format 9") && e.contains("v000000000002.manifest"), "{e}");
     fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn flushes_carry_base_and_increments_and_restore_on_their_own() {
+    let (local, persistent) = (scratch("flush-local"), scratch("flush-persistent"));
+    fs::create_dir_all(&persistent).unwrap();
+    let mut w = Writer::create(&local, space(), WriterOptions::default()).unwrap();
+    let mut f = Flusher::create(&local, &persistent, Some(1)).unwrap();
+    for v in [1, 2, 5] {
+        w.write(&Fake::at(v), |_, _| {}).unwrap();
+    }
+    // Version 5 alone is asked for: its base and increments come with it.
+    let flushed = f.flush(1, 5, |_, _| {}).unwrap();
+    assert_eq!((flushed.chain, flushed.copied.as_slice()), (1, [1, 2, 5].as_slice()));
+    assert!(restored(&persistent, Some(5)).unwrap() == Fake::at(5).image());
+    w.write(&Fake::at(6), |_, _| {}).unwrap();
+    w.write(&Fake::at(7), |_, _| {}).unwrap();
+    assert_eq!(f.flush(1, 7, |_, _| {}).unwrap().copied, [6, 7]);
+    assert!(restored(&persistent, None).unwrap() == Fake::at(7).image());
+    assert!(verify(&persistent).unwrap().intact());
+    // A damaged local chunk is refused, never copied with a fresh checksum; the persistent
+    // side keeps restoring what was flushed completely.
+    w.write(&Fake::at(8), |_, _| {}).unwrap();
+    flip(&format::data_path(&format::chain_dir(&local, 1), 8), format::DATA_HEADER as u64 + 1);
+    assert!(matches!(f.flush(1, 8, |_, _| {}), Err(CheckpointError::ChunkChecksum { .. })));
+    assert!(restored(&persistent, None).unwrap() == Fake::at(7).image());
+    // A new local base starts a new persistent chain; the old one is retired (keep 1).
+    w.start_new_chain();
+    w.write(&Fake::at(9), |_, _| {}).unwrap();
+    let flushed = f.flush(2, 9, |_, _| {}).unwrap();
+    assert_eq!((flushed.chain, flushed.copied.as_slice(), flushed.retired.as_slice()), (2, [9].as_slice(), [1].as_slice()));
+    assert!(restored(&persistent, None).unwrap() == Fake::at(9).image());
+    // One flusher per persistent directory; a missing one is refused with what to do.
+    assert!(matches!(Flusher::create(&local, &persistent, None), Err(CheckpointError::Busy { .. })));
+    let e = Flusher::create(&local, &persistent.join("absent"), None).err().unwrap().to_string();
+    assert!(e.contains("create it"), "{e}");
+    fs::remove_dir_all(&local).unwrap();
+    fs::remove_dir_all(&persistent).unwrap();
+}
