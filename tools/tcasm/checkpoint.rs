@@ -9,7 +9,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
-use tcasm::checkpoint::{self, restart, PageSpace, Restore, WriteBehind, Writer, WriterOptions, Written};
+use tcasm::checkpoint::{self, restart, CheckpointError, Flusher, PageSpace, Restore, WriteBehind, Writer, WriterOptions, Written};
+
+use crate::flush;
 use tcasm::{Observer, Producer, ProducerOptions, ReadError};
 
 #[derive(clap::Args)]
@@ -34,6 +36,18 @@ pub struct Args {
     /// Stop after N checkpoints (default: until the producer exits).
     #[arg(long, value_name = "N")]
     count: Option<u64>,
+    /// Level 2: copy completed checkpoints in the background to this persistent directory
+    /// (the parallel file system; it must exist), crash-consistent there too.
+    #[arg(long, value_name = "PERSISTENT")]
+    flush_to: Option<PathBuf>,
+    /// Flush every K-th completed checkpoint (with the checkpoints of its chain not flushed
+    /// yet).
+    #[arg(long, value_name = "K", default_value_t = 1, requires = "flush_to", value_parser = clap::value_parser!(u64).range(1..))]
+    flush_every: u64,
+    /// Keep the newest M chains on PERSISTENT; older ones are removed once a newer base is
+    /// flushed.
+    #[arg(long, value_name = "M", requires = "flush_to", value_parser = clap::value_parser!(u64).range(1..))]
+    keep_flushed: Option<u64>,
 }
 
 /// What a run has done so far.
@@ -149,6 +163,21 @@ impl Progress {
         }
     }
 
+    /// A line that stays (above the bar on a terminal).
+    fn note(&self, line: &str) {
+        match self {
+            Progress::Terminal(bar) => bar.println(line),
+            Progress::Plain => eprintln!("{line}"),
+        }
+    }
+
+    /// Level 2's state, beside level 1's.
+    fn level2(&self, status: &str) {
+        if let Progress::Terminal(bar) = self {
+            bar.set_message(format!("{} | {status}", bar.message().split(" | ").next().unwrap_or("")));
+        }
+    }
+
     fn finish(&self, why: &str, totals: &Totals) {
         if let Progress::Terminal(bar) = self {
             bar.finish_and_clear();
@@ -157,15 +186,45 @@ impl Progress {
     }
 }
 
+/// Whether `e` says the local directory is full (or the file too large for the process):
+/// then the checkpointer keeps the last complete checkpoint and retries with newer versions.
+fn out_of_space(e: &CheckpointError) -> bool {
+    let CheckpointError::Io { source, .. } = e else { return false };
+    matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EFBIG | libc::EDQUOT))
+}
+
+/// Starts level 2, or says why not: level 1 goes on either way.
+fn start_flusher(args: &Args, space: &PageSpace) -> Option<flush::Background> {
+    let persistent = args.flush_to.as_ref()?;
+    match Flusher::create(&args.dir, persistent, args.keep_flushed.map(|k| k as usize)) {
+        Ok(f) => Some(flush::Background::start(f, (space.page_count * space.page_size) as u64)),
+        Err(e) => {
+            eprintln!("tcasm: --flush-to: {e}; checkpoints stay on level 1 ({}) only", args.dir.display());
+            None
+        }
+    }
+}
+
 /// Follows the producer and checkpoints its versions until it exits (or `--count`).
 pub fn run(args: Args) -> crate::Result {
     let observer = Observer::attach(&args.name)?;
     let options = WriterOptions { full_every: args.full_every, keep: args.keep.map(|k| k as usize) };
-    let mut writer = Writer::create(&args.dir, PageSpace::of(&observer), options)?;
+    let space = PageSpace::of(&observer);
+    let mut writer = Writer::create(&args.dir, space.clone(), options)?;
+    let level2 = start_flusher(&args, &space);
     let progress = Progress::new();
     let mut totals = Totals::default();
+    let mut last: Option<(u64, u64)> = None;
+    let mut full_since: Option<u64> = None;
     let mut due = Instant::now();
     let why = loop {
+        if let Some(l2) = &level2 {
+            l2.take_events().iter().for_each(|line| progress.note(line));
+            progress.level2(&l2.status());
+            if l2.take_rebase() {
+                writer.start_new_chain();
+            }
+        }
         if let Some(interval) = args.interval {
             thread::sleep(due.saturating_duration_since(Instant::now()));
             due = Instant::now().max(due) + interval;
@@ -184,15 +243,51 @@ pub fn run(args: Args) -> crate::Result {
         // holds the producer back, it takes the newest.
         let skipped = writer.last().map_or(0, |l| snapshot.version() - l - 1);
         progress.starting(snapshot.version());
-        let written = writer.write(&snapshot, |done, total| progress.bytes(done, total))?;
+        let written = match writer.write(&snapshot, |done, total| progress.bytes(done, total)) {
+            Ok(w) => w,
+            Err(e) if out_of_space(&e) => {
+                if full_since.is_none() {
+                    let kept = writer.last().map_or("none yet".into(), |v| format!("v{v}"));
+                    progress.note(&format!(
+                        "v{}: {e}: {} is full; the last complete checkpoint ({kept}) stays, and newer versions are tried as they come",
+                        snapshot.version(),
+                        args.dir.display()
+                    ));
+                    full_since = Some(snapshot.version());
+                }
+                drop(snapshot);
+                thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         drop(snapshot);
+        if let Some(v) = full_since.take() {
+            progress.note(&format!("{} has space again: v{} written (full since v{v})", args.dir.display(), written.version));
+        }
         totals.add(&written, skipped);
         progress.checkpoint(&written, skipped, &totals);
+        last = Some((written.chain, written.version));
+        if let Some(l2) = &level2 {
+            if totals.checkpoints % args.flush_every == 0 {
+                if let Some(old) = l2.request(written.chain, written.version) {
+                    progress.note(&format!("flush of v{old} skipped: the flusher is still busy ({}); v{} goes instead", l2.status(), written.version));
+                }
+            }
+            if matches!(progress, Progress::Plain) {
+                eprintln!("  level 2: {}", l2.status());
+            }
+        }
         if args.count.is_some_and(|n| totals.checkpoints >= n) {
             break format!("{} checkpoints taken", totals.checkpoints);
         }
     };
     progress.finish(&why, &totals);
+    if let Some(l2) = level2 {
+        let (events, summary) = l2.finish(last);
+        events.iter().for_each(|line| eprintln!("{line}"));
+        eprintln!("{summary}");
+    }
     Ok(())
 }
 

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod checkpoint;
 mod demo;
+mod flush;
 mod inspect;
 mod stress;
 mod top;
