@@ -136,42 +136,9 @@ fn heat_example_killed_and_restarted_ends_as_if_never_stopped() {
     common::endpoint_dir("capi");
     let lib = ffi::capi_lib();
     let scratch = ffi::scratch("heat-restart");
-    let (local, persistent) = (scratch.join("local"), scratch.join("persistent"));
-    std::fs::create_dir_all(&persistent).unwrap();
-    let dirs = format!("{}:{}", local.display(), persistent.display());
     let bin = compile(&[&ffi::root().join("examples/heat.c")], &scratch.join("heat"), &shared_link(lib));
-    let (name, steps) = ("heat-c-restart", 150u64);
-    let mut first = Command::new(&bin).args([&steps.to_string(), "10", name, &dirs]).stdout(Stdio::null()).spawn().unwrap();
-    ffi::attach(name, Duration::from_secs(30));
-    let mut checkpointer = Command::new(common::tcasm_bin())
-        .args(["checkpoint", name, "--dir"])
-        .arg(&local)
-        .arg("--flush-to")
-        .arg(&persistent)
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let newest = || tcasm::checkpoint::Catalog::open(&local).ok().and_then(|c| c.newest()).map_or(0, |(_, v)| v);
-    let started = std::time::Instant::now();
-    while newest() < 30 {
-        assert!(started.elapsed() < LIMIT, "no checkpoint of version 30 within {LIMIT:?}");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    first.kill().unwrap(); // SIGKILL
-    first.wait().unwrap();
-    common::wait_with_watchdog(&mut checkpointer, LIMIT, "the checkpointer");
-    let restored = newest();
-    assert!(restored < steps, "the run ended before it was killed");
-
-    let mut again = Command::new(&bin).args([&steps.to_string(), "40", name, &dirs]).stdout(Stdio::piped()).spawn().unwrap();
-    let checked = ffi::follow_heat(name, &mut again, LIMIT);
-    let status = common::wait_with_watchdog(&mut again, LIMIT, "the restarted heat");
-    assert!(status.success(), "heat exited with {status}");
-    let mut out = String::new();
-    std::io::Read::read_to_string(again.stdout.as_mut().unwrap(), &mut out).unwrap();
-    eprintln!("restored v{restored}; checked versions {checked:?}");
-    assert!(checked.first().is_some_and(|&v| v > restored), "numbering did not continue after v{restored}: {checked:?}");
-    assert_eq!(checked.last(), Some(&steps), "the last version was not seen");
+    let (name, steps) = ("heat-c-restart", 150);
+    let out = ffi::kill_and_restart_heat(&bin, name, steps, &scratch, LIMIT);
     let last = ffi::heat_field(steps)[ffi::NY / 2 * ffi::NX + ffi::NX / 2];
     assert_eq!(out.trim(), format!("{name}: {steps} steps, t[48][64] = {last:.6}"));
     let _ = std::fs::remove_dir_all(&scratch);
