@@ -55,6 +55,8 @@ enum Command {
 enum Bench {
     /// Checkpoint drain rate against the directory's sequential write bandwidth.
     Checkpoint(checkpoint::BenchArgs),
+    /// Restart and flush time against reading and copying the same files.
+    Restart(checkpoint::RestartBenchArgs),
     /// Producer cost per version against the share of pages written, for each tracker and
     /// the hand-written baselines (memcpy, double buffer, fork), with observer processes.
     Coverage(bench::coverage::Args),
@@ -104,6 +106,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => checkpoint::verify(a),
         Command::Top(a) => top::run(a),
         Command::Bench(Bench::Checkpoint(a)) => checkpoint::bench(a),
+        Command::Bench(Bench::Restart(a)) => checkpoint::bench_restart(a),
         Command::Bench(Bench::Coverage(a)) => bench::coverage::run(a),
         Command::DemoObserver(a) => demo::observe(a),
         Command::StressObserver(a) => stress::observe(a),
