@@ -194,10 +194,10 @@ fn out_of_space(e: &CheckpointError) -> bool {
 }
 
 /// Starts level 2, or says why not: level 1 goes on either way.
-fn start_flusher(args: &Args, space: &PageSpace) -> Option<flush::Background> {
+fn start_flusher(args: &Args) -> Option<flush::Background> {
     let persistent = args.flush_to.as_ref()?;
     match Flusher::create(&args.dir, persistent, args.keep_flushed.map(|k| k as usize)) {
-        Ok(f) => Some(flush::Background::start(f, (space.page_count * space.page_size) as u64)),
+        Ok(f) => Some(flush::Background::start(f)),
         Err(e) => {
             eprintln!("tcasm: --flush-to: {e}; checkpoints stay on level 1 ({}) only", args.dir.display());
             None
@@ -209,9 +209,8 @@ fn start_flusher(args: &Args, space: &PageSpace) -> Option<flush::Background> {
 pub fn run(args: Args) -> crate::Result {
     let observer = Observer::attach(&args.name)?;
     let options = WriterOptions { full_every: args.full_every, keep: args.keep.map(|k| k as usize) };
-    let space = PageSpace::of(&observer);
-    let mut writer = Writer::create(&args.dir, space.clone(), options)?;
-    let level2 = start_flusher(&args, &space);
+    let mut writer = Writer::create(&args.dir, PageSpace::of(&observer), options)?;
+    let level2 = start_flusher(&args);
     let progress = Progress::new();
     let mut totals = Totals::default();
     let mut last: Option<(u64, u64)> = None;
@@ -271,7 +270,11 @@ pub fn run(args: Args) -> crate::Result {
         if let Some(l2) = &level2 {
             if totals.checkpoints % args.flush_every == 0 {
                 if let Some(old) = l2.request(written.chain, written.version) {
-                    progress.note(&format!("flush of v{old} skipped: the flusher is still busy ({}); v{} goes instead", l2.status(), written.version));
+                    progress.note(&format!(
+                        "flush of v{old} skipped: the flusher is still busy ({}); v{} goes instead, and the next local checkpoint is a new base",
+                        l2.status(),
+                        written.version
+                    ));
                 }
             }
             if matches!(progress, Progress::Plain) {

@@ -3,10 +3,10 @@
 //! checkpointer goes on writing level 1.
 //!
 //! It never holds the checkpointer (and so never the producer) back: a request made while
-//! an earlier one still waits replaces it (that flush is skipped, and said so), and a flush
-//! that had to copy more than two full images (PERSISTENT slower than the increments come)
-//! asks the checkpointer for a new local base, so that the next flush copies one base
-//! instead of an ever longer tail of increments.
+//! an earlier one still waits replaces it (that flush is skipped, and said so). A skip means
+//! PERSISTENT is slower than the checkpoints come, so it also asks the checkpointer for a
+//! new local base: the next flush then copies one base and what follows it, instead of an
+//! ever longer tail of increments.
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -51,8 +51,8 @@ pub struct Background {
 }
 
 impl Background {
-    /// Starts the flusher thread; `image_bytes` is the size of one full version.
-    pub fn start(mut flusher: Flusher, image_bytes: u64) -> Background {
+    /// Starts the flusher thread.
+    pub fn start(mut flusher: Flusher) -> Background {
         let shared = Arc::new(Shared { state: Mutex::new(State::default()), wake: Condvar::new() });
         let persistent = flusher.persistent().display().to_string();
         let ours = shared.clone();
@@ -75,13 +75,6 @@ impl Background {
                     state.bytes += f.bytes;
                     state.spent += f.elapsed;
                     state.events.push(describe(&f, &to));
-                    if f.bytes > 2 * image_bytes {
-                        state.rebase = true;
-                        state.events.push(format!(
-                            "flushing to {to} is falling behind ({} copied at once): the next local checkpoint is a new base",
-                            HumanBytes(f.bytes)
-                        ));
-                    }
                 }
                 Err(e) => {
                     state.failures += 1;
@@ -94,12 +87,14 @@ impl Background {
     }
 
     /// Asks for local checkpoint `version` of chain `chain` to be flushed. Returns the
-    /// version whose flush it replaces (skipped: the flusher was still busy).
+    /// version whose flush it replaces (skipped: the flusher was still busy), after which
+    /// [`Background::take_rebase`] asks for a new local base.
     pub fn request(&self, chain: u64, version: u64) -> Option<u64> {
         let mut state = self.shared.lock();
         let replaced = state.pending.replace((chain, version)).map(|(_, v)| v);
         if replaced.is_some() {
             state.skipped += 1;
+            state.rebase = true;
         }
         self.shared.wake.notify_all();
         replaced
