@@ -43,7 +43,7 @@ fn scratch(test: &str) -> PathBuf {
 /// One step: rows with `(row + step) % 3 == 0` are rewritten from their old values.
 fn advance(field: &mut [f64], step: u64) {
     for (r, row) in field.chunks_mut(ROW).enumerate() {
-        if (r as u64 + step) % 3 == 0 {
+        if (r as u64 + step).is_multiple_of(3) {
             for (j, x) in row.iter_mut().enumerate() {
                 *x = *x * 0.5 + step as f64 + j as f64 * 1e-3;
             }
@@ -181,19 +181,15 @@ impl Drop for ProducerChild {
 }
 
 fn tcasm(args: &[&str]) -> Command {
-    let mut c = Command::new(common::tcasm_bin());
-    c.args(args).env("TCASM_DIR", endpoint());
-    c
+    common::tcasm(&endpoint(), args)
 }
 
 fn run(args: &[&str]) -> Output {
-    let out = tcasm(args).output().unwrap();
-    assert!(!text(&out).contains("panicked"), "tcasm {args:?} panicked:\n{}", text(&out));
-    out
+    common::run_tcasm(&endpoint(), args)
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    common::output_text(out)
 }
 
 fn path(p: &Path) -> &str {
