@@ -60,6 +60,22 @@
 //! the chain directory is renamed to `chain-N.retired` (atomically invisible to readers)
 //! and then removed; a leftover `.retired` directory is removed by the next writer.
 //!
+//! # What a restore reads
+//! A page is read from the newest checkpoint of the chain holding it (`plan.rs`): the one
+//! rule by which [`Restore::read`] picks chunks and [`verify`] prices damage, so both agree
+//! page by page on what is restorable (a damaged chunk or data file costs only the
+//! checkpoints still reading a page from it; a damaged manifest or link, every checkpoint
+//! written on it).
+//!
+//! # Restart and levels
+//! [`restart`] finds the newest complete checkpoint across several directories (level 1,
+//! node-local, first; level 2, the parallel file system, after) and loads it into a
+//! producer's regions (`Producer::restore`), checking every region's name, element type and
+//! shape and every chunk it reads before writing anything. [`Flusher`] copies a local chain
+//! to a chain of its own in the persistent directory, base and increments together, in
+//! this same format and with the same crash consistency; [`output`] gives a restore's
+//! output directory the same all-or-nothing property (temporary directory, then rename).
+//!
 //! # Checks
 //! Every check has its own [`CheckpointError`] variant: magic, format version, manifest
 //! checksum, chunk checksum (naming file and chunk), truncated or overlong data file, a

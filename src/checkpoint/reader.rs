@@ -261,7 +261,7 @@ impl Restore {
     /// Rebuilds the version: calls `sink(first_page, bytes)` so that every page of the page
     /// space is delivered exactly once, from the newest checkpoint of the chain holding it
     /// (the base holds every page: decoding its manifest checked that). Only the data files
-    /// and chunks that deliver pages are read ([`super::plan`]), each chunk checked before
+    /// and chunks that deliver pages are read (see `plan.rs`), each chunk checked before
     /// delivery.
     pub fn read(&self, mut sink: impl FnMut(usize, &[u8]) -> Result<(), CheckpointError>) -> Result<(), CheckpointError> {
         let page_size = self.manifest().space.page_size;

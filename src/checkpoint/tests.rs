@@ -342,8 +342,11 @@ fn region_bytes(v: u64) -> Vec<Vec<u8>> {
     space().regions.iter().map(|r| image[r.first_page * PAGE + r.offset..][..r.bytes()].to_vec()).collect()
 }
 
+/// What a restart loaded, and the bytes it wrote into each region.
+type Loaded = Option<(restart::Restarted, Vec<Vec<u8>>)>;
+
 /// Restarts into buffers laid out unlike the checkpoint's page space (other offsets).
-fn restart_into(dirs: &[&Path], regions: &[RegionInfo]) -> Result<Option<(restart::Restarted, Vec<Vec<u8>>)>, restart::RestartError> {
+fn restart_into(dirs: &[&Path], regions: &[RegionInfo]) -> Result<Loaded, restart::RestartError> {
     let mut out: Vec<Vec<u8>> = regions.iter().map(|r| vec![0xee; r.bytes()]).collect();
     let found = restart::load(dirs, regions, |r, at, bytes| out[r][at..at + bytes.len()].copy_from_slice(bytes))?;
     Ok(found.map(|f| (f, out)))
