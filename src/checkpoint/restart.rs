@@ -92,6 +92,28 @@ pub fn find_newest(dirs: &[&Path]) -> Result<Option<Restore>, CheckpointError> {
     first_error.map_or(Ok(None), Err)
 }
 
+/// Opens checkpoint `version` (the newest complete one when `None`, as [`find_newest`]) from
+/// the first of `dirs` where it is complete and intact, for tools that read a checkpoint
+/// rather than restart from it. Errors name every directory tried.
+pub fn open(dirs: &[&Path], version: Option<u64>) -> Result<Restore, CheckpointError> {
+    let listed = || dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" or ");
+    let Some(version) = version else {
+        return find_newest(dirs)?.ok_or_else(|| CheckpointError::NoCheckpoint { dir: PathBuf::from(listed()) });
+    };
+    let mut first_error = None;
+    for dir in dirs {
+        match Restore::open(dir, Some(version)).and_then(|r| r.read(|_, _| Ok(())).map(|()| r)) {
+            Ok(r) => return Ok(r),
+            // A level that does not exist holds nothing: say what the others lack.
+            Err(CheckpointError::Io { source, .. }) if source.kind() == ErrorKind::NotFound && !dir.exists() => {}
+            Err(e) => {
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or(CheckpointError::NoCheckpoint { dir: PathBuf::from(listed()) }))
+}
+
 /// Checks that `restore`'s regions are `regions` (by name, element type and shape; their
 /// placement in pages may differ), and returns for each of `regions` the index of the
 /// checkpoint's region of that name.

@@ -320,21 +320,7 @@ fn open_restore(args: &RestoreArgs) -> crate::Result<Restore> {
         (None, None) => unreachable!("clap requires DIR or --from"),
     };
     let paths: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
-    let Some(version) = args.version else {
-        return restart::find_newest(&paths)?.ok_or_else(|| format!("no complete checkpoint in {}", list(&dirs)).into());
-    };
-    let mut errors = Vec::new();
-    for dir in &paths {
-        match Restore::open(dir, Some(version)) {
-            Ok(r) => return Ok(r),
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    Err(errors.join("; ").into())
-}
-
-fn list(dirs: &[PathBuf]) -> String {
-    dirs.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" or ")
+    Ok(restart::open(&paths, args.version)?)
 }
 
 pub fn restore(args: RestoreArgs) -> crate::Result {
