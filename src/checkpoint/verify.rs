@@ -112,6 +112,9 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, CheckpointError> {
 /// damaged chunk or data file.
 fn costs(loaded: &Loaded, found: &[(u64, Scope, CheckpointError)]) -> BTreeMap<usize, BTreeSet<u64>> {
     let mut lost_to: BTreeMap<usize, BTreeSet<u64>> = BTreeMap::new();
+    if found.is_empty() {
+        return lost_to;
+    }
     for &w in loaded.keys() {
         // The chain of `w`, from `w` back to its base, as far as it can be followed.
         let mut path: Vec<u64> = Vec::new();
