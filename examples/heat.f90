@@ -1,7 +1,8 @@
 ! A small 2-D heat-diffusion simulation in Fortran over ALLOCATABLE arrays. The six lines
 ! marked tcasm are all it takes to let observer processes see the temperature after every
 ! step (tcasm inspect, a Python notebook, a checkpointer); the declaration of t gained the
-! TARGET attribute (marked too). Without them it is the plain simulation.
+! TARGET attribute (marked too). Three more restart it from the newest checkpoint (the steps
+! done are a region too). Without them it is the plain simulation.
 !
 ! Build and run from the repository root:
 !   cargo build --release -p tcasm-capi
@@ -9,16 +10,19 @@
 !       -Wl,-rpath,"$PWD/target/release" -o heat-f
 !   ./heat-f 1000 10 heat-f &      ! STEPS, MILLISECONDS per step, endpoint NAME
 !   cargo run --release -- inspect heat-f
+! Checkpoint it, kill it, and restart it from where it was (CHECKPOINT DIRS, level 1 first):
+!   cargo run --release -- checkpoint heat-f --dir /tmp/ckpt --flush-to /tmp/pfs &
+!   ./heat-f 1000 10 heat-f /tmp/ckpt:/tmp/pfs
 !
 ! Observers see t(nx, ny) as a region of shape (ny, nx): numpy's a[j-1, i-1] is t(i, j).
 program heat
-  use, intrinsic :: iso_c_binding, only: c_double, c_int
+  use, intrinsic :: iso_c_binding, only: c_double, c_int, c_int64_t
   use tcasm ! tcasm
   implicit none
   integer, parameter :: nx = 128, ny = 96
   real(c_double), allocatable, target :: t(:,:) ! tcasm: target
   real(c_double), allocatable :: next(:,:)
-  type(tcasm_producer) :: producer ! tcasm
+  type(tcasm_producer) :: producer; integer(c_int64_t), allocatable, target :: done ! tcasm
   integer :: steps, delay_ms, s, i, j
   character(64) :: arg, name
 
@@ -51,10 +55,13 @@ program heat
 
   call tcasm_create(producer, trim(name)) ! tcasm
   call tcasm_wrap(producer, "temperature", t) ! tcasm
+  allocate(done, source=0_c_int64_t); call tcasm_wrap(producer, "step", done) ! tcasm
+  call get_command_argument(4, arg); if (len_trim(arg) > 0) call tcasm_restore(producer, trim(arg)) ! tcasm
   do s = 1, steps
+    if (s <= done) cycle ! tcasm: steps done before the restart
     call step(t, next)
     t = next
-    call tcasm_publish(producer) ! tcasm
+    done = s; call tcasm_publish(producer) ! tcasm
     if (delay_ms > 0) i = usleep(int(delay_ms * 1000, c_int))
   end do
   print '(a, i0, a, f0.6)', "heat-f: ", steps, " steps, t(65, 49) = ", t(nx / 2 + 1, ny / 2 + 1)

@@ -12,6 +12,8 @@
 !     ...                                ! write t as usual
 !     call tcasm_publish(producer)       ! observers can now see this version of t
 !   end do
+!   (after the tcasm_wrap calls, `call tcasm_restore(producer, "/local/ckpt:/pfs/ckpt")` loads
+!   the newest checkpoint `tcasm checkpoint` wrote, if there is one: a restart)
 !   call tcasm_destroy(producer)
 !
 ! Build: gfortran -c fortran/tcasm.f90, then link the program with -ltcasm.
@@ -39,6 +41,7 @@ module tcasm
 
   public :: tcasm_producer, tcasm_stats
   public :: tcasm_create, tcasm_wrap, tcasm_publish, tcasm_get_stats, tcasm_tracker, tcasm_destroy
+  public :: tcasm_restore
   public :: tcasm_last_error, tcasm_strerror
 
   ! Status codes (enum tcasm_status in tcasm.h).
@@ -47,6 +50,7 @@ module tcasm
       TCASM_ERR_DUPLICATE = 6, TCASM_ERR_AFTER_PUBLISH = 7, TCASM_ERR_MISALIGNED = 8, &
       TCASM_ERR_CANNOT_TRACK = 9, TCASM_ERR_NO_REGIONS = 10, TCASM_ERR_PUBLISH = 11, &
       TCASM_ERR_IO = 12, TCASM_ERR_INTERNAL = 13
+  integer, parameter, public :: TCASM_ERR_NO_CHECKPOINT = 14
 
   ! Element types (tcasm_dtype in tcasm.h); tcasm_wrap picks one from the array's type.
   integer(c_int32_t), parameter :: TCASM_I32 = 6, TCASM_I64 = 8, TCASM_F32 = 9, TCASM_F64 = 10
@@ -107,6 +111,14 @@ module tcasm
       import :: c_int, c_int64_t, c_ptr
       type(c_ptr), value :: producer
       integer(c_int64_t), intent(out) :: version
+      integer(c_int) :: status
+    end function
+
+    function c_restore(producer, dirs, version) result(status) bind(C, name="tcasm_restore")
+      import :: c_char, c_int, c_int64_t, c_ptr
+      type(c_ptr), value :: producer
+      character(kind=c_char), intent(in) :: dirs(*)
+      integer(c_int64_t), intent(inout) :: version
       integer(c_int) :: status
     end function
 
@@ -252,6 +264,26 @@ contains
     integer(c_int64_t) :: v
     call check(c_publish(producer%handle, v), stat)
     if (present(version)) version = v
+  end subroutine
+
+  !> Restarts from the newest complete checkpoint in `dirs` ("LOCAL:PERSISTENT", level 1
+  !> first): loads it into the wrapped arrays (every one must match the checkpoint's name,
+  !> type and shape, and every checksum verify, before anything is written) and numbers the
+  !> next version after it, which `version` receives. Call it after wrapping every array and
+  !> before the first publish. No checkpoint (a first run) is not an error: `version` is 0,
+  !> `stat` is TCASM_ERR_NO_CHECKPOINT, and without `stat` the call simply returns.
+  subroutine tcasm_restore(producer, dirs, version, stat)
+    type(tcasm_producer), intent(in) :: producer
+    character(*), intent(in) :: dirs
+    integer(c_int64_t), intent(out), optional :: version
+    integer, intent(out), optional :: stat
+    integer(c_int64_t) :: v
+    integer(c_int) :: status
+    v = 0
+    status = c_restore(producer%handle, c_string(dirs), v)
+    if (present(version)) version = v
+    if (status == TCASM_ERR_NO_CHECKPOINT .and. .not. present(stat)) return
+    call check(status, stat)
   end subroutine
 
   subroutine tcasm_get_stats(producer, stats, stat)

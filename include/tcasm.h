@@ -52,6 +52,8 @@ typedef enum tcasm_status {
   TCASM_ERR_IO = 12,
   // A bug in tcasm (a caught panic). The producer may only be destroyed.
   TCASM_ERR_INTERNAL = 13,
+  // `tcasm_restore` found no complete checkpoint in any directory: a first run.
+  TCASM_ERR_NO_CHECKPOINT = 14,
 } tcasm_status;
 
 // A producer: an endpoint observers attach to and the regions it shares. Opaque; made by
@@ -194,6 +196,27 @@ enum tcasm_status tcasm_flush(struct tcasm_producer *producer);
 // # Safety
 // `producer` is a live producer handle no other thread is using.
 enum tcasm_status tcasm_set_copy_threads(struct tcasm_producer *producer, size_t threads);
+
+// Restarts from a checkpoint: loads the newest complete checkpoint found in `dirs` into the
+// wrapped arrays and numbers the next published version after it. `dirs` is a
+// colon-separated list of checkpoint directories, level 1 first (`"/local/ckpt:/pfs/ckpt"`);
+// the newest complete version in any of them wins, the first directory on a tie. Call it
+// after wrapping every array and before the first `tcasm_publish`.
+//
+// Returns `TCASM_OK` and stores the version in `*version` (unless NULL);
+// `TCASM_ERR_NO_CHECKPOINT` when no directory holds a complete checkpoint (a first run: the
+// arrays are untouched); `TCASM_ERR_INVALID` when the checkpoint does not match the wrapped
+// arrays (name, element type or shape; `tcasm_last_error` names the region and what
+// differs) or fails its checksums. Nothing is written into any array unless every region
+// matches and every checksum verifies.
+//
+// # Safety
+// `producer` is a live producer handle no other thread is using; `dirs` is a NUL-terminated
+// string; `version` is NULL or points to writable storage for one `uint64_t`. No other
+// thread may use the wrapped arrays during the call.
+enum tcasm_status tcasm_restore(struct tcasm_producer *producer,
+                                const char *dirs,
+                                uint64_t *version);
 
 // Stores what the producer has done so far in `*stats`.
 //

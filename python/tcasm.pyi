@@ -17,7 +17,9 @@ def attach(name: str, timeout: float = 10.0) -> Observer:
 
 def read_checkpoint(dir: str | PathLike[str], version: Optional[int] = None) -> dict[str, np.ndarray]:
     """Reads checkpoint `version` (the newest complete one when None) from a directory
-    written by `tcasm checkpoint`: {region name: numpy array}. Every chunk read is checked."""
+    written by `tcasm checkpoint`: {region name: numpy array}. `dir` may list the levels,
+    "LOCAL:PERSISTENT": the first holding the version intact is read. Every chunk read is
+    checked."""
 
 def list_checkpoints(dir: str | PathLike[str]) -> list[int]:
     """The versions of the complete checkpoints in `dir`, ascending."""

@@ -28,4 +28,4 @@ pub use observer::{Observer, Snapshot};
 pub use producer::{Freed, Producer, ProducerOptions, ProducerStats};
 pub use region::{Dtype, Element, RegionInfo};
 pub use track::TrackerKind;
-pub use view::Region;
+pub use view::{Region, RegionHandle};

@@ -27,6 +27,24 @@ impl<T: Element> Region<T> {
     }
 }
 
+/// A producer's region handle, whatever its element type: what [`crate::Producer::restore`]
+/// takes (`&mut`) to know that no slice of the region is borrowed while it writes the region.
+pub trait RegionHandle: sealed::Sealed {
+    #[doc(hidden)]
+    fn memory(&self) -> &Arc<RegionMemory>;
+}
+
+mod sealed {
+    pub trait Sealed {}
+    impl<T: crate::region::Element> Sealed for super::Region<T> {}
+}
+
+impl<T: Element> RegionHandle for Region<T> {
+    fn memory(&self) -> &Arc<RegionMemory> {
+        &self.memory
+    }
+}
+
 impl<T: Element> Deref for Region<T> {
     type Target = [T];
     fn deref(&self) -> &[T] {

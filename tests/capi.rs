@@ -82,10 +82,11 @@ fn heat_example_publishes_every_step() {
     let source = ffi::root().join("examples/heat.c");
     let text = std::fs::read_to_string(&source).unwrap();
 
-    // At most five lines were added for tcasm, and without them it is the plain simulation.
-    let (added, plain) = ffi::tcasm_lines(&text, "/* tcasm */");
+    // At most five lines were added for tcasm and three for restarting, and without them it
+    // is the plain simulation.
+    let (added, plain) = ffi::tcasm_lines(&text, "/* tcasm");
     eprintln!("examples/heat.c: {} lines added for tcasm", added.len());
-    assert!(added.len() <= 5, "examples/heat.c has {} tcasm lines: {added:#?}", added.len());
+    assert!(added.len() <= 8, "examples/heat.c has {} tcasm lines: {added:#?}", added.len());
     let plain_source = scratch.join("heat-plain.c");
     std::fs::write(&plain_source, plain).unwrap();
     let plain_bin = compile(&[&plain_source], &scratch.join("heat-plain"), &[]);
@@ -128,6 +129,25 @@ fn heat_example_links_statically() {
     let checked = ffi::follow_heat("heat-c-static", &mut child, LIMIT);
     let status = common::wait_with_watchdog(&mut child, LIMIT, "static heat");
     assert!(status.success() && !checked.is_empty(), "{status}, versions {checked:?}");
+    let _ = std::fs::remove_dir_all(&scratch);
+}
+
+/// examples/heat.c, SIGKILLed mid-run while `tcasm checkpoint` follows it, and started again
+/// with its checkpoint directories, continues from the restored step: every version it
+/// publishes afterwards is, bit for bit, the field of a run that never stopped, to the last.
+#[test]
+fn heat_example_killed_and_restarted_ends_as_if_never_stopped() {
+    if !cc_available("heat_example_killed_and_restarted_ends_as_if_never_stopped") {
+        return;
+    }
+    common::endpoint_dir("capi");
+    let lib = ffi::capi_lib();
+    let scratch = ffi::scratch("heat-restart");
+    let bin = compile(&[&ffi::root().join("examples/heat.c")], &scratch.join("heat"), &shared_link(lib));
+    let (name, steps) = ("heat-c-restart", 150);
+    let out = ffi::kill_and_restart_heat(&bin, name, steps, &scratch, LIMIT);
+    let last = ffi::heat_field(steps)[ffi::NY / 2 * ffi::NX + ffi::NX / 2];
+    assert_eq!(out.trim(), format!("{name}: {steps} steps, t[48][64] = {last:.6}"));
     let _ = std::fs::remove_dir_all(&scratch);
 }
 

@@ -24,6 +24,8 @@ use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use tcasm_core::checkpoint::restart::{split_dirs, RestartError};
+use tcasm_core::checkpoint::CheckpointError;
 use tcasm_core::error::{CreateError, EndpointError, PublishError, RegionError};
 use tcasm_core::region::MAX_DIMS;
 use tcasm_core::{Dtype, Producer, ProducerOptions, TrackerKind};
@@ -64,12 +66,14 @@ pub enum tcasm_status {
     TCASM_ERR_IO = 12,
     /// A bug in tcasm (a caught panic). The producer may only be destroyed.
     TCASM_ERR_INTERNAL = 13,
+    /// `tcasm_restore` found no complete checkpoint in any directory: a first run.
+    TCASM_ERR_NO_CHECKPOINT = 14,
 }
 
 use tcasm_status::*;
 
 impl tcasm_status {
-    const ALL: [tcasm_status; 14] = [
+    const ALL: [tcasm_status; 15] = [
         TCASM_OK,
         TCASM_ERR_NULL,
         TCASM_ERR_INVALID,
@@ -84,6 +88,7 @@ impl tcasm_status {
         TCASM_ERR_PUBLISH,
         TCASM_ERR_IO,
         TCASM_ERR_INTERNAL,
+        TCASM_ERR_NO_CHECKPOINT,
     ];
 }
 
@@ -282,6 +287,16 @@ fn publish_failure(e: PublishError) -> Failure {
     fail(status, e.to_string())
 }
 
+fn restart_failure(e: RestartError) -> Failure {
+    let status = match &e {
+        RestartError::Checkpoint(CheckpointError::Io { .. }) => TCASM_ERR_IO,
+        RestartError::AfterFirstPublish => TCASM_ERR_AFTER_PUBLISH,
+        RestartError::NoRegions => TCASM_ERR_NO_REGIONS,
+        _ => TCASM_ERR_INVALID,
+    };
+    fail(status, e.to_string())
+}
+
 /// Creates a producer named `name` with the default options (the fastest tracker the kernel
 /// offers) and stores it in `*out`. Observers attach to it by that name (`tcasm ls` lists the
 /// live ones); endpoints live in `$TCASM_DIR`, else `$XDG_RUNTIME_DIR/tcasm`, else
@@ -460,6 +475,47 @@ pub unsafe extern "C" fn tcasm_set_copy_threads(producer: *mut tcasm_producer, t
     unsafe { with_producer("tcasm_set_copy_threads", producer, body) }
 }
 
+/// Restarts from a checkpoint: loads the newest complete checkpoint found in `dirs` into the
+/// wrapped arrays and numbers the next published version after it. `dirs` is a
+/// colon-separated list of checkpoint directories, level 1 first (`"/local/ckpt:/pfs/ckpt"`);
+/// the newest complete version in any of them wins, the first directory on a tie. Call it
+/// after wrapping every array and before the first `tcasm_publish`.
+///
+/// Returns `TCASM_OK` and stores the version in `*version` (unless NULL);
+/// `TCASM_ERR_NO_CHECKPOINT` when no directory holds a complete checkpoint (a first run: the
+/// arrays are untouched); `TCASM_ERR_INVALID` when the checkpoint does not match the wrapped
+/// arrays (name, element type or shape; `tcasm_last_error` names the region and what
+/// differs) or fails its checksums. Nothing is written into any array unless every region
+/// matches and every checksum verifies.
+///
+/// # Safety
+/// `producer` is a live producer handle no other thread is using; `dirs` is a NUL-terminated
+/// string; `version` is NULL or points to writable storage for one `uint64_t`. No other
+/// thread may use the wrapped arrays during the call.
+#[no_mangle]
+pub unsafe extern "C" fn tcasm_restore(producer: *mut tcasm_producer, dirs: *const c_char, version: *mut u64) -> tcasm_status {
+    let body = |p: &mut Producer| {
+        // SAFETY: a NUL-terminated string, as the caller promises.
+        let list = split_dirs(unsafe { text(dirs, "dirs") }?);
+        if list.is_empty() {
+            return Err(fail(TCASM_ERR_INVALID, "dirs names no directory; give \"LOCAL\" or \"LOCAL:PERSISTENT\""));
+        }
+        let paths: Vec<&std::path::Path> = list.iter().map(|d| d.as_path()).collect();
+        // Every region of a C producer is lent (tcasm_wrap): there are no Rust handles.
+        let found = p.restore(&paths, &mut []).map_err(restart_failure)?;
+        let Some(found) = found else {
+            return Err(fail(TCASM_ERR_NO_CHECKPOINT, format!("no complete checkpoint in {}", list.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" or "))));
+        };
+        if !version.is_null() {
+            // SAFETY: not NULL, so writable storage for a u64, as the caller promises.
+            unsafe { version.write(found.version) };
+        }
+        Ok(())
+    };
+    // SAFETY: the producer handle is live and unshared, as the caller promises.
+    unsafe { with_producer("tcasm_restore", producer, body) }
+}
+
 /// Stores what the producer has done so far in `*stats`.
 ///
 /// # Safety
@@ -557,6 +613,7 @@ pub extern "C" fn tcasm_strerror(status: c_int) -> *const c_char {
         Some(TCASM_ERR_PUBLISH) => c"publishing failed",
         Some(TCASM_ERR_IO) => c"a system call failed",
         Some(TCASM_ERR_INTERNAL) => c"internal error in tcasm",
+        Some(TCASM_ERR_NO_CHECKPOINT) => c"no complete checkpoint to restore (a first run)",
         None => c"unknown tcasm status",
     };
     text.as_ptr()

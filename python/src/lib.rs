@@ -29,7 +29,8 @@ use pyo3::exceptions::{PyException, PyKeyError};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use tcasm_core::checkpoint::{Catalog, CheckpointError, Restore};
+use tcasm_core::checkpoint::restart::{self, split_dirs};
+use tcasm_core::checkpoint::{Catalog, CheckpointError};
 use tcasm_core::error::{EndpointError, ReadError};
 use tcasm_core::{with_element, RegionInfo};
 
@@ -290,13 +291,15 @@ impl<T: FromLe> Restore1 for Restoring<T> {
 
 /// Reads checkpoint `version` (the newest complete one when None) from the checkpoint
 /// directory `dir` written by `tcasm checkpoint`, and returns {region name: numpy array}.
-/// Every chunk read is checked against its checksum.
+/// `dir` may list the levels, `"LOCAL:PERSISTENT"`: the first holding the version intact is
+/// read. Every chunk read is checked against its checksum.
 #[pyfunction]
 #[pyo3(signature = (dir, version = None))]
 fn read_checkpoint<'py>(py: Python<'py>, dir: PathBuf, version: Option<u64>) -> PyResult<Bound<'py, PyDict>> {
     let (regions, restored) = py
         .detach(|| {
-            let restore = Restore::open(&dir, version)?;
+            let dirs = split_dirs(&dir.to_string_lossy());
+            let restore = restart::open(&dirs.iter().map(PathBuf::as_path).collect::<Vec<_>>(), version)?;
             let space = &restore.manifest().space;
             let mut restored: Vec<Box<dyn Restore1>> = space
                 .regions

@@ -70,6 +70,10 @@ def main():
     for v in versions:
         check_arrays(tcasm.read_checkpoint(checkpoints, v), v, f"checkpoint v{v}")
     check_arrays(tcasm.read_checkpoint(checkpoints), versions[-1], "the newest checkpoint")
+    # Levels: a node-local directory that is gone, then the persistent one.
+    levels = f"{checkpoints}-local-gone:{checkpoints}"
+    check_arrays(tcasm.read_checkpoint(levels), versions[-1], "the newest checkpoint of either level")
+    check_arrays(tcasm.read_checkpoint(levels, versions[0]), versions[0], f"checkpoint v{versions[0]} of either level")
     expect_error(tcasm.TcasmError, "no complete checkpoint of version 999999", tcasm.read_checkpoint, checkpoints, 999999)
     expect_error(tcasm.TcasmError, "no producer named", tcasm.attach, "no-such-producer", 0.2)
 

@@ -64,6 +64,21 @@
 //! A version is rebuilt by replaying its chain, base first ([`Restore`]), into one `.npy`
 //! file per region (`npy`), or, with the `hdf5` feature, into one HDF5 file with an XDMF file
 //! beside it for ParaView and VisIt (`hdf5`, `xdmf`), several versions into one file.
+//! # What a restore reads
+//! A page is read from the newest checkpoint of the chain holding it (`plan.rs`): the one
+//! rule by which [`Restore::read`] picks chunks and [`verify`] prices damage, so both agree
+//! page by page on what is restorable (a damaged chunk or data file costs only the
+//! checkpoints still reading a page from it; a damaged manifest or link, every checkpoint
+//! written on it).
+//!
+//! # Restart and levels
+//! [`restart`] finds the newest complete checkpoint across several directories (level 1,
+//! node-local, first; level 2, the parallel file system, after) and loads it into a
+//! producer's regions (`Producer::restore`), checking every region's name, element type and
+//! shape and every chunk it reads before writing anything. [`Flusher`] copies a local chain
+//! to a chain of its own in the persistent directory, base and increments together, in
+//! this same format and with the same crash consistency; [`output`] gives a restore's
+//! output directory the same all-or-nothing property (temporary directory, then rename).
 //!
 //! # Checks
 //! Every check has its own [`CheckpointError`] variant: magic, format version, manifest
@@ -76,16 +91,21 @@ use std::path::PathBuf;
 use crate::observer::{Observer, Snapshot};
 use crate::region::RegionInfo;
 
+mod flush;
 mod format;
 #[cfg(feature = "hdf5")]
 mod hdf5;
 mod npy;
+pub mod output;
+mod plan;
 mod reader;
+pub mod restart;
 mod verify;
 mod writer;
 #[cfg(feature = "hdf5")]
 mod xdmf;
 
+pub use flush::{Flushed, Flusher};
 pub use format::{Chunk, Link, Manifest, CHUNK_BYTES, FORMAT};
 #[cfg(feature = "hdf5")]
 pub use hdf5::{export_hdf5, ExportError, Exported};
@@ -177,6 +197,8 @@ pub enum CheckpointError {
     NoSuchVersion { dir: PathBuf, version: u64, have: String },
     #[error("{} is being written by another checkpointer; give each its own directory", dir.display())]
     Busy { dir: PathBuf },
+    #[error("{}: {what}", dir.display())]
+    BadOutput { dir: PathBuf, what: String },
     #[error("version {version} is not newer than the last checkpoint v{last}")]
     NotNewer { version: u64, last: u64 },
 }

@@ -61,16 +61,16 @@ fn file_name(region: &RegionInfo) -> String {
 }
 
 /// Restores `restore` into the directory `out`: one `.npy` file per region, then
-/// `manifest.json`. A restore that fails leaves no `manifest.json`.
+/// `manifest.json`, all written into a temporary directory that is renamed to `out` at the
+/// end ([`super::output::write_dir`]): a restore that fails leaves nothing under `out`.
 pub fn restore_npy(restore: &Restore, out: &Path) -> Result<Vec<RestoredRegion>, CheckpointError> {
+    super::output::write_dir(out, |temp| write_npy(restore, temp))
+}
+
+fn write_npy(restore: &Restore, out: &Path) -> Result<Vec<RestoredRegion>, CheckpointError> {
     let manifest = restore.manifest();
     let space = &manifest.space;
-    fs::create_dir_all(out).map_err(CheckpointError::io("creating", out))?;
     let json_path = out.join("manifest.json");
-    match fs::remove_file(&json_path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(CheckpointError::io("removing", json_path)(e)),
-        _ => {}
-    }
     let mut files = Vec::new();
     let mut restored = Vec::new();
     for r in &space.regions {

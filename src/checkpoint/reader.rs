@@ -6,6 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::format::{self, Chunk, Manifest, Name, DATA_HEADER};
+use super::plan::ReadPlan;
 use super::CheckpointError;
 
 /// One chain directory as listed.
@@ -152,10 +153,14 @@ pub(super) fn check_link(dir: &Path, child: &Manifest, parent: &Manifest, checks
     Ok(())
 }
 
-/// A data file whose header and length match its manifest.
+/// A data file whose header matches its manifest and that is not longer than the manifest
+/// says. A file cut short is still opened: only the chunks past its end are lost, and
+/// [`DataFile::read_chunk`] says so for each (see [`super::plan`]).
 pub(super) struct DataFile {
     file: File,
     path: PathBuf,
+    len: u64,
+    expected: u64,
 }
 
 impl DataFile {
@@ -168,23 +173,26 @@ impl DataFile {
             }
             Err(e) => return Err(CheckpointError::io("opening", path)(e)),
         };
-        let actual = file.metadata().map_err(CheckpointError::io("reading", &path))?.len();
+        let len = file.metadata().map_err(CheckpointError::io("reading", &path))?.len();
         let expected = manifest.data_len();
-        if actual < expected {
-            return Err(CheckpointError::Truncated { file: path, expected, actual });
+        if len < DATA_HEADER as u64 {
+            return Err(CheckpointError::Truncated { file: path, expected, actual: len });
         }
         let mut header = [0u8; DATA_HEADER];
         file.read_exact_at(&mut header, 0).map_err(CheckpointError::io("reading", &path))?;
         format::check_data_header(&header, manifest, &path)?;
-        if actual > expected {
-            return Err(CheckpointError::TrailingBytes { file: path, expected, actual });
+        if len > expected {
+            return Err(CheckpointError::TrailingBytes { file: path, expected, actual: len });
         }
-        Ok(DataFile { file, path })
+        Ok(DataFile { file, path, len, expected })
     }
 
     /// Reads chunk number `index` (at byte `offset`) into `buf` and checks its checksum.
     pub(super) fn read_chunk(&self, index: usize, offset: u64, chunk: &Chunk, page_size: usize, buf: &mut Vec<u8>) -> Result<(), CheckpointError> {
         buf.resize(chunk.pages * page_size, 0);
+        if offset + buf.len() as u64 > self.len {
+            return Err(CheckpointError::Truncated { file: self.path.clone(), expected: self.expected, actual: self.len });
+        }
         self.file.read_exact_at(buf, offset).map_err(CheckpointError::io("reading", &self.path))?;
         let computed = crc32fast::hash(buf);
         if computed != chunk.checksum {
@@ -260,39 +268,27 @@ impl Restore {
         self.chain.iter().map(|m| m.version).collect()
     }
 
+    /// The directory of the chain it is replayed from.
+    pub fn chain_dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// Rebuilds the version: calls `sink(first_page, bytes)` so that every page of the page
     /// space is delivered exactly once, from the newest checkpoint of the chain holding it
-    /// (the base holds every page: decoding its manifest checked that). Every data file of
-    /// the chain must be in place (header and length are checked); of their chunks only
-    /// those that deliver pages are read, each checked before delivery.
+    /// (the base holds every page: decoding its manifest checked that). Only the data files
+    /// and chunks that deliver pages are read (see `plan.rs`), each chunk checked before
+    /// delivery.
     pub fn read(&self, mut sink: impl FnMut(usize, &[u8]) -> Result<(), CheckpointError>) -> Result<(), CheckpointError> {
-        let space = &self.manifest().space;
-        // Per page, the index in `chain` of the newest checkpoint holding it.
-        let mut owner = vec![0u32; space.page_count];
-        for (i, m) in self.chain.iter().enumerate() {
-            for c in &m.chunks {
-                owner[c.page_range()].fill(i as u32);
-            }
-        }
-        let files = self.chain.iter().map(|m| DataFile::open(&self.dir, m)).collect::<Result<Vec<_>, _>>()?;
+        let page_size = self.manifest().space.page_size;
+        let plan = ReadPlan::new(&self.chain);
         let mut buf = Vec::new();
-        for (i, (m, data)) in self.chain.iter().zip(&files).enumerate() {
-            let owned = |c: &Chunk| owner[c.page_range()].contains(&(i as u32));
-            for (index, (offset, chunk)) in m.chunk_offsets().enumerate().filter(|(_, (_, c))| owned(c)) {
-                data.read_chunk(index, offset, chunk, space.page_size, &mut buf)?;
-                // Deliver each stretch of pages this checkpoint is the newest holder of.
-                let mut p = chunk.first_page;
-                while p < chunk.page_range().end {
-                    let start = p;
-                    while p < chunk.page_range().end && owner[p] == i as u32 {
-                        p += 1;
-                    }
-                    if p > start {
-                        let at = (start - chunk.first_page) * space.page_size;
-                        sink(start, &buf[at..at + (p - start) * space.page_size])?;
-                    } else {
-                        p += 1;
-                    }
+        for (i, m) in self.chain.iter().enumerate().filter(|(i, m)| plan.needs_file(*i, m)) {
+            let data = DataFile::open(&self.dir, m)?;
+            for (index, (offset, chunk)) in m.chunk_offsets().enumerate().filter(|(_, (_, c))| plan.needs(i, c)) {
+                data.read_chunk(index, offset, chunk, page_size, &mut buf)?;
+                for pages in plan.delivered(i, chunk) {
+                    let at = (pages.start - chunk.first_page) * page_size;
+                    sink(pages.start, &buf[at..at + pages.len() * page_size])?;
                 }
             }
         }

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use super::format::{self, Manifest};
 use super::*;
+use super::restart;
 use crate::region::{Dtype, RegionInfo};
 
 const PAGE: usize = 4096;
@@ -223,6 +224,28 @@ fn a_truncated_data_file_is_reported() {
 }
 
 #[test]
+fn verify_and_restore_agree_per_page_on_a_truncated_base() {
+    // By version 6 every page was written again since 1: v6 needs nothing of its base.
+    let dir = scratch("truncated-base");
+    write(&dir, &[1, 6], WriterOptions::default());
+    let f = fs::OpenOptions::new().write(true).open(format::data_path(&format::chain_dir(&dir, 1), 1)).unwrap();
+    f.set_len(f.metadata().unwrap().len() - 1).unwrap();
+    let report = verify(&dir).unwrap();
+    assert_eq!(report.damage.len(), 1);
+    assert!(matches!(report.damage[0].error, CheckpointError::Truncated { .. }), "{}", report.damage[0].error);
+    assert_eq!(report.damage[0].unrestorable, [1]);
+    assert_eq!(report.restorable, [(1, 6)]);
+    assert!(restored(&dir, Some(6)).unwrap() == Fake::at(6).image());
+    assert!(matches!(restored(&dir, Some(1)), Err(CheckpointError::Truncated { .. })));
+    // A missing base data file is the same: v6 still restores, v1 does not.
+    fs::remove_file(format::data_path(&format::chain_dir(&dir, 1), 1)).unwrap();
+    let report = verify(&dir).unwrap();
+    assert_eq!((report.damage[0].unrestorable.as_slice(), report.restorable.as_slice()), ([1].as_slice(), [(1, 6)].as_slice()));
+    assert!(restored(&dir, Some(6)).unwrap() == Fake::at(6).image());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
 fn missing_manifests_break_the_chain_after_them() {
     let (dir, report) = damaged("missing", |chain| fs::remove_file(format::manifest_path(chain, 2)).unwrap());
     let e = &report.damage[0].error;
@@ -361,4 +384,132 @@ fn hdf5_export_names_a_region_it_cannot_place_and_leaves_nothing() {
     let left: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n != ".lock" && !n.to_string_lossy().starts_with("chain-")).collect();
     assert!(left.is_empty(), "{left:?}");
     fs::remove_dir_all(&dir).unwrap();
+}
+
+/// The bytes of each region of `space()` at version `v`.
+fn region_bytes(v: u64) -> Vec<Vec<u8>> {
+    let image = Fake::at(v).image();
+    space().regions.iter().map(|r| image[r.first_page * PAGE + r.offset..][..r.bytes()].to_vec()).collect()
+}
+
+/// What a restart loaded, and the bytes it wrote into each region.
+type Loaded = Option<(restart::Restarted, Vec<Vec<u8>>)>;
+
+/// Restarts into buffers laid out unlike the checkpoint's page space (other offsets).
+fn restart_into(dirs: &[&Path], regions: &[RegionInfo]) -> Result<Loaded, restart::RestartError> {
+    let mut out: Vec<Vec<u8>> = regions.iter().map(|r| vec![0xee; r.bytes()]).collect();
+    let found = restart::load(dirs, regions, |r, at, bytes| out[r][at..at + bytes.len()].copy_from_slice(bytes))?;
+    Ok(found.map(|f| (f, out)))
+}
+
+fn moved_regions() -> Vec<RegionInfo> {
+    let mut regions = space().regions;
+    regions.reverse();
+    regions[0].offset = 0;
+    regions[1].offset = 100;
+    regions
+}
+
+#[test]
+fn restart_takes_the_newest_complete_version_of_any_level() {
+    let (local, persistent) = (scratch("restart-local"), scratch("restart-persistent"));
+    let regions = moved_regions();
+    let missing = local.join("not-yet");
+    assert!(restart_into(&[&missing, &persistent], &regions).unwrap().is_none(), "no checkpoint: a first run");
+    write(&local, &[1, 3], WriterOptions::default());
+    write(&persistent, &[2, 5], WriterOptions::default());
+    let (found, bytes) = restart_into(&[&local, &persistent], &regions).unwrap().unwrap();
+    assert_eq!((found.version, found.dir.as_path()), (5, persistent.as_path()));
+    let mut expected = region_bytes(5);
+    expected.reverse();
+    assert!(bytes == expected);
+    // The same version on both levels: the first directory is read; a damaged copy there
+    // gives way to the intact one.
+    write(&local, &[5], WriterOptions::default());
+    let (found, _) = restart_into(&[&local, &persistent], &regions).unwrap().unwrap();
+    assert_eq!(found.dir, local);
+    let chain = format::chain_dir(&local, 2);
+    flip(&format::data_path(&chain, 5), format::DATA_HEADER as u64 + 7);
+    let (found, bytes) = restart_into(&[&local, &persistent], &regions).unwrap().unwrap();
+    assert_eq!(found.dir, persistent);
+    assert!(bytes == expected);
+    // Damaged on the only level: refused, nothing written.
+    fs::remove_dir_all(&persistent).unwrap();
+    let mut out = vec![Vec::new(); 2];
+    let e = restart::load(&[&local, &persistent], &regions, |r, _, _| out[r].push(1)).unwrap_err();
+    assert!(matches!(e, restart::RestartError::Checkpoint(CheckpointError::ChunkChecksum { chunk: 0, .. })), "{e}");
+    assert!(out.iter().all(|o| o.is_empty()), "memory touched");
+    fs::remove_dir_all(&local).unwrap();
+}
+
+#[test]
+fn restart_refuses_another_layout_naming_what_differs() {
+    let dir = scratch("restart-layout");
+    write(&dir, &[1, 2], WriterOptions::default());
+    let refused = |regions: Vec<RegionInfo>| {
+        let mut touched = false;
+        let e = restart::load(&[&dir], &regions, |_, _, _| touched = true).unwrap_err();
+        assert!(!touched, "memory touched by a refused restart");
+        e.to_string()
+    };
+    let mut renamed = moved_regions();
+    renamed[0].name = "temperature".into();
+    let e = refused(renamed);
+    assert!(e.contains("no region \"temperature\"") && e.contains("\"grid/u\""), "{e}");
+    let mut retyped = moved_regions();
+    retyped[0].dtype = Dtype::I64;
+    let e = refused(retyped);
+    assert!(e.contains("region \"t\"") && e.contains("holds f64") && e.contains("i64"), "{e}");
+    let mut reshaped = moved_regions();
+    reshaped[1].shape = vec![100 * PAGE / 3 + 1, 3];
+    let e = refused(reshaped);
+    assert!(e.contains("region \"grid/u\"") && e.contains("shape"), "{e}");
+    let e = refused(moved_regions()[..1].to_vec());
+    assert!(e.contains("region \"grid/u\" this producer does not"), "{e}");
+    // A newer format: refused by name of file and format.
+    let manifest = format::manifest_path(&format::chain_dir(&dir, 1), 2);
+    let mut b = fs::read(&manifest).unwrap();
+    b[8] = 9;
+    fs::write(&manifest, b).unwrap();
+    let e = refused(moved_regions());
+    assert!(e.contains("checkpoint format 9") && e.contains("v000000000002.manifest"), "{e}");
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn flushes_carry_base_and_increments_and_restore_on_their_own() {
+    let (local, persistent) = (scratch("flush-local"), scratch("flush-persistent"));
+    fs::create_dir_all(&persistent).unwrap();
+    let mut w = Writer::create(&local, space(), WriterOptions::default()).unwrap();
+    let mut f = Flusher::create(&local, &persistent, Some(1)).unwrap();
+    for v in [1, 2, 5] {
+        w.write(&Fake::at(v), |_, _| {}).unwrap();
+    }
+    // Version 5 alone is asked for: its base and increments come with it.
+    let flushed = f.flush(1, 5, |_, _| {}).unwrap();
+    assert_eq!((flushed.chain, flushed.copied.as_slice()), (1, [1, 2, 5].as_slice()));
+    assert!(restored(&persistent, Some(5)).unwrap() == Fake::at(5).image());
+    w.write(&Fake::at(6), |_, _| {}).unwrap();
+    w.write(&Fake::at(7), |_, _| {}).unwrap();
+    assert_eq!(f.flush(1, 7, |_, _| {}).unwrap().copied, [6, 7]);
+    assert!(restored(&persistent, None).unwrap() == Fake::at(7).image());
+    assert!(verify(&persistent).unwrap().intact());
+    // A damaged local chunk is refused, never copied with a fresh checksum; the persistent
+    // side keeps restoring what was flushed completely.
+    w.write(&Fake::at(8), |_, _| {}).unwrap();
+    flip(&format::data_path(&format::chain_dir(&local, 1), 8), format::DATA_HEADER as u64 + 1);
+    assert!(matches!(f.flush(1, 8, |_, _| {}), Err(CheckpointError::ChunkChecksum { .. })));
+    assert!(restored(&persistent, None).unwrap() == Fake::at(7).image());
+    // A new local base starts a new persistent chain; the old one is retired (keep 1).
+    w.start_new_chain();
+    w.write(&Fake::at(9), |_, _| {}).unwrap();
+    let flushed = f.flush(2, 9, |_, _| {}).unwrap();
+    assert_eq!((flushed.chain, flushed.copied.as_slice(), flushed.retired.as_slice()), (2, [9].as_slice(), [1].as_slice()));
+    assert!(restored(&persistent, None).unwrap() == Fake::at(9).image());
+    // One flusher per persistent directory; a missing one is refused with what to do.
+    assert!(matches!(Flusher::create(&local, &persistent, None), Err(CheckpointError::Busy { .. })));
+    let e = Flusher::create(&local, &persistent.join("absent"), None).err().unwrap().to_string();
+    assert!(e.contains("create it"), "{e}");
+    fs::remove_dir_all(&local).unwrap();
+    fs::remove_dir_all(&persistent).unwrap();
 }

@@ -2,14 +2,15 @@
 //! every chain link, naming each damaged file or chunk and the checkpoints it makes
 //! unrestorable.
 //!
-//! What a problem costs is what [`super::Restore`] would hit: a damaged manifest, data file
-//! or link costs its checkpoint and every later one written on it; a damaged chunk costs
-//! only the checkpoints that still take a page from it (later increments may have rewritten
-//! all of its pages).
+//! What a problem costs is decided by [`super::plan`], as for [`super::Restore`]: a damaged
+//! manifest or link costs its checkpoint and every later one written on it; a damaged chunk
+//! or data file costs only the checkpoints that still take a page from it (later increments
+//! may have rewritten all of its pages).
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use super::format::{self, Manifest};
+use super::plan::{ReadPlan, Scope};
 use super::reader::{check_link, load_manifest, Catalog, DataFile};
 use super::CheckpointError;
 
@@ -47,12 +48,6 @@ impl VerifyReport {
 /// manifest could be read.
 type Loaded = BTreeMap<u64, Option<(Manifest, u32)>>;
 
-/// Whether checkpoint `m` holds page `page` (its chunks are ascending and disjoint).
-fn holds(m: &Manifest, page: usize) -> bool {
-    let i = m.chunks.partition_point(|c| c.page_range().end <= page);
-    m.chunks.get(i).is_some_and(|c| c.page_range().contains(&page))
-}
-
 /// Reads and checks every complete checkpoint in `dir`. Fails only when `dir` cannot be listed;
 /// everything else is reported.
 pub fn verify(dir: &Path) -> Result<VerifyReport, CheckpointError> {
@@ -62,18 +57,18 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, CheckpointError> {
     for chain in &catalog.chains {
         report.incomplete.extend(chain.incomplete.iter().cloned());
         let mut loaded = Loaded::new();
-        let mut found: Vec<(u64, CheckpointError)> = Vec::new();
+        let mut found: Vec<(u64, Scope, CheckpointError)> = Vec::new();
         for &v in &chain.complete {
             let (manifest, sum) = match load_manifest(&chain.dir, chain.number, v) {
                 Ok(m) => m,
                 Err(e) => {
-                    found.push((v, e));
+                    found.push((v, Scope::Link, e));
                     loaded.insert(v, None);
                     continue;
                 }
             };
             match DataFile::open(&chain.dir, &manifest) {
-                Err(e) => found.push((v, e)),
+                Err(e) => found.push((v, Scope::Data, e)),
                 Ok(data) => {
                     for (index, (offset, chunk)) in manifest.chunk_offsets().enumerate() {
                         match data.read_chunk(index, offset, chunk, manifest.space.page_size, &mut buf) {
@@ -81,7 +76,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, CheckpointError> {
                                 report.chunks_checked += 1;
                                 report.bytes_checked += buf.len() as u64;
                             }
-                            Err(e) => found.push((v, e)),
+                            Err(e) => found.push((v, Scope::Chunk(index), e)),
                         }
                     }
                 }
@@ -89,54 +84,69 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, CheckpointError> {
             if let Some(link) = manifest.parent {
                 if chain.complete.binary_search(&link.version).is_err() {
                     let (chain, version, file) = (chain.number, link.version, format::manifest_path(&chain.dir, link.version));
-                    found.push((v, if version == manifest.base {
+                    found.push((v, Scope::Link, if version == manifest.base {
                         CheckpointError::MissingBase { chain, version, file }
                     } else {
                         CheckpointError::MissingManifest { chain, version, file }
                     }));
                 } else if let Some(Some((parent, parent_sum))) = loaded.get(&link.version) {
                     if let Err(e) = check_link(&chain.dir, &manifest, parent, *parent_sum) {
-                        found.push((v, e));
+                        found.push((v, Scope::Link, e));
                     }
                 }
             }
             loaded.insert(v, Some((manifest, sum)));
         }
-        let mut lost = BTreeSet::new();
-        for (version, error) in found {
-            let unrestorable = unrestorable(&loaded, version, &error);
-            lost.extend(unrestorable.iter().copied());
+        let lost_to = costs(&loaded, &found);
+        report.restorable.extend(loaded.keys().filter(|v| lost_to.values().all(|lost| !lost.contains(v))).map(|&v| (chain.number, v)));
+        for (i, (version, _, error)) in found.into_iter().enumerate() {
+            let unrestorable = lost_to.get(&i).map(|l| l.iter().copied().collect()).unwrap_or_default();
             report.damage.push(Damage { chain: chain.number, version, error, unrestorable });
         }
-        report.restorable.extend(loaded.keys().filter(|v| !lost.contains(v)).map(|&v| (chain.number, v)));
     }
     Ok(report)
 }
 
-/// The checkpoints that `error`, found in checkpoint `damaged`, keeps from restoring: those
-/// written on it that still take a page from it. Parents precede children in version order,
-/// so one ascending pass carries what each still needs from `damaged`.
-fn unrestorable(loaded: &Loaded, damaged: u64, error: &CheckpointError) -> Vec<u64> {
-    // The pages of the damaged chunk a checkpoint still takes from it (`None`: a whole file,
-    // manifest or link is lost, which nothing later replaces).
-    let mut needs: BTreeMap<u64, Option<Vec<usize>>> = BTreeMap::new();
-    for (&v, m) in loaded {
-        let need: Option<Vec<usize>> = if v == damaged {
-            match error {
-                CheckpointError::ChunkChecksum { pages, .. } => Some(pages.clone().collect()),
-                _ => None,
-            }
-        } else {
-            let Some((m, _)) = m else { continue };
-            match m.parent.and_then(|l| needs.get(&l.version)) {
-                Some(Some(pages)) => Some(pages.iter().copied().filter(|&p| !holds(m, p)).collect()),
-                Some(None) => None,
-                None => continue,
+/// For each problem in `found` (by index), the checkpoints it keeps from restoring: those whose
+/// chain passes through a damaged manifest or link, and those whose [`ReadPlan`] needs a
+/// damaged chunk or data file.
+fn costs(loaded: &Loaded, found: &[(u64, Scope, CheckpointError)]) -> BTreeMap<usize, BTreeSet<u64>> {
+    let mut lost_to: BTreeMap<usize, BTreeSet<u64>> = BTreeMap::new();
+    if found.is_empty() {
+        return lost_to;
+    }
+    for &w in loaded.keys() {
+        // The chain of `w`, from `w` back to its base, as far as it can be followed.
+        let mut path: Vec<u64> = Vec::new();
+        let mut chain: Vec<&Manifest> = Vec::new();
+        let mut cur = w;
+        let followed = loop {
+            path.push(cur);
+            let Some(Some((m, _))) = loaded.get(&cur) else { break false };
+            chain.push(m);
+            let broken = found.iter().any(|(v, scope, _)| *v == cur && *scope == Scope::Link);
+            match m.parent {
+                None => break !broken,
+                Some(_) if broken => break false,
+                Some(l) => cur = l.version,
             }
         };
-        if need.as_ref().is_none_or(|pages| !pages.is_empty()) {
-            needs.insert(v, need);
+        chain.reverse();
+        let plan = followed.then(|| ReadPlan::new(chain.iter().copied()));
+        for (i, (v, scope, _)) in found.iter().enumerate() {
+            let Some(at) = path.iter().position(|p| p == v) else { continue };
+            // The index of checkpoint `v` in the chain, base first.
+            let index = path.len() - 1 - at;
+            let hit = match (scope, &plan) {
+                (Scope::Link, _) => true,
+                (_, None) => false,
+                (Scope::Data, Some(plan)) => plan.needs_file(index, chain[index]),
+                (Scope::Chunk(c), Some(plan)) => plan.needs(index, &chain[index].chunks[*c]),
+            };
+            if hit {
+                lost_to.entry(i).or_default().insert(w);
+            }
         }
     }
-    needs.into_keys().collect()
+    lost_to
 }

@@ -64,26 +64,13 @@ impl Writer {
     /// checkpoint starts a new chain.
     pub fn create(dir: &Path, space: PageSpace, options: WriterOptions) -> Result<Writer, CheckpointError> {
         fs::create_dir_all(dir).map_err(CheckpointError::io("creating", dir))?;
-        let lock_path = dir.join(".lock");
-        let lock_file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(CheckpointError::io("opening", &lock_path))?;
-        match lock::try_lock(&lock_file, 0, 0) {
-            Ok(true) => {}
-            Ok(false) => return Err(CheckpointError::Busy { dir: dir.to_path_buf() }),
-            Err(e) => return Err(CheckpointError::io("locking", &lock_path)(e.into())),
-        }
-        // Finish what a writer killed while retiring chains left.
-        for entry in fs::read_dir(dir).map_err(CheckpointError::io("listing", dir))? {
-            let entry = entry.map_err(CheckpointError::io("listing", dir))?;
-            if let Some(Name::Retired(_)) = entry.file_name().to_str().and_then(Name::parse) {
-                fs::remove_dir_all(entry.path()).map_err(CheckpointError::io("removing", entry.path()))?;
-            }
-        }
-        Ok(Writer { dir: dir.to_path_buf(), space, options, chain: None, _lock: lock_file })
+        let lock = take_dir(dir)?;
+        Ok(Writer { dir: dir.to_path_buf(), space, options, chain: None, _lock: lock })
+    }
+
+    /// Makes the next checkpoint a new base, in a new chain.
+    pub fn start_new_chain(&mut self) {
+        self.chain = None;
     }
 
     /// The version checkpointed last, if any.
@@ -153,40 +140,76 @@ impl Writer {
 
     /// Creates the directory of a chain numbered after every chain present or retiring.
     fn new_chain(&self) -> Result<(u64, PathBuf), CheckpointError> {
-        let mut number = Catalog::highest_chain(&self.dir)? + 1;
-        loop {
-            let dir = format::chain_dir(&self.dir, number);
-            match fs::create_dir(&dir) {
-                Ok(()) => {
-                    sync_dir(&self.dir)?;
-                    return Ok((number, dir));
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => number += 1,
-                Err(e) => return Err(CheckpointError::io("creating", dir)(e)),
-            }
-        }
+        new_chain(&self.dir)
     }
 
-    /// Removes every chain older than the `keep` newest chains with a complete base. Each is
-    /// first renamed out of readers' sight, so a crash never leaves half a chain visible.
+    /// Removes every chain older than the `keep` newest chains with a complete base.
     fn retire(&self, keep: usize) -> Result<Vec<u64>, CheckpointError> {
-        let catalog = Catalog::open(&self.dir)?;
-        let mut based = catalog.chains.iter().rev().filter(|c| catalog.has_base(c));
-        let Some(oldest_kept) = based.nth(keep.max(1) - 1).map(|c| c.number) else {
-            return Ok(Vec::new());
-        };
-        let old: Vec<u64> = catalog.chains.iter().map(|c| c.number).filter(|&n| n < oldest_kept).collect();
-        for &n in &old {
-            let from = format::chain_dir(&self.dir, n);
-            fs::rename(&from, format::retired_dir(&self.dir, n)).map_err(CheckpointError::io("retiring", from))?;
-        }
-        sync_dir(&self.dir)?;
-        for &n in &old {
-            let retired = format::retired_dir(&self.dir, n);
-            fs::remove_dir_all(&retired).map_err(CheckpointError::io("removing", retired))?;
-        }
-        Ok(old)
+        retire(&self.dir, keep)
     }
+}
+
+/// Takes checkpoint directory `dir` for one writer: its `.lock` is OFD-locked for as long as
+/// the returned file is open (the kernel releases it when the process dies). Finishes what
+/// a writer killed while retiring chains left.
+pub(super) fn take_dir(dir: &Path) -> Result<File, CheckpointError> {
+    let lock_path = dir.join(".lock");
+    let lock_file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(CheckpointError::io("opening", &lock_path))?;
+    match lock::try_lock(&lock_file, 0, 0) {
+        Ok(true) => {}
+        Ok(false) => return Err(CheckpointError::Busy { dir: dir.to_path_buf() }),
+        Err(e) => return Err(CheckpointError::io("locking", &lock_path)(e.into())),
+    }
+    for entry in fs::read_dir(dir).map_err(CheckpointError::io("listing", dir))? {
+        let entry = entry.map_err(CheckpointError::io("listing", dir))?;
+        if let Some(Name::Retired(_)) = entry.file_name().to_str().and_then(Name::parse) {
+            fs::remove_dir_all(entry.path()).map_err(CheckpointError::io("removing", entry.path()))?;
+        }
+    }
+    Ok(lock_file)
+}
+
+/// Creates, in checkpoint directory `dir`, the directory of a chain numbered after every
+/// chain present or retiring.
+pub(super) fn new_chain(dir: &Path) -> Result<(u64, PathBuf), CheckpointError> {
+    let mut number = Catalog::highest_chain(dir)? + 1;
+    loop {
+        let chain = format::chain_dir(dir, number);
+        match fs::create_dir(&chain) {
+            Ok(()) => {
+                sync_dir(dir)?;
+                return Ok((number, chain));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => number += 1,
+            Err(e) => return Err(CheckpointError::io("creating", chain)(e)),
+        }
+    }
+}
+
+/// Removes every chain of `dir` older than the `keep` newest chains with a complete base.
+/// Each is first renamed out of readers' sight, so a crash never leaves half a chain visible.
+pub(super) fn retire(dir: &Path, keep: usize) -> Result<Vec<u64>, CheckpointError> {
+    let catalog = Catalog::open(dir)?;
+    let mut based = catalog.chains.iter().rev().filter(|c| catalog.has_base(c));
+    let Some(oldest_kept) = based.nth(keep.max(1) - 1).map(|c| c.number) else {
+        return Ok(Vec::new());
+    };
+    let old: Vec<u64> = catalog.chains.iter().map(|c| c.number).filter(|&n| n < oldest_kept).collect();
+    for &n in &old {
+        let from = format::chain_dir(dir, n);
+        fs::rename(&from, format::retired_dir(dir, n)).map_err(CheckpointError::io("retiring", from))?;
+    }
+    sync_dir(dir)?;
+    for &n in &old {
+        let retired = format::retired_dir(dir, n);
+        fs::remove_dir_all(&retired).map_err(CheckpointError::io("removing", retired))?;
+    }
+    Ok(old)
 }
 
 /// Writes the data file of `manifest` from the pages of `changed`, then the manifest; returns
@@ -250,6 +273,13 @@ fn write_checkpoint(
     }
     data.sync_data().map_err(io("syncing"))?;
     sync_dir(dir)?;
+    commit_manifest(dir, manifest)
+}
+
+/// Makes checkpoint `manifest`, whose data file in chain directory `dir` is durable, complete:
+/// writes its manifest under a temporary name, syncs it, renames it and syncs the directory.
+/// Returns the manifest's checksum.
+pub(super) fn commit_manifest(dir: &Path, manifest: &Manifest) -> Result<u32, CheckpointError> {
     let bytes = manifest.encode();
     let temp = format::temp_manifest_path(dir, manifest.version);
     let mut file = File::create(&temp).map_err(CheckpointError::io("creating", &temp))?;
@@ -275,6 +305,6 @@ fn write_all_vectored(file: &mut File, mut slices: &mut [IoSlice<'_>]) -> std::i
 }
 
 /// Makes the entries of directory `dir` durable.
-fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
+pub(super) fn sync_dir(dir: &Path) -> Result<(), CheckpointError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(CheckpointError::io("syncing", dir))
 }

@@ -20,6 +20,7 @@
 //! [`deferred`]); it becomes visible to observers moments later, and [`Producer::flush`]
 //! waits for that. Every other tracker makes the version visible before `publish()` returns.
 mod deferred;
+mod restart;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -127,6 +128,8 @@ pub struct Producer {
     changes: Changes,
     dirty: Vec<Range<usize>>,
     compare: Vec<Range<usize>>,
+    /// The version a restart loaded (0: none); the first publish is the one after it.
+    restored: u64,
     // Dropped last: observers see the endpoint until the store is closed.
     server: Server,
 }
@@ -169,6 +172,7 @@ impl Producer {
             changes: Changes::default(),
             dirty: Vec::new(),
             compare: Vec::new(),
+            restored: 0,
             server,
         })
     }
@@ -219,7 +223,9 @@ impl Producer {
     ///
     /// # Safety
     /// `ptr` must point to `shape.iter().product()` elements of `T`, and that memory must stay
-    /// mapped until this producer is dropped. The caller keeps writing it as usual.
+    /// mapped until this producer is dropped. The caller keeps writing it as usual, except
+    /// while [`Producer::restore`] runs, which writes it: no reference into it may be live,
+    /// nor another thread use it, during that call.
     #[allow(unsafe_code)]
     pub unsafe fn wrap_raw<T: Element>(&mut self, name: &str, ptr: *mut T, shape: &[usize]) -> Result<(), RegionError> {
         let elements = check_shape(name, shape).map_err(RegionError::Invalid)?;
@@ -301,7 +307,9 @@ impl Producer {
                 memory: r.memory.clone(),
             })
             .collect();
-        self.store = Some(StoreWriter::create(layout, sources, self.options.freed, self.options.max_reserve)?);
+        let mut store = StoreWriter::create(layout, sources, self.options.freed, self.options.max_reserve)?;
+        store.start_after(self.restored);
+        self.store = Some(store);
         Ok(())
     }
 
@@ -317,7 +325,7 @@ impl Producer {
         if let Some(d) = &mut self.deferred {
             d.flush();
         }
-        let first = self.store.as_ref().is_none_or(|s| s.version() == 0);
+        let first = self.store.as_ref().is_none_or(|s| s.version() == self.restored);
         if self.store.is_none() {
             self.create_store()?;
         }

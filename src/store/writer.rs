@@ -299,6 +299,15 @@ impl StoreWriter {
         self.mapped.clone()
     }
 
+    /// Numbers the first version `version + 1`: a producer restarted from checkpoint `version`
+    /// continues its numbering, so observers and checkpointers stay monotone. Only before
+    /// the first version is prepared.
+    pub fn start_after(&mut self, version: u64) {
+        if self.version == 0 {
+            self.version = version;
+        }
+    }
+
     /// The last version prepared (and, once it is released, the latest).
     pub fn version(&self) -> u64 {
         self.version

@@ -306,6 +306,20 @@ impl RegionMemory {
         self.ptr
     }
 
+    /// Copies `bytes` to byte `at` of this memory (a restart loading a checkpoint).
+    ///
+    /// # Safety
+    /// The memory must be writable, and no reference to `[at, at + bytes.len())` may be live
+    /// nor any other thread access it during the call: for memory the library owns, the
+    /// caller holds the region's only handle exclusively; for lent memory, its owner has
+    /// promised so.
+    pub unsafe fn write_at(&self, at: usize, bytes: &[u8]) {
+        assert!(at.checked_add(bytes.len()).is_some_and(|e| e <= self.len), "write_at out of bounds");
+        // SAFETY: in bounds (checked above); writable and unaliased, as the caller promises;
+        // `bytes` is not this memory (the caller holds no reference into it).
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.ptr.add(at), bytes.len()) }
+    }
+
     /// As [`Mapping::prefetch`].
     pub fn prefetch(&self, at: usize) {
         if at < self.len {

@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ExitStatus};
+use std::process::{Child, Command, ExitStatus, Output};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
@@ -134,6 +134,26 @@ pub fn lines_of(out: impl Read + Send + 'static) -> Receiver<String> {
 /// The `tcasm` binary built for these tests.
 pub fn tcasm_bin() -> &'static str {
     env!("CARGO_BIN_EXE_tcasm")
+}
+
+/// `tcasm ARGS`, with `TCASM_DIR` set to `endpoint`.
+pub fn tcasm(endpoint: &Path, args: &[&str]) -> Command {
+    let mut c = Command::new(tcasm_bin());
+    c.args(args).env("TCASM_DIR", endpoint);
+    c
+}
+
+/// Runs `tcasm ARGS` to the end; a panic in it fails the test, whatever its exit status.
+pub fn run_tcasm(endpoint: &Path, args: &[&str]) -> Output {
+    let out = tcasm(endpoint, args).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "tcasm {args:?} panicked:\n{stderr}");
+    out
+}
+
+/// What a child printed, stdout then stderr.
+pub fn output_text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
 }
 
 /// A copy of this test binary in a fresh directory anyone may enter, for child processes

@@ -140,7 +140,7 @@ int main(int argc, char **argv) {
     const char *name = argv[1], *tracker = argv[2];
 
     /* Every status has a description; unknown ones too. */
-    for (int s = 0; s <= 13; s++)
+    for (int s = 0; s <= 14; s++)
         if (!tcasm_strerror(s) || !*tcasm_strerror(s) || strstr(tcasm_strerror(s), "unknown"))
             fprintf(stderr, "status %d has no description\n", s), failures++;
     if (strcmp(tcasm_strerror(99), "unknown tcasm status") || strcmp(tcasm_strerror(-1), "unknown tcasm status"))
@@ -216,6 +216,17 @@ int main(int argc, char **argv) {
     if (data_status != TCASM_OK && (copying || data_status != TCASM_ERR_CANNOT_TRACK))
         fprintf(stderr, "wrapping initialised static data (tracker %s): %s\n", used, tcasm_last_error()), failures++;
 
+    /* Restarting: no checkpoint is its own status, and leaves the version alone. */
+    uint64_t restored = 77;
+    EXPECT(tcasm_restore(NULL, "/nonexistent", &restored), TCASM_ERR_NULL);
+    EXPECT(tcasm_restore(p, NULL, &restored), TCASM_ERR_NULL);
+    EXPECT(tcasm_restore(p, "", &restored), TCASM_ERR_INVALID);
+    EXPECT_MESSAGE("names no directory");
+    EXPECT(tcasm_restore(p, "/nonexistent/tcasm-local:/nonexistent/tcasm-pfs", &restored), TCASM_ERR_NO_CHECKPOINT);
+    EXPECT_MESSAGE("no complete checkpoint in /nonexistent/tcasm-local or /nonexistent/tcasm-pfs");
+    if (restored != 77)
+        fprintf(stderr, "tcasm_restore without a checkpoint set the version\n"), failures++;
+
     /* Publishing. */
     uint64_t version = 0;
     EXPECT(tcasm_publish(NULL, &version), TCASM_ERR_NULL);
@@ -229,6 +240,7 @@ int main(int argc, char **argv) {
     EXPECT(tcasm_flush(p), TCASM_OK);
     size_t late_shape[1] = {8};
     EXPECT(tcasm_wrap(p, "late", TCASM_U8, bytes, late_shape, 1), TCASM_ERR_AFTER_PUBLISH);
+    EXPECT(tcasm_restore(p, "/nonexistent", NULL), TCASM_ERR_AFTER_PUBLISH);
 
     tcasm_producer_stats stats;
     memset(&stats, 0xff, sizeof stats);

@@ -69,9 +69,17 @@ program checks
   call expect(stat, TCASM_ERR_INVALID, "wrap a non-contiguous section")
 
   step = 42
+  ! No checkpoint: a status with stat=, and a quiet return without it.
+  version = 77
+  call tcasm_restore(p, "/nonexistent/tcasm-local:/nonexistent/tcasm-pfs", version, stat)
+  call expect(stat, TCASM_ERR_NO_CHECKPOINT, "restore without a checkpoint")
+  if (version /= 0) call fail("restore without a checkpoint gave a version")
+  call tcasm_restore(p, "/nonexistent/tcasm-local")
   call tcasm_publish(p, version)
   call tcasm_wrap(p, "late", strided, stat=stat)
   call expect(stat, TCASM_ERR_AFTER_PUBLISH, "wrap after publishing")
+  call tcasm_restore(p, "/nonexistent/tcasm-local", stat=stat)
+  call expect(stat, TCASM_ERR_AFTER_PUBLISH, "restore after publishing")
   call tcasm_get_stats(p, stats)
   if (stats%versions /= version .or. stats%pages <= 0) call fail("stats")
 

@@ -220,6 +220,52 @@ pub fn follow_heat(name: &str, child: &mut std::process::Child, limit: Duration)
     checked
 }
 
+/// Runs heat example `bin` (`bin STEPS MS NAME DIRS`) as `name` with `tcasm checkpoint`
+/// following it to a local and a persistent directory under `scratch`, SIGKILLs it once
+/// version 30 is checkpointed, and runs it again with the same directories: the second run
+/// must continue the numbering after the restored version and publish, bit for bit, the
+/// field of a run that never stopped, up to the last step (checked with [`follow_heat`]).
+/// Returns what the second run printed.
+pub fn kill_and_restart_heat(bin: &Path, name: &str, steps: u64, scratch: &Path, limit: Duration) -> String {
+    use std::process::Stdio;
+    let (local, persistent) = (scratch.join("local"), scratch.join("persistent"));
+    std::fs::create_dir_all(&persistent).unwrap();
+    let dirs = format!("{}:{}", local.display(), persistent.display());
+    let mut first = Command::new(bin).args([&steps.to_string(), "10", name, &dirs]).stdout(Stdio::null()).spawn().unwrap();
+    attach(name, Duration::from_secs(30));
+    let mut checkpointer = Command::new(env!("CARGO_BIN_EXE_tcasm"))
+        .args(["checkpoint", name, "--dir"])
+        .arg(&local)
+        .arg("--flush-to")
+        .arg(&persistent)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let newest = || tcasm::checkpoint::Catalog::open(&local).ok().and_then(|c| c.newest()).map_or(0, |(_, v)| v);
+    let started = Instant::now();
+    while newest() < 30 {
+        assert!(started.elapsed() < limit, "no checkpoint of version 30 of {name} within {limit:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    first.kill().unwrap(); // SIGKILL
+    first.wait().unwrap();
+    crate::common::wait_with_watchdog(&mut checkpointer, limit, "the checkpointer");
+    let restored = newest();
+    assert!(restored < steps, "{name} ended before it was killed");
+
+    // 40 ms a step, so that the observer sees the last version before the run exits.
+    let mut again = Command::new(bin).args([&steps.to_string(), "40", name, &dirs]).stdout(Stdio::piped()).spawn().unwrap();
+    let checked = follow_heat(name, &mut again, limit);
+    let status = crate::common::wait_with_watchdog(&mut again, limit, "the restarted heat example");
+    assert!(status.success(), "the restarted {name} exited with {status}");
+    eprintln!("{name}: restored v{restored}; checked versions {checked:?}");
+    assert!(checked.first().is_some_and(|&v| v > restored), "numbering did not continue after v{restored}: {checked:?}");
+    assert_eq!(checked.last(), Some(&steps), "the last version was not seen");
+    let mut out = String::new();
+    std::io::Read::read_to_string(again.stdout.as_mut().unwrap(), &mut out).unwrap();
+    out
+}
+
 /// The lines of `source` marked as added for tcasm (`marker` in them), and the source with
 /// them removed.
 pub fn tcasm_lines(source: &str, marker: &str) -> (Vec<String>, String) {

@@ -9,7 +9,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
-use tcasm::checkpoint::{self, PageSpace, Restore, WriteBehind, Writer, WriterOptions, Written};
+use tcasm::checkpoint::{self, restart, CheckpointError, Flusher, PageSpace, Restore, WriteBehind, Writer, WriterOptions, Written};
+
+use crate::flush;
 use tcasm::{Observer, Producer, ProducerOptions, ReadError};
 
 #[derive(clap::Args)]
@@ -34,6 +36,18 @@ pub struct Args {
     /// Stop after N checkpoints (default: until the producer exits).
     #[arg(long, value_name = "N")]
     count: Option<u64>,
+    /// Level 2: copy completed checkpoints in the background to this persistent directory
+    /// (the parallel file system; it must exist), crash-consistent there too.
+    #[arg(long, value_name = "PERSISTENT")]
+    flush_to: Option<PathBuf>,
+    /// Flush every K-th completed checkpoint (with the checkpoints of its chain not flushed
+    /// yet).
+    #[arg(long, value_name = "K", default_value_t = 1, requires = "flush_to", value_parser = clap::value_parser!(u64).range(1..))]
+    flush_every: u64,
+    /// Keep the newest M chains on PERSISTENT; older ones are removed once a newer base is
+    /// flushed.
+    #[arg(long, value_name = "M", requires = "flush_to", value_parser = clap::value_parser!(u64).range(1..))]
+    keep_flushed: Option<u64>,
 }
 
 /// What a run has done so far.
@@ -149,6 +163,21 @@ impl Progress {
         }
     }
 
+    /// A line that stays (above the bar on a terminal).
+    fn note(&self, line: &str) {
+        match self {
+            Progress::Terminal(bar) => bar.println(line),
+            Progress::Plain => eprintln!("{line}"),
+        }
+    }
+
+    /// Level 2's state, beside level 1's.
+    fn level2(&self, status: &str) {
+        if let Progress::Terminal(bar) = self {
+            bar.set_message(format!("{} | {status}", bar.message().split(" | ").next().unwrap_or("")));
+        }
+    }
+
     fn finish(&self, why: &str, totals: &Totals) {
         if let Progress::Terminal(bar) = self {
             bar.finish_and_clear();
@@ -157,15 +186,44 @@ impl Progress {
     }
 }
 
+/// Whether `e` says the local directory is full (or the file too large for the process):
+/// then the checkpointer keeps the last complete checkpoint and retries with newer versions.
+fn out_of_space(e: &CheckpointError) -> bool {
+    let CheckpointError::Io { source, .. } = e else { return false };
+    matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EFBIG | libc::EDQUOT))
+}
+
+/// Starts level 2, or says why not: level 1 goes on either way.
+fn start_flusher(args: &Args) -> Option<flush::Background> {
+    let persistent = args.flush_to.as_ref()?;
+    match Flusher::create(&args.dir, persistent, args.keep_flushed.map(|k| k as usize)) {
+        Ok(f) => Some(flush::Background::start(f)),
+        Err(e) => {
+            eprintln!("tcasm: --flush-to: {e}; checkpoints stay on level 1 ({}) only", args.dir.display());
+            None
+        }
+    }
+}
+
 /// Follows the producer and checkpoints its versions until it exits (or `--count`).
 pub fn run(args: Args) -> crate::Result {
     let observer = Observer::attach(&args.name)?;
     let options = WriterOptions { full_every: args.full_every, keep: args.keep.map(|k| k as usize) };
     let mut writer = Writer::create(&args.dir, PageSpace::of(&observer), options)?;
+    let level2 = start_flusher(&args);
     let progress = Progress::new();
     let mut totals = Totals::default();
+    let mut last: Option<(u64, u64)> = None;
+    let mut full_since: Option<u64> = None;
     let mut due = Instant::now();
     let why = loop {
+        if let Some(l2) = &level2 {
+            l2.take_events().iter().for_each(|line| progress.note(line));
+            progress.level2(&l2.status());
+            if l2.take_rebase() {
+                writer.start_new_chain();
+            }
+        }
         if let Some(interval) = args.interval {
             thread::sleep(due.saturating_duration_since(Instant::now()));
             due = Instant::now().max(due) + interval;
@@ -184,27 +242,73 @@ pub fn run(args: Args) -> crate::Result {
         // holds the producer back, it takes the newest.
         let skipped = writer.last().map_or(0, |l| snapshot.version() - l - 1);
         progress.starting(snapshot.version());
-        let written = writer.write(&snapshot, |done, total| progress.bytes(done, total))?;
+        let written = match writer.write(&snapshot, |done, total| progress.bytes(done, total)) {
+            Ok(w) => w,
+            Err(e) if out_of_space(&e) => {
+                if full_since.is_none() {
+                    let kept = writer.last().map_or("none yet".into(), |v| format!("v{v}"));
+                    progress.note(&format!(
+                        "v{}: {e}: {} is full; the last complete checkpoint ({kept}) stays, and newer versions are tried as they come",
+                        snapshot.version(),
+                        args.dir.display()
+                    ));
+                    full_since = Some(snapshot.version());
+                }
+                drop(snapshot);
+                thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
         drop(snapshot);
+        if let Some(v) = full_since.take() {
+            progress.note(&format!("{} has space again: v{} written (full since v{v})", args.dir.display(), written.version));
+        }
         totals.add(&written, skipped);
         progress.checkpoint(&written, skipped, &totals);
+        last = Some((written.chain, written.version));
+        if let Some(l2) = &level2 {
+            if totals.checkpoints % args.flush_every == 0 {
+                if let Some(old) = l2.request(written.chain, written.version) {
+                    progress.note(&format!(
+                        "flush of v{old} skipped: the flusher is still busy ({}); v{} goes instead, and the next local checkpoint is a new base",
+                        l2.status(),
+                        written.version
+                    ));
+                }
+            }
+            if matches!(progress, Progress::Plain) {
+                eprintln!("  level 2: {}", l2.status());
+            }
+        }
         if args.count.is_some_and(|n| totals.checkpoints >= n) {
             break format!("{} checkpoints taken", totals.checkpoints);
         }
     };
     progress.finish(&why, &totals);
+    if let Some(l2) = level2 {
+        let (events, summary) = l2.finish(last);
+        events.iter().for_each(|line| eprintln!("{line}"));
+        eprintln!("{summary}");
+    }
     Ok(())
 }
 
 #[derive(clap::Args)]
 pub struct RestoreArgs {
-    /// A checkpoint directory.
-    dir: PathBuf,
+    /// A checkpoint directory (or give the levels with --from).
+    #[arg(required_unless_present = "from", conflicts_with = "from")]
+    dir: Option<PathBuf>,
+    /// Checkpoint directories LOCAL:PERSISTENT (level 1 first): the newest complete version
+    /// in any of them is restored, from the first directory holding it intact.
+    #[arg(long, value_name = "DIRS")]
+    from: Option<String>,
     /// The version to restore (default: the newest complete checkpoint).
     #[arg(long)]
     version: Option<u64>,
-    /// Where to write one .npy file per region and manifest.json (with --format hdf5: the
-    /// .h5 file; the .xmf file goes beside it).
+    /// Where to write one .npy file per region and manifest.json (written into a temporary
+    /// directory beside it and renamed at the end; an earlier result there is replaced), or
+    /// with --format hdf5 the .h5 file (the .xmf file goes beside it).
     #[arg(long)]
     out: PathBuf,
     /// npy: a directory of .npy files. hdf5: one HDF5 file and an XDMF file for ParaView and
@@ -226,24 +330,39 @@ enum Format {
     Hdf5,
 }
 
+/// The checkpoint `args` asks for, from the directory or the first level holding it.
+fn open_restore(args: &RestoreArgs) -> crate::Result<Restore> {
+    let dirs: Vec<PathBuf> = match (&args.dir, &args.from) {
+        (Some(dir), _) => vec![dir.clone()],
+        (None, Some(from)) => restart::split_dirs(from),
+        (None, None) => unreachable!("clap requires DIR or --from"),
+    };
+    let paths: Vec<&Path> = dirs.iter().map(PathBuf::as_path).collect();
+    Ok(restart::open(&paths, args.version)?)
+}
+
 pub fn restore(args: RestoreArgs) -> crate::Result {
     if args.format == Format::Hdf5 {
         let RestoreArgs { dir, version, versions, out, force, .. } = args;
+        let Some(dir) = dir else {
+            return Err("--format hdf5 exports from one checkpoint directory: give DIR instead of --from".into());
+        };
         return crate::export::hdf5(crate::export::Hdf5Args { dir, version, versions, out, force });
     }
     if args.versions.is_some() || args.force {
         return Err("--versions and --force go with --format hdf5; a .npy restore is of one version".into());
     }
-    let restore = Restore::open(&args.dir, args.version)?;
+    let restore = open_restore(&args)?;
     let regions = checkpoint::restore_npy(&restore, &args.out)?;
     let m = restore.manifest();
     println!(
-        "restored version {} of {:?} (chain {}: base v{} and {} increments) into {}",
+        "restored version {} of {:?} (chain {}: base v{} and {} increments, in {}) into {}",
         m.version,
         m.space.producer,
         m.chain,
         m.base,
         restore.replayed().len() - 1,
+        restore.chain_dir().display(),
         args.out.display()
     );
     for r in regions {
@@ -420,4 +539,116 @@ impl BenchProducer {
         self.thread.join().map_err(|_| "the bench producer panicked")??;
         Ok(())
     }
+}
+
+#[derive(clap::Args)]
+pub struct RestartBenchArgs {
+    /// The directory to measure in (a scratch directory is made inside and removed).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Size of the producer's region.
+    #[arg(long, default_value = "32MiB", value_parser = crate::parse_size)]
+    size: usize,
+}
+
+/// Restart and flush against plain file tools, in the same run and on the same files: a
+/// producer of `size` bytes is checkpointed (a base and an increment of a tenth of its
+/// pages); then a new producer restores it (`Producer::restore`, every chunk checked twice)
+/// against reading the same data files into memory, and the chain is flushed to a second
+/// directory (`Flusher`, synced) against `cp -r` of the same files followed by `sync` of
+/// them. Files are evicted from the page cache before each read (advice on our own files).
+pub fn bench_restart(args: RestartBenchArgs) -> crate::Result {
+    let scratch = args.dir.join(format!("tcasm-bench-restart-{}", std::process::id()));
+    let (local, persistent, copied) = (scratch.join("local"), scratch.join("persistent"), scratch.join("cp"));
+    fs::create_dir_all(&persistent)?;
+    let name = format!("bench-restart-{}", std::process::id());
+    let words = args.size / 8;
+    {
+        let mut p = Producer::create(&name, ProducerOptions::default())?;
+        let mut field = p.region::<u64>("field", &[words])?;
+        field.iter_mut().enumerate().for_each(|(i, x)| *x = i as u64);
+        p.publish()?;
+        let observer = Observer::attach(&name)?;
+        let mut writer = Writer::create(&local, PageSpace::of(&observer), WriterOptions::default())?;
+        writer.write(&observer.latest()?, |_, _| {})?;
+        let per_page = tcasm::sys::page_size() / 8;
+        field.iter_mut().step_by(per_page * 10).for_each(|x| *x = !*x);
+        p.publish()?;
+        writer.write(&observer.latest()?, |_, _| {})?;
+    }
+    let data_files = || -> crate::Result<Vec<PathBuf>> {
+        let mut files = Vec::new();
+        for chain in checkpoint::Catalog::open(&local)?.chains {
+            for entry in fs::read_dir(&chain.dir)? {
+                let path = entry?.path();
+                if path.extension().is_some_and(|e| e == "data") {
+                    files.push(path);
+                }
+            }
+        }
+        Ok(files)
+    };
+    let evict = |files: &[PathBuf]| {
+        for f in files {
+            if let Ok(file) = File::open(f) {
+                let _ = nix::fcntl::posix_fadvise(&file, 0, 0, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+            }
+        }
+    };
+    let files = data_files()?;
+    let bytes: u64 = files.iter().map(|f| fs::metadata(f).map_or(0, |m| m.len())).sum();
+
+    evict(&files);
+    let started = Instant::now();
+    let mut read_back = 0;
+    for f in &files {
+        read_back += fs::read(f)?.len() as u64;
+    }
+    let plain_read = started.elapsed();
+
+    evict(&files);
+    let mut p = Producer::create(&format!("{name}-restarted"), ProducerOptions::default())?;
+    let mut field = p.region::<u64>("field", &[words])?;
+    let started = Instant::now();
+    let restarted = p.restore(&[&local], &mut [&mut field])?.ok_or("the checkpoint written just now is not there")?;
+    let restore = started.elapsed();
+    let per_page = tcasm::sys::page_size() / 8;
+    let intact = field.iter().enumerate().all(|(i, &x)| if i % (per_page * 10) == 0 { x == !(i as u64) } else { x == i as u64 });
+    if !intact {
+        return Err("the restored region differs from what was checkpointed".into());
+    }
+    drop(field);
+    drop(p);
+
+    evict(&files);
+    let mut flusher = Flusher::create(&local, &persistent, None)?;
+    let catalog = checkpoint::Catalog::open(&local)?;
+    let (chain, version) = catalog.newest().ok_or("no checkpoint")?;
+    let chain_dir = catalog.chains.iter().find(|c| c.number == chain).map(|c| c.dir.clone()).ok_or("no chain")?;
+    let flushed = flusher.flush(chain, version, |_, _| {})?;
+    drop(flusher);
+
+    evict(&files);
+    let started = Instant::now();
+    let status = std::process::Command::new("cp").arg("-r").arg(&chain_dir).arg(&copied).status()?;
+    if !status.success() {
+        return Err(format!("cp failed: {status}").into());
+    }
+    let synced: Vec<PathBuf> = fs::read_dir(&copied)?.map(|e| e.map(|e| e.path())).collect::<Result<_, _>>()?;
+    let status = std::process::Command::new("sync").args(&synced).arg(&copied).status()?;
+    if !status.success() {
+        return Err(format!("sync failed: {status}").into());
+    }
+    let plain_copy = started.elapsed();
+    fs::remove_dir_all(&scratch)?;
+
+    let rate = |b: u64, d: Duration| HumanBytes((b as f64 / d.as_secs_f64().max(1e-9)) as u64);
+    println!("checkpoint of {} (v{}: a base and an increment, {} of data files)", HumanBytes(args.size as u64), restarted.version, HumanBytes(bytes));
+    println!("restart (Producer::restore): {:.1} ms ({}/s)", restore.as_secs_f64() * 1e3, rate(bytes, restore));
+    println!("plain read of the same files: {:.1} ms ({}/s, {} read)", plain_read.as_secs_f64() * 1e3, rate(read_back, plain_read), HumanBytes(read_back));
+    println!("ratio restart / plain read: {:.2}", restore.as_secs_f64() / plain_read.as_secs_f64());
+    println!("flush (Flusher, synced): {:.1} ms ({}/s)", flushed.elapsed.as_secs_f64() * 1e3, rate(flushed.bytes, flushed.elapsed));
+    println!("cp -r + sync of the same files: {:.1} ms ({}/s)", plain_copy.as_secs_f64() * 1e3, rate(bytes, plain_copy));
+    println!("ratio flush rate / cp rate: {:.2}", plain_copy.as_secs_f64() / flushed.elapsed.as_secs_f64());
+    Ok(())
 }

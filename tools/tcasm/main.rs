@@ -8,6 +8,7 @@ mod bench;
 mod checkpoint;
 mod demo;
 mod export;
+mod flush;
 mod inspect;
 mod stress;
 mod top;
@@ -58,6 +59,8 @@ enum Bench {
     Checkpoint(checkpoint::BenchArgs),
     /// HDF5 export rate against the .npy restore of the same version (--features hdf5).
     Export(export::BenchArgs),
+    /// Restart and flush time against reading and copying the same files.
+    Restart(checkpoint::RestartBenchArgs),
     /// Producer cost per version against the share of pages written, for each tracker and
     /// the hand-written baselines (memcpy, double buffer, fork), with observer processes.
     Coverage(bench::coverage::Args),
@@ -108,6 +111,7 @@ fn main() -> ExitCode {
         Command::Top(a) => top::run(a),
         Command::Bench(Bench::Checkpoint(a)) => checkpoint::bench(a),
         Command::Bench(Bench::Export(a)) => export::bench(a),
+        Command::Bench(Bench::Restart(a)) => checkpoint::bench_restart(a),
         Command::Bench(Bench::Coverage(a)) => bench::coverage::run(a),
         Command::DemoObserver(a) => demo::observe(a),
         Command::StressObserver(a) => stress::observe(a),
