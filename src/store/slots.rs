@@ -80,6 +80,27 @@ impl FreeSlots {
         from_reserve + take_lowest(&mut self.holes, want - from_reserve, true, out)
     }
 
+    /// Gives back slots taken and not used: to the reserve, or to the holes if fresh.
+    pub fn untake(&mut self, stretches: &[Stretch]) {
+        for s in stretches {
+            if s.fresh {
+                self.add_holes(s.start, s.count);
+            } else {
+                self.free(s.start, s.count);
+            }
+        }
+    }
+
+    /// Takes `want` consecutive holes, from the lowest extent long enough, if there is one.
+    pub fn take_contiguous(&mut self, want: u64) -> Option<Stretch> {
+        let (&start, &count) = self.holes.iter().find(|(_, &c)| c >= want)?;
+        self.holes.remove(&start);
+        if count > want {
+            self.holes.insert(start + want, count - want);
+        }
+        Some(Stretch { start, count: want, fresh: true })
+    }
+
     /// Shrinks the reserve to at most `keep` slots, highest extents first; the extents it
     /// gives up become holes and are returned, for the caller to punch.
     pub fn trim(&mut self, keep: u64) -> Vec<(u64, u64)> {
@@ -132,5 +153,11 @@ mod tests {
                 Stretch { start: 27, count: 73, fresh: true },
             ]
         );
+        // Given back, then one long stretch of holes wanted: the lowest long enough.
+        f.untake(&out);
+        assert_eq!(f.reserve_slots(), 12);
+        assert_eq!(f.take_contiguous(74), None);
+        assert_eq!(f.take_contiguous(50), Some(Stretch { start: 27, count: 50, fresh: true }));
+        assert_eq!(f.take_contiguous(23), Some(Stretch { start: 77, count: 23, fresh: true }));
     }
 }

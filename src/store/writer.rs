@@ -64,6 +64,36 @@ pub enum Freed {
 /// Runs of at least this many pages are populated in one call before they are copied.
 const POPULATE_PAGES: usize = 16;
 
+/// Publishes of fewer pages than this never defragment: their runs are short anyway.
+const DEFRAG_MIN_PAGES: usize = 256;
+/// A publish defragments once the runs of written pages were cut into pieces, since the
+/// last time, more than a `DEFRAG_SHARE`th of its pages times: a fresh page costs ~9 copies,
+/// a cut a few, so the debt a defragment clears must be of that order.
+const DEFRAG_SHARE: usize = 8;
+
+/// Where the slots `stretches` cut the runs of pages `dirty` (both in order, as many
+/// slots as pages): how many more pieces than runs.
+fn splits(dirty: &[Range<usize>], stretches: &[Stretch]) -> usize {
+    let mut cuts = 0;
+    let mut stretch_end = 0u64; // pages taken up to the end of the current stretch
+    let mut stretches = stretches.iter();
+    let mut at = 0u64;
+    for r in dirty {
+        let end = at + r.len() as u64;
+        while stretch_end < end {
+            if stretch_end > at {
+                cuts += 1;
+            }
+            match stretches.next() {
+                Some(s) => stretch_end += s.count,
+                None => break,
+            }
+        }
+        at = end;
+    }
+    cuts
+}
+
 /// How many pages ahead a comparison asks for the next pages' first lines.
 const PREFETCH_PAGES: usize = 16;
 
@@ -222,6 +252,8 @@ pub struct StoreWriter {
     recent: VecDeque<usize>,
     /// Most free slots kept allocated.
     max_reserve: u64,
+    /// Pieces the slots taken cut runs of written pages into, since the last defragment.
+    split_debt: usize,
     live_pins: Vec<u64>,
 }
 
@@ -284,6 +316,7 @@ impl StoreWriter {
             free: FreeSlots::default(),
             recent: VecDeque::new(),
             max_reserve,
+            split_debt: 0,
             live_pins: Vec::new(),
         };
         w.add_plane()?;
@@ -454,6 +487,10 @@ impl StoreWriter {
             self.add_plane()?;
             found += self.free.take(dirty_pages as u64 - found, &mut stretches);
         }
+        self.split_debt += splits(dirty, &stretches);
+        if dirty_pages >= DEFRAG_MIN_PAGES && self.split_debt * DEFRAG_SHARE >= dirty_pages {
+            stretches = self.defragment(stretches, dirty_pages as u64)?;
+        }
         let mut copies = Vec::new();
         let mut stretches = stretches.into_iter();
         let mut stretch = Stretch { start: 0, count: 0, fresh: false };
@@ -494,6 +531,34 @@ impl StoreWriter {
             reserve_bytes: self.free.reserve_slots() * self.layout().page_size as u64,
             record,
         })
+    }
+
+    /// Trades the slots taken for this publish, which cut its runs of written pages into
+    /// pieces, for one stretch of holes: the reserve is punched and the written pages go to
+    /// fresh, consecutive slots. The fresh pages cost this publish a fault each (~9 copies);
+    /// the versions after it copy long runs again (one `memcpy` a run, non-temporal stores)
+    /// into the slots this one and the one before it free. Falls back to `taken` when the
+    /// pool cannot grow that far.
+    fn defragment(&mut self, taken: Vec<Stretch>, want: u64) -> Result<Vec<Stretch>, PublishError> {
+        self.split_debt = 0;
+        self.free.untake(&taken);
+        let page = self.layout().page_size as u64;
+        for (slot, count) in self.free.trim(0) {
+            if let Err(e) = self.pool_file.punch_hole(slot * page, count * page) {
+                tracing::warn!("punching {count} slots of the pool failed: {e}");
+            }
+        }
+        loop {
+            if let Some(stretch) = self.free.take_contiguous(want) {
+                return Ok(vec![stretch]);
+            }
+            if self.planes == self.max_planes {
+                let mut stretches = Vec::new();
+                self.free.take(want, &mut stretches);
+                return Ok(stretches);
+            }
+            self.add_plane()?;
+        }
     }
 
     /// Retires the slot page `p` held (if it held one), superseded by version `n`: joins
@@ -710,3 +775,20 @@ impl Mapped {
 
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_count_the_cuts_inside_runs() {
+        let s = |counts: &[u64]| counts.iter().map(|&count| Stretch { start: 0, count, fresh: false }).collect::<Vec<_>>();
+        // Runs of 4, 1 and 5 pages.
+        let dirty = [0..4, 10..11, 20..25];
+        assert_eq!(splits(&dirty, &s(&[10])), 0);
+        assert_eq!(splits(&dirty, &s(&[4, 1, 5])), 0);
+        assert_eq!(splits(&dirty, &s(&[2, 2, 1, 1, 4])), 2);
+        assert_eq!(splits(&dirty, &s(&[1; 10])), 3 + 4);
+        assert_eq!(splits(&dirty, &s(&[3, 7])), 1);
+    }
+}
