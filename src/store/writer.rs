@@ -655,7 +655,7 @@ impl Mapped {
                 // Allocating fresh slots in one call costs a third of a fault each.
                 self.pool.populate(dst, to - from);
             }
-            self.pool.copy_in(dst, &s.memory, from, to - from);
+            self.pool.stream_in(dst, &s.memory, from, to - from);
             if !copy.fresh {
                 self.pool.zero(start, at);
                 let end = self.slot_offset(copy.slot_of(s.first_page + own.end - 1)) + last_at + (to - last_from);

@@ -191,6 +191,20 @@ impl Mapping {
         unsafe { std::ptr::copy_nonoverlapping(src.ptr.add(src_off), self.ptr.as_ptr().add(at), len) }
     }
 
+    /// As [`Mapping::copy_in`], with non-temporal stores where the processor has them
+    /// (x86-64): a snapshot's pages are not read again by this process, so they need not
+    /// pass through its caches, and the destination is not read first (no read for
+    /// ownership). glibc's `memcpy` streams only copies larger than most of the last-level
+    /// cache; a publish's runs are mostly smaller. Ends with a store fence, so the copy is
+    /// ordered before any later store of this thread (the version's release).
+    pub fn stream_in(&self, at: usize, src: &RegionMemory, src_off: usize, len: usize) {
+        assert!(at.checked_add(len).is_some_and(|e| e <= self.len), "stream_in out of bounds");
+        assert!(src_off.checked_add(len).is_some_and(|e| e <= src.len), "stream_in source out of bounds");
+        // SAFETY: both ranges were just checked to lie inside live mappings that cannot
+        // overlap (as in `copy_in`, whose caveat on concurrent writers applies).
+        unsafe { stream_copy(self.ptr.as_ptr().add(at), src.ptr.add(src_off), len) }
+    }
+
     /// Whether `len` bytes at `at` of this mapping equal `len` bytes at `src_off` of `src`.
     /// Stops at the first difference, so a rewritten page usually costs a few bytes.
     pub fn equals(&self, at: usize, src: &RegionMemory, src_off: usize, len: usize) -> bool {
@@ -326,6 +340,51 @@ impl RegionMemory {
             prefetch(self.ptr.wrapping_add(at));
         }
     }
+}
+
+/// Copies `len` bytes from `src` to `dst` with non-temporal stores of 16 bytes (SSE2, part
+/// of x86-64), plain copies for the unaligned head and the tail, then a store fence.
+///
+/// # Safety
+/// `src` must be readable and `dst` writable for `len` bytes, and the ranges must not
+/// overlap.
+#[cfg(target_arch = "x86_64")]
+unsafe fn stream_copy(dst: *mut u8, src: *const u8, len: usize) {
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+    let head = dst.align_offset(16).min(len);
+    // SAFETY (whole function): every access below lies in `[0, len)` of both ranges, which
+    // the caller promises are valid and disjoint; `dst + i` is 16-aligned after the head,
+    // as `_mm_stream_si128` needs; unaligned loads need no alignment.
+    unsafe {
+        std::ptr::copy_nonoverlapping(src, dst, head);
+        let mut i = head;
+        while i + 64 <= len {
+            let s = src.add(i).cast::<__m128i>();
+            let d = dst.add(i).cast::<__m128i>();
+            let (a, b, c, e) = (_mm_loadu_si128(s), _mm_loadu_si128(s.add(1)), _mm_loadu_si128(s.add(2)), _mm_loadu_si128(s.add(3)));
+            _mm_stream_si128(d, a);
+            _mm_stream_si128(d.add(1), b);
+            _mm_stream_si128(d.add(2), c);
+            _mm_stream_si128(d.add(3), e);
+            i += 64;
+        }
+        while i + 16 <= len {
+            _mm_stream_si128(dst.add(i).cast(), _mm_loadu_si128(src.add(i).cast()));
+            i += 16;
+        }
+        std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), len - i);
+        _mm_sfence();
+    }
+}
+
+/// Elsewhere a plain copy.
+///
+/// # Safety
+/// As the x86-64 version.
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn stream_copy(dst: *mut u8, src: *const u8, len: usize) {
+    // SAFETY: as the caller promises.
+    unsafe { std::ptr::copy_nonoverlapping(src, dst, len) }
 }
 
 /// A prefetch hint for the cache line of `p`. Never faults, whatever `p` is.
