@@ -664,6 +664,14 @@ impl Mapped {
         }
     }
 
+    /// Asks for the first line of page-space page `p` in its region.
+    fn prefetch_source(&self, p: usize) {
+        let page = self.layout.page_size;
+        if let Some((s, own)) = self.sources_of(p..p + 1).next() {
+            s.memory.prefetch(s.page_bytes(own.start, page).0);
+        }
+    }
+
     /// The regions that pages `pages` of the page space fall in, each with the range of
     /// its own pages that `pages` covers.
     fn sources_of(&self, pages: Range<usize>) -> impl Iterator<Item = (&Source, Range<usize>)> {
@@ -678,7 +686,12 @@ impl Mapped {
     /// Copies every run of `copies`, shared over `threads` threads.
     pub fn copy_all(&self, copies: &[Copy], threads: usize) {
         on_threads(shares(copies, threads), |share| {
-            for copy in &share {
+            for (i, copy) in share.iter().enumerate() {
+                // Short runs scattered over the regions: start loading the first line of
+                // a run a few ahead, as the comparison does.
+                if let Some(ahead) = share.get(i + PREFETCH_PAGES) {
+                    self.prefetch_source(ahead.pages.start);
+                }
                 self.copy_pages(copy);
             }
         });
