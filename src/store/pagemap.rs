@@ -62,6 +62,45 @@ impl PageMap {
         PageMap { runs }
     }
 
+    /// The map after `pieces` (sorted, disjoint runs) replaced what it said of their pages:
+    /// the same map [`PageMap::from_pages`] builds from the pages, in time proportional to
+    /// the runs rather than the pages.
+    pub fn overwrite(&self, pieces: &[Run]) -> PageMap {
+        fn push(out: &mut Vec<Run>, r: Run) {
+            match out.last_mut() {
+                Some(l) if l.pages().end == r.first as usize && l.slot_of(r.first as usize) == r.slot && l.written == r.written => {
+                    l.count += r.count
+                }
+                _ if r.count > 0 => out.push(r),
+                _ => {}
+            }
+        }
+        let part = |r: &Run, from: usize, to: usize| Run { first: from as u32, count: (to - from) as u32, slot: r.slot_of(from), written: r.written };
+        let mut out = Vec::with_capacity(self.runs.len() + 2 * pieces.len());
+        let mut pieces = pieces.iter().peekable();
+        // Pages before this are decided: kept from a run, or covered by a piece.
+        let mut done = 0usize;
+        for r in &self.runs {
+            let end = r.pages().end;
+            while let Some(&&p) = pieces.peek().filter(|p| (p.first as usize) < end) {
+                if (p.first as usize) > done.max(r.first as usize) {
+                    push(&mut out, part(r, done.max(r.first as usize), p.first as usize));
+                }
+                push(&mut out, p);
+                done = p.pages().end;
+                pieces.next();
+            }
+            if done.max(r.first as usize) < end {
+                push(&mut out, part(r, done.max(r.first as usize), end));
+                done = end;
+            }
+        }
+        for &p in pieces {
+            push(&mut out, p);
+        }
+        PageMap { runs: out }
+    }
+
     /// Checks a map read from shared memory: runs in order, without gaps or overlaps,
     /// covering exactly `pages` pages, in the pool's `slots` slots, written at versions
     /// `1..=version`.
@@ -145,6 +184,39 @@ mod tests {
         assert!(map.validate(7, 15, 5).is_err());
         assert!(map.validate(6, 14, 5).is_err());
         assert!(map.validate(6, 15, 4).is_err());
+    }
+
+    /// Overwriting runs gives what building from the pages gives, on random maps and
+    /// random pieces.
+    #[test]
+    fn overwrite_equals_building_from_pages() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..500 {
+            let pages = 1 + next(60) as usize;
+            let mut slot: Vec<u64> = (0..pages as u64).map(|p| if next(3) == 0 { next(200) } else { p }).collect();
+            let mut written: Vec<u64> = (0..pages).map(|_| 1 + next(3)).collect();
+            let map = PageMap::from_pages(&slot, &written);
+            let mut pieces = Vec::new();
+            let mut p = next(4) as usize;
+            while p < pages {
+                let count = (1 + next(6) as usize).min(pages - p);
+                let s = 1000 + next(50);
+                pieces.push(Run { first: p as u32, count: count as u32, slot: s, written: 9 });
+                for i in 0..count {
+                    slot[p + i] = s + i as u64;
+                    written[p + i] = 9;
+                }
+                p += count + next(5) as usize;
+            }
+            assert_eq!(map.overwrite(&pieces), PageMap::from_pages(&slot, &written), "{map:?} with {pieces:?}");
+        }
+        assert_eq!(PageMap::default().overwrite(&[Run { first: 0, count: 3, slot: 7, written: 1 }]), PageMap::from_pages(&[7, 8, 9], &[1, 1, 1]));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::layout::{self, hdr, obs, ver, Layout, OBSERVER_WORDS};
-use super::pagemap::{PageMap, RUN_WORDS};
+use super::pagemap::{PageMap, Run, RUN_WORDS};
 use super::pins::PinBoard;
 use super::slots::{FreeSlots, Stretch};
 use super::protocol::{self, retained, UNPINNED};
@@ -243,9 +243,11 @@ pub struct StoreWriter {
     max_planes: usize,
     version: u64,
     log_pos: u64,
-    /// Per page: the slot of the latest version's copy, and the version that wrote it.
+    /// Per page: the slot of the latest version's copy, and the version that wrote it; and
+    /// the same as the latest version's page map.
     slot: Vec<u64>,
     written: Vec<u64>,
+    map: PageMap,
     retired: Vec<Retired>,
     free: FreeSlots,
     /// Pages written by the last [`RESERVE_WINDOW`] publishes, newest last.
@@ -312,6 +314,7 @@ impl StoreWriter {
             log_pos: 0,
             slot: vec![0; n],
             written: vec![0; n],
+            map: PageMap::default(),
             retired: Vec::new(),
             free: FreeSlots::default(),
             recent: VecDeque::new(),
@@ -517,9 +520,14 @@ impl StoreWriter {
             self.recent.pop_front();
         }
         self.trim_reserve();
-        let map = PageMap::from_pages(&self.slot, &self.written);
+        let pieces: Vec<Run> = copies
+            .iter()
+            .map(|c| Run { first: c.pages.start as u32, count: c.pages.len() as u32, slot: c.slot, written: n })
+            .collect();
+        let map = self.map.overwrite(&pieces);
         let mapping_runs = map.mapping_count();
         let record = self.write_record(n, &map);
+        self.map = map;
         self.version = n;
         Ok(Prepared {
             version: n,
