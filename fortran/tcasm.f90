@@ -63,7 +63,7 @@ module tcasm
   !> What a producer has done so far (tcasm_producer_stats in tcasm.h).
   type, bind(C) :: tcasm_stats
     integer(c_int64_t) :: versions = 0          ! versions published
-    integer(c_int64_t) :: last_pages_copied = 0 ! pages the last publish copied
+    integer(c_int64_t) :: last_pages_copied = 0 ! pages the last publish found changed and copied
     integer(c_int64_t) :: last_publish_ns = 0   ! nanoseconds in the last publish
     integer(c_int64_t) :: total_publish_ns = 0  ! nanoseconds in all publishes
     integer(c_int64_t) :: store_bytes = 0       ! memory the snapshot store holds

@@ -69,6 +69,15 @@
 //! cost stays proportional to what it changed, and the lowest-first placement keeps the pool
 //! packed: memory is bounded by the reserve's trimming, not by moving live pages.
 //!
+//! The producer's own copies want long runs too: one copy a run, with non-temporal stores
+//! (`Mapping::stream_in`), runs at memory bandwidth, while the same pages copied one by one
+//! run at about half of it. Slots freed by scattered writes can leave a reserve of short
+//! extents that would cut a later contiguous write into pieces (a simulation going from
+//! updating every other page to updating everything). The writer counts the cuts; once they
+//! outnumber an eighth of a publish's pages since the last time, that publish punches the
+//! reserve and takes one stretch of fresh slots instead (a fault a page, once), and the
+//! versions after it alternate between long stretches again.
+//!
 //! # Who may do what
 //! Observers get the control block and the pool through read-only descriptors and map them
 //! `PROT_READ`; both files are mode 0400 and sealed against shrinking (so no mapping loses its
