@@ -37,13 +37,6 @@ fn endpoint() -> PathBuf {
     common::endpoint_dir("checkpoint")
 }
 
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tcasm-ckpt-{test}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// The version at which page `page` of the page space was last written, as of version `v`:
 /// every page at version 1, then page `page` at each version `u` with `(page + u) % 7 == 0`.
 fn written_at(page: usize, v: u64) -> u64 {
@@ -310,7 +303,7 @@ fn complete(dir: &Path) -> Vec<(u64, u64)> {
 
 fn follow_and_restore(tracker: TrackerKind) {
     let test = format!("follow-{tracker}");
-    let scratch = scratch(&test);
+    let scratch = common::scratch("ckpt", &test);
     let producer = ProducerChild::start(&test, 64, 200, 8_000, tracker);
     let every = scratch.join("every");
     let interval = scratch.join("interval");
@@ -364,7 +357,7 @@ fn restored_versions_equal_what_the_producer_published_async_tracker() {
 fn sigkilled_checkpointers_leave_every_complete_checkpoint_restorable() {
     const KILLS: usize = 24;
     let test = "sigkill";
-    let scratch = scratch(test);
+    let scratch = common::scratch("ckpt", test);
     let dir = scratch.join("ckpt");
     // 8 MiB of grid: a base takes long enough that kills land inside writes too.
     let producer = ProducerChild::start(test, 1024, 1 << 40, 3_000, TrackerKind::Auto);
@@ -439,7 +432,7 @@ fn assert_restore_agrees_with_verify(dir: &Path, regions: &[RegionInfo]) {
 #[test]
 fn damage_is_named_by_verify_and_restore_and_nothing_panics() {
     let test = "damage";
-    let scratch = scratch(test);
+    let scratch = common::scratch("ckpt", test);
     let good = scratch.join("good");
     let producer = ProducerChild::start(test, 32, 60, 5_000, TrackerKind::Auto);
     let out = run(&["checkpoint", &producer.name, "--dir", good.to_str().unwrap(), "--every-version"]);
@@ -523,7 +516,7 @@ fn attached(observer: &Observer) -> Vec<u64> {
 #[test]
 fn top_prints_plain_lines_with_rates_and_observers() {
     let test = "top";
-    let scratch = scratch(test);
+    let scratch = common::scratch("ckpt", test);
     let tracker = if common::async_tracking_available(test) { TrackerKind::Async } else { TrackerKind::Copy };
     let producer = ProducerChild::start(test, 16, 1 << 40, 10_000, tracker);
     let mut checkpointer = tcasm(&["checkpoint", &producer.name, "--dir", scratch.join("ckpt").to_str().unwrap()])
@@ -629,7 +622,7 @@ fn ls_and_inspect_show_the_producer_as_it_is() {
 #[test]
 fn cli_errors_say_what_to_do() {
     let test = "cli-errors";
-    let scratch = scratch(test);
+    let scratch = common::scratch("ckpt", test);
     let dir = scratch.join("ckpt");
 
     let out = run(&["checkpoint", "no-such-producer", "--dir", dir.to_str().unwrap()]);
@@ -664,7 +657,7 @@ fn cli_errors_say_what_to_do() {
 /// removes its scratch directory. The figures are not judged here: speed is for benchmarks.
 #[test]
 fn bench_checkpoint_runs() {
-    let scratch = scratch("bench");
+    let scratch = common::scratch("ckpt", "bench");
     let out = run(&["bench", "checkpoint", "--dir", scratch.to_str().unwrap(), "--size", "2MiB", "--checkpoints", "2"]);
     assert!(out.status.success(), "{}", text(&out));
     let said = String::from_utf8_lossy(&out.stdout);

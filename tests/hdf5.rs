@@ -36,7 +36,7 @@ fn without_the_feature_the_command_says_how_to_get_it() {
 #[cfg(feature = "hdf5")]
 mod export {
     use std::fs;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
     use std::process::Command;
     use std::time::Duration;
 
@@ -112,13 +112,6 @@ mod export {
         });
     }
 
-    fn scratch(test: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("tcasm-hdf5-{test}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-
     fn ok(args: &[&str]) -> String {
         let out = tcasm(args);
         assert!(out.status.success(), "tcasm {args:?} failed: {}", text(&out));
@@ -151,7 +144,7 @@ mod export {
             return;
         };
         common::endpoint_dir("hdf5");
-        let scratch = scratch("read");
+        let scratch = common::scratch("hdf5", "read");
         let name = "hdf5-export";
         let mut producer = Producer::create(name, ProducerOptions::default()).unwrap();
         let mut regions = Regions::new(&mut producer);
@@ -193,7 +186,7 @@ mod export {
     #[test]
     fn bad_input_is_refused_and_leaves_no_partial_file() {
         common::endpoint_dir("hdf5");
-        let scratch = scratch("bad");
+        let scratch = common::scratch("hdf5", "bad");
         let name = "hdf5-bad-input";
         let mut producer = Producer::create(name, ProducerOptions::default()).unwrap();
         let mut regions = Regions::new(&mut producer);

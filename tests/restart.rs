@@ -33,13 +33,6 @@ fn endpoint() -> PathBuf {
     common::endpoint_dir("restart")
 }
 
-fn scratch(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("tcasm-restart-{test}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// One step: rows with `(row + step) % 3 == 0` are rewritten from their old values.
 fn advance(field: &mut [f64], step: u64) {
     for (r, row) in field.chunks_mut(ROW).enumerate() {
@@ -242,7 +235,7 @@ fn a_producer_killed_and_restarted_ends_bit_identical() {
     assert_eq!(uninterrupted.expect(&["first run"]), "first run");
     let whole = uninterrupted.finish();
 
-    let dir = scratch("killed");
+    let dir = common::scratch("restart", "killed");
     let (local, persistent) = (dir.join("local"), dir.join("persistent"));
     fs::create_dir_all(&persistent).unwrap();
     let dirs = format!("{}:{}", local.display(), persistent.display());
@@ -281,7 +274,7 @@ fn a_producer_killed_and_restarted_ends_bit_identical() {
 #[test]
 fn a_checkpointer_killed_while_flushing_leaves_persistent_restorable() {
     // 32 MiB a version, every page rewritten: each flush copies a whole base or more.
-    let dir = scratch("flush-killed");
+    let dir = common::scratch("restart", "flush-killed");
     let (local, persistent) = (dir.join("local"), dir.join("persistent"));
     fs::create_dir_all(&persistent).unwrap();
     let producer = ProducerChild::start("restart-flush", "", 4096, 1_000_000, 100_000, "standard");
@@ -352,7 +345,7 @@ impl Drop for Tmpfs {
 #[test]
 fn a_full_local_level_is_reported_and_checkpointing_resumes_when_space_returns() {
     let test = "a_full_local_level_is_reported_and_checkpointing_resumes_when_space_returns";
-    let dir = scratch("full");
+    let dir = common::scratch("restart", "full");
     let local = dir.join("local");
     let Some(_mount) = Tmpfs::mount(test, &local, "size=4m") else { return };
     // 3 MiB of ballast leave less than the 1 MiB base needs.
@@ -385,7 +378,7 @@ fn a_full_local_level_is_reported_and_checkpointing_resumes_when_space_returns()
 #[test]
 fn a_missing_or_read_only_persistent_level_is_reported_and_level_one_goes_on() {
     let test = "a_missing_or_read_only_persistent_level_is_reported_and_level_one_goes_on";
-    let dir = scratch("no-persistent");
+    let dir = common::scratch("restart", "no-persistent");
     let producer = ProducerChild::start("restart-nopfs", "", 16, 1_000_000, 20_000, "standard");
     producer.expect(&["ready"]);
     let missing = dir.join("missing");
@@ -408,7 +401,7 @@ fn a_missing_or_read_only_persistent_level_is_reported_and_level_one_goes_on() {
 
 #[test]
 fn a_checkpoint_of_another_layout_or_damaged_is_refused_and_memory_untouched() {
-    let dir = scratch("refused");
+    let dir = common::scratch("restart", "refused");
     let ckpt = dir.join("ckpt");
     let producer = ProducerChild::start("restart-refused", &dir.join("none").display().to_string(), 8, 10, 20_000, "standard");
     producer.expect(&["ready"]);

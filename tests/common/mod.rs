@@ -34,6 +34,15 @@ pub fn private_dir(test: &str) -> PathBuf {
     dir
 }
 
+/// A fresh scratch directory for test `test` of the test file `suite`, under the system's
+/// temporary directory.
+pub fn scratch(suite: &str, test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tcasm-{suite}-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// What a skipped test lacked, and the variable that makes such a skip a failure: CI sets
 /// both.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
