@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::store::writer::{Copy, Mapped, Prepared};
+use crate::store::writer::{Mapped, PageCopy, Prepared};
 use crate::track::FirstWrite;
 
 const PENDING: u8 = 0;
@@ -106,7 +106,7 @@ impl Pending {
         match work.state[i].compare_exchange(PENDING, COPYING, Ordering::Acquire, Ordering::Acquire) {
             Ok(_) => {
                 let (_, page, slot) = work.pages[i];
-                self.mapped.copy_pages(&Copy { pages: page..page + 1, slot, fresh: false });
+                self.mapped.copy_pages(&PageCopy { pages: page..page + 1, slot, fresh: false });
                 // SYNC: Release pairs with the Acquire loads below and in `release`'s caller:
                 // the copy is complete before anyone sees COPIED.
                 work.state[i].store(COPIED, Ordering::Release);
@@ -219,7 +219,7 @@ pub(crate) fn page_address(regions: &[(usize, usize, usize)], page: usize, page_
 }
 
 /// Every page of `copies` with its producer address.
-pub(crate) fn pages_of(copies: &[Copy], regions: &[(usize, usize, usize)], page_size: usize) -> Vec<(usize, usize, u64)> {
+pub(crate) fn pages_of(copies: &[PageCopy], regions: &[(usize, usize, usize)], page_size: usize) -> Vec<(usize, usize, u64)> {
     copies
         .iter()
         .flat_map(|c| c.pages.clone().map(move |p| (p, c.slot_of(p))))

@@ -121,7 +121,7 @@ pub struct Mapped {
 pub struct Prepared {
     pub version: u64,
     /// The runs of pages to copy.
-    pub copies: Vec<Copy>,
+    pub copies: Vec<PageCopy>,
     pub dirty_pages: usize,
     pub mapping_runs: usize,
     /// The pool's size, in planes of one page space each.
@@ -134,7 +134,7 @@ pub struct Prepared {
 
 /// Page-space pages to copy into consecutive slots from `slot`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Copy {
+pub struct PageCopy {
     pub pages: Range<usize>,
     pub slot: u64,
     /// Whether the slots hold no memory yet (never written, or given back to the kernel).
@@ -172,21 +172,21 @@ impl Pages for Range<usize> {
     }
 }
 
-impl Copy {
+impl PageCopy {
     /// The slot page `p` of the run goes to.
     pub fn slot_of(&self, p: usize) -> u64 {
         self.slot + (p - self.pages.start) as u64
     }
 }
 
-impl Pages for Copy {
+impl Pages for PageCopy {
     fn pages(&self) -> usize {
         self.pages.len()
     }
 
     fn cut(self, n: usize) -> (Self, Self) {
         let (head, tail) = self.pages.cut(n);
-        (Copy { pages: head, ..self }, Copy { pages: tail, slot: self.slot + n as u64, fresh: self.fresh })
+        (PageCopy { pages: head, ..self }, PageCopy { pages: tail, slot: self.slot + n as u64, fresh: self.fresh })
     }
 }
 
@@ -504,7 +504,7 @@ impl StoreWriter {
                     stretch = stretches.next().expect("as many slots taken as pages written");
                 }
                 let take = (r.end - p).min(stretch.count as usize);
-                copies.push(Copy { pages: p..p + take, slot: stretch.start, fresh: stretch.fresh });
+                copies.push(PageCopy { pages: p..p + take, slot: stretch.start, fresh: stretch.fresh });
                 for (i, q) in (p..p + take).enumerate() {
                     self.retire(q, n);
                     self.slot[q] = stretch.start + i as u64;
@@ -652,7 +652,7 @@ impl Mapped {
     /// may last have held any page, so the part of a region's first and last page that is
     /// not the region's (other data shares that page in the producer) is zeroed, unless the
     /// slot is fresh (zero already): observers see only the region's own bytes.
-    pub fn copy_pages(&self, copy: &Copy) {
+    pub fn copy_pages(&self, copy: &PageCopy) {
         let page = self.layout.page_size;
         for (s, own) in self.sources_of(copy.pages.clone()) {
             let (from, _, at) = s.page_bytes(own.start, page);
@@ -692,7 +692,7 @@ impl Mapped {
     }
 
     /// Copies every run of `copies`, shared over `threads` threads.
-    pub fn copy_all(&self, copies: &[Copy], threads: usize) {
+    pub fn copy_all(&self, copies: &[PageCopy], threads: usize) {
         on_threads(shares(copies, threads), |share| {
             for (i, copy) in share.iter().enumerate() {
                 // Short runs scattered over the regions: start loading the first line of

@@ -48,7 +48,7 @@ const CALIBRATION_PAGES: usize = 256;
 /// Pages a comparison must have found unchanged for its time to teach the compare price.
 const LEARN_PAGES: usize = 64;
 /// Most publishes a chunk that went back to tracking in vain stays untracked next time.
-pub const MAX_BACKOFF: u32 = 64;
+const MAX_BACKOFF: u32 = 64;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -148,19 +148,9 @@ impl AutoTracker {
 
     /// The share of a chunk's pages written per version above which comparing the chunk
     /// costs less than tracking it.
-    pub fn threshold(&self) -> f64 {
+    fn threshold(&self) -> f64 {
         let compare = self.compare.as_secs_f64();
         (compare / (self.fault.as_secs_f64() + compare)).clamp(0.02, 0.9)
-    }
-
-    /// Pages in untracked chunks (compared at each publish) now.
-    pub fn untracked_pages(&self) -> usize {
-        let page = page_size();
-        self.chunks
-            .iter()
-            .filter(|c| c.state != State::Tracked)
-            .map(|c| (c.range.end - c.range.start) / page)
-            .sum()
     }
 
     fn rebuild_chunks(&mut self) {
