@@ -61,7 +61,7 @@ fn writes(v: usize, rng: &mut common::Rng) -> (Vec<usize>, Vec<usize>) {
         changed.extend((2 * chunk..3 * chunk).filter(|_| rng.below(2) == 0));
     }
     // The rest: now and then a page, the last page of the region included.
-    if v % 5 == 0 {
+    if v.is_multiple_of(5) {
         changed.extend([3 * chunk + rng.index(PAGES - 3 * chunk), PAGES - 1]);
     }
     changed.sort_unstable();

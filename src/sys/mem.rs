@@ -352,8 +352,8 @@ impl RegionMemory {
 unsafe fn stream_copy(dst: *mut u8, src: *const u8, len: usize) {
     use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
     let head = dst.align_offset(16).min(len);
-    // SAFETY (whole function): every access below lies in `[0, len)` of both ranges, which
-    // the caller promises are valid and disjoint; `dst + i` is 16-aligned after the head,
+    // SAFETY: every access below lies in `[0, len)` of both ranges, which the caller
+    // promises are valid and disjoint; `dst + i` is 16-aligned after the head,
     // as `_mm_stream_si128` needs; unaligned loads need no alignment.
     unsafe {
         std::ptr::copy_nonoverlapping(src, dst, head);
