@@ -409,10 +409,15 @@ pub struct Attached {
     pub slot: usize,
 }
 
+/// How long a producer that is there has to answer an observer's handshake, whatever the
+/// observer's own timeout.
+pub const HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
+
 /// The observer's side: connects to `name` and receives the store's files, waiting up to
-/// `timeout` for the producer's first version, and, if `wait_for_endpoint`, for the producer
-/// to appear at all (otherwise a name no producer has is `NotFound` at once).
-pub fn attach(name: &str, timeout: Duration, wait_for_endpoint: bool) -> Result<Attached, EndpointError> {
+/// `timeout` for the producer to appear and publish its first version (a producer already
+/// there gets at least [`HANDSHAKE_GRACE`] to answer). A zero `timeout` does not wait for a
+/// producer that is not there: that name is `NotFound` at once.
+pub fn attach(name: &str, timeout: Duration) -> Result<Attached, EndpointError> {
     check_name(name)?;
     let dir = directory()?;
     let (socket_path, _) = paths(&dir, name);
@@ -420,7 +425,7 @@ pub fn attach(name: &str, timeout: Duration, wait_for_endpoint: bool) -> Result<
     let absent = |e: &std::io::Error| matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused);
     let connected = loop {
         match UnixStream::connect(&socket_path) {
-            Err(e) if absent(&e) && wait_for_endpoint && waiting.elapsed() < timeout => {
+            Err(e) if absent(&e) && waiting.elapsed() < timeout => {
                 std::thread::sleep(Duration::from_millis(20));
             }
             result => break result,
@@ -439,7 +444,7 @@ pub fn attach(name: &str, timeout: Duration, wait_for_endpoint: bool) -> Result<
     })?;
     let timeout = timeout.saturating_sub(waiting.elapsed());
     let started = Instant::now();
-    stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).map_err(io("configuring the socket"))?;
+    stream.set_read_timeout(Some(timeout.max(HANDSHAKE_GRACE))).map_err(io("configuring the socket"))?;
     let mut buf = [0u8; 512];
     let (n, fds) = fdpass::recv(&stream, &mut buf).map_err(|e| match e {
         nix::Error::EAGAIN => EndpointError::NotReady { name: name.to_string(), waited_ms: started.elapsed().as_millis() as u64 },

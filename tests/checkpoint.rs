@@ -632,7 +632,7 @@ fn cli_errors_say_what_to_do() {
     let scratch = scratch(test);
     let dir = scratch.join("ckpt");
 
-    let out = run(&["checkpoint", "no-such-producer", "--dir", dir.to_str().unwrap()]);
+    let out = run(&["checkpoint", "no-such-producer", "--dir", dir.to_str().unwrap(), "--wait", "0"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("no producer named \"no-such-producer\"") && text(&out).contains("tcasm ls"), "{}", text(&out));
     assert!(!dir.exists(), "a checkpoint of nothing made its directory");

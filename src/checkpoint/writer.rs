@@ -63,6 +63,7 @@ impl Writer {
     /// Takes the directory `dir` (creating it) for checkpoints of `space`. The first
     /// checkpoint starts a new chain.
     pub fn create(dir: &Path, space: PageSpace, options: WriterOptions) -> Result<Writer, CheckpointError> {
+        super::refuse_non_directory(dir)?;
         fs::create_dir_all(dir).map_err(CheckpointError::io("creating", dir))?;
         let lock = take_dir(dir)?;
         Ok(Writer { dir: dir.to_path_buf(), space, options, chain: None, _lock: lock })

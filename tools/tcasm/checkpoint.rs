@@ -48,6 +48,8 @@ pub struct Args {
     /// flushed.
     #[arg(long, value_name = "M", requires = "flush_to", value_parser = clap::value_parser!(u64).range(1..))]
     keep_flushed: Option<u64>,
+    #[command(flatten)]
+    wait: crate::wait::Wait,
 }
 
 /// What a run has done so far.
@@ -73,11 +75,11 @@ impl Totals {
 
     fn summary(&self) -> String {
         format!(
-            "{} checkpoints (v{}..v{}), {} versions skipped, {} written at {}/s",
-            self.checkpoints,
+            "{} (v{}..v{}), {} skipped, {} written at {}/s",
+            crate::plural(self.checkpoints, "checkpoint"),
             self.first.unwrap_or(0),
             self.last,
-            self.skipped,
+            crate::plural(self.skipped, "version"),
             HumanBytes(self.bytes),
             HumanBytes(rate(self.bytes, self.busy)),
         )
@@ -153,8 +155,8 @@ impl Progress {
                     bar.println(describe(w, skipped));
                 }
                 bar.set_message(format!(
-                    "{} checkpoints, {} skipped, {}/s",
-                    totals.checkpoints,
+                    "{}, {} skipped, {}/s",
+                    crate::plural(totals.checkpoints, "checkpoint"),
                     totals.skipped,
                     HumanBytes(rate(totals.bytes, totals.busy))
                 ));
@@ -207,7 +209,9 @@ fn start_flusher(args: &Args) -> Option<flush::Background> {
 
 /// Follows the producer and checkpoints its versions until it exits (or `--count`).
 pub fn run(args: Args) -> crate::Result {
-    let observer = Observer::attach(&args.name)?;
+    // Before waiting for the producer: a wrong --dir is said at once.
+    checkpoint::refuse_non_directory(&args.dir)?;
+    let observer = args.wait.attach(&args.name)?;
     let options = WriterOptions { full_every: args.full_every, keep: args.keep.map(|k| k as usize) };
     let mut writer = Writer::create(&args.dir, PageSpace::of(&observer), options)?;
     let level2 = start_flusher(&args);
@@ -235,6 +239,9 @@ pub fn run(args: Args) -> crate::Result {
         };
         let snapshot = match taken {
             Ok(s) => s,
+            Err(ReadError::ProducerGone { .. }) if observer.producer_died() => {
+                break format!("producer {:?} died without closing its endpoint (killed or crashed)", args.name)
+            }
             Err(ReadError::ProducerGone { .. }) => break format!("producer {:?} exited", args.name),
             Err(e) => return Err(e.into()),
         };
@@ -282,7 +289,7 @@ pub fn run(args: Args) -> crate::Result {
             }
         }
         if args.count.is_some_and(|n| totals.checkpoints >= n) {
-            break format!("{} checkpoints taken", totals.checkpoints);
+            break format!("{} taken", crate::plural(totals.checkpoints, "checkpoint"));
         }
     };
     progress.finish(&why, &totals);
@@ -290,6 +297,10 @@ pub fn run(args: Args) -> crate::Result {
         let (events, summary) = l2.finish(last);
         events.iter().for_each(|line| eprintln!("{line}"));
         eprintln!("{summary}");
+    }
+    if observer.producer_died() {
+        let last = writer.last().map_or("none".into(), |v| format!("v{v}"));
+        return Err(format!("producer {:?} died without closing its endpoint; the last complete checkpoint is {last}", args.name).into());
     }
     Ok(())
 }
@@ -352,6 +363,7 @@ pub fn restore(args: RestoreArgs) -> crate::Result {
     if args.versions.is_some() || args.force {
         return Err("--versions and --force go with --format hdf5; a .npy restore is of one version".into());
     }
+    checkpoint::refuse_non_directory(&args.out)?;
     let restore = open_restore(&args)?;
     let regions = checkpoint::restore_npy(&restore, &args.out)?;
     let m = restore.manifest();
@@ -401,16 +413,28 @@ pub fn verify(args: VerifyArgs) -> crate::Result {
     let chains = report.restorable.iter().map(|(c, _)| c).collect::<std::collections::BTreeSet<_>>();
     for chain in chains {
         let vs: Vec<u64> = report.restorable.iter().filter(|(c, _)| c == chain).map(|(_, v)| *v).collect();
-        println!("chain {chain}: {} restorable checkpoints, v{}..v{}", vs.len(), vs[0], vs[vs.len() - 1]);
+        println!("chain {chain}: {} restorable, v{}..v{}", crate::plural(vs.len() as u64, "checkpoint"), vs[0], vs[vs.len() - 1]);
     }
     println!("{} chunks ({}) checked", report.chunks_checked, HumanBytes(report.bytes_checked));
-    if report.intact() {
-        println!("intact: {} checkpoints restorable", report.restorable.len());
+    if report.intact() && report.restorable.is_empty() {
+        Err(format!(
+            "no complete checkpoint in {}: is it the directory `tcasm checkpoint --dir` wrote to?",
+            args.dir.display()
+        )
+        .into())
+    } else if report.intact() {
+        println!("intact: {} restorable", crate::plural(report.restorable.len() as u64, "checkpoint"));
         Ok(())
     } else {
         let lost: std::collections::BTreeSet<_> =
             report.damage.iter().flat_map(|d| d.unrestorable.iter().map(move |v| (d.chain, *v))).collect();
-        Err(format!("{} problems; {} checkpoints unrestorable, {} restorable", report.damage.len(), lost.len(), report.restorable.len()).into())
+        Err(format!(
+            "{}; {} unrestorable, {} restorable",
+            crate::plural(report.damage.len() as u64, "problem"),
+            crate::plural(lost.len() as u64, "checkpoint"),
+            report.restorable.len()
+        )
+        .into())
     }
 }
 
@@ -442,6 +466,7 @@ pub fn bench(args: BenchArgs) -> crate::Result {
     let mib_per_s = |bytes: u64, took: Duration| bytes as f64 / took.as_secs_f64() / (1 << 20) as f64;
     let (mut sequential, mut drain) = (Duration::ZERO, Duration::ZERO);
     let (mut drained, mut ratios) = (0, Vec::new());
+    let (mut plain_rates, mut drain_rates) = (Vec::new(), Vec::new());
     // Round 0 warms up the file system (block allocation, page cache) for both and is not
     // counted: the first write to a fresh directory is often several times slower.
     for round in 0..=args.checkpoints {
@@ -455,20 +480,32 @@ pub fn bench(args: BenchArgs) -> crate::Result {
         }
         println!("round {round}: sequential {s:.0} MiB/s, checkpoint {d:.0} MiB/s");
         ratios.push(d / s);
+        plain_rates.push(s);
+        drain_rates.push(d);
         (sequential, drain, drained) = (sequential + plain, drain + written.elapsed, drained + written.bytes);
     }
     drop(writer);
     producer.stop()?;
     fs::remove_dir_all(&scratch)?;
     let (sequential, drain) = (mib_per_s(args.size as u64 * args.checkpoints, sequential), mib_per_s(drained, drain));
+    let spread = |rates: &mut Vec<f64>| {
+        rates.sort_by(f64::total_cmp);
+        format!("rounds {:.0} to {:.0} MiB/s", rates[0], rates[rates.len() - 1])
+    };
     ratios.sort_by(f64::total_cmp);
-    println!("sequential write: {sequential:.0} MiB/s ({} files of {} in 8 MiB writes, each synced)", args.checkpoints, HumanBytes(args.size as u64));
-    println!("checkpoint drain: {drain:.0} MiB/s ({} checkpoints of {}, each synced)", args.checkpoints, HumanBytes(args.size as u64));
+    let size = HumanBytes(args.size as u64);
+    println!("sequential write: {sequential:.0} MiB/s ({}; {} of {size} in 8 MiB writes, each synced)", spread(&mut plain_rates), crate::plural(args.checkpoints, "file"));
+    println!("checkpoint drain: {drain:.0} MiB/s ({}; {} of {size}, each synced)", spread(&mut drain_rates), crate::plural(args.checkpoints, "checkpoint"));
     println!(
-        "ratio: {:.0} % overall, {:.0} % the median round (goal >= 80 %)",
-        100.0 * drain / sequential,
-        100.0 * ratios[ratios.len() / 2]
+        "drain / sequential: {:.2} overall, {:.2} the median round (from {:.2} to {:.2})",
+        drain / sequential,
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
     );
+    if ratios[ratios.len() - 1] > 2.0 * ratios[0] {
+        println!("the rounds disagree by more than 2x: the directory's bandwidth varies (page cache, other writers); run more --checkpoints");
+    }
     Ok(())
 }
 

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use indicatif::HumanBytes;
 use tcasm::sys::monotonic_ns;
-use tcasm::{endpoint, Observer};
+use tcasm::endpoint;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -14,10 +14,9 @@ pub struct Args {
     /// How many of the newest versions to show.
     #[arg(long, default_value_t = 10)]
     versions: u64,
+    #[command(flatten)]
+    wait: crate::wait::Wait,
 }
-
-/// How long to wait for a producer that has not published its first version yet.
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(3);
 
 pub fn ls() -> crate::Result {
     let dir = endpoint::directory()?;
@@ -35,7 +34,7 @@ pub fn ls() -> crate::Result {
 }
 
 pub fn run(args: Args) -> crate::Result {
-    let observer = Observer::attach_timeout(&args.name, ATTACH_TIMEOUT)?;
+    let observer = args.wait.attach(&args.name)?;
     let latest = observer.latest_version();
     let now = monotonic_ns();
     let gone = if observer.producer_gone() { " (exiting)" } else { "" };

@@ -12,6 +12,7 @@ mod flush;
 mod inspect;
 mod stress;
 mod top;
+mod wait;
 
 #[derive(Parser)]
 #[command(name = "tcasm", version, about = "Consistent, versioned snapshots of a running program's memory")]
@@ -87,6 +88,15 @@ pub fn parse_size(s: &str) -> std::result::Result<usize, String> {
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// `1 observer`, `2 observers`.
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Parses a positive number of seconds such as `0.5` or `10`.
 pub fn parse_seconds(s: &str) -> std::result::Result<std::time::Duration, String> {
     s.trim()
@@ -98,6 +108,7 @@ pub fn parse_seconds(s: &str) -> std::result::Result<std::time::Duration, String
 }
 
 fn main() -> ExitCode {
+    tcasm::sys::quiet_on_closed_pipe();
     tracing_subscriber::fmt().with_writer(std::io::stderr).without_time().init();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -1,0 +1,167 @@
+//! What a newcomer meets first on the command line: every command ends quietly on a closed
+//! pipe, exit codes say what happened (a directory with no checkpoint, a producer killed
+//! with SIGKILL, a file where a directory belongs), and the commands that attach wait for a
+//! producer started after them, saying so.
+mod common;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tcasm::{Producer, ProducerOptions, TrackerKind};
+
+const ROLE: &str = "TCASM_CLI_TEST_ROLE";
+const LIMIT: Duration = Duration::from_secs(30);
+
+fn endpoint() -> PathBuf {
+    common::endpoint_dir("cli")
+}
+
+/// Serves as a producer publishing every 10 ms until killed, when started as one.
+#[test]
+fn producer_role() {
+    let Ok(name) = std::env::var(ROLE) else { return };
+    let mut p = Producer::create(&name, ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
+    let mut t = p.region::<f64>("temperature", &[64, 64]).unwrap();
+    for v in 1u64.. {
+        t[(v % 4096) as usize] = v as f64;
+        p.publish().unwrap();
+        if v == 1 {
+            println!("ready");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A producer child process named `name`, once it has published.
+fn start_producer(name: &str) -> Child {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["producer_role", "--exact", "--nocapture", "--test-threads=1"])
+        .env(ROLE, name)
+        .env("TCASM_DIR", endpoint())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = BufReader::new(child.stdout.take().unwrap());
+    let ready = out.lines().map_while(Result::ok).any(|l| l.ends_with("ready"));
+    assert!(ready, "producer {name} did not publish");
+    child
+}
+
+fn scratch(test: &str) -> PathBuf {
+    let dir = endpoint().join(format!("scratch-{test}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// `tcasm inspect NAME | head -1`: the reader closes the pipe early; tcasm ends quietly.
+#[test]
+fn a_closed_pipe_ends_every_listing_quietly() {
+    let mut producer = start_producer("pipe");
+    for args in [&["inspect", "pipe"][..], &["ls"], &["--help"]] {
+        let mut child = common::tcasm(&endpoint(), args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        // Read nothing and close: every line tcasm prints meets a closed pipe.
+        drop(child.stdout.take());
+        let mut stderr = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+        let status = common::wait_with_watchdog(&mut child, LIMIT, "tcasm with a closed stdout");
+        assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "tcasm {args:?}: {stderr}");
+        assert!(stderr.is_empty(), "tcasm {args:?} said on a closed pipe: {stderr}");
+        use std::os::unix::process::ExitStatusExt;
+        assert!(status.success() || status.signal() == Some(libc::SIGPIPE), "tcasm {args:?}: {status}");
+    }
+    producer.kill().unwrap();
+    producer.wait().unwrap();
+}
+
+#[test]
+fn verify_fails_where_there_is_no_checkpoint() {
+    let empty = scratch("verify-empty");
+    let foreign = scratch("verify-foreign");
+    std::fs::write(foreign.join("notes.txt"), "not a checkpoint").unwrap();
+    for dir in [&empty, &foreign] {
+        let out = common::run_tcasm(&endpoint(), &["verify", dir.to_str().unwrap()]);
+        let text = common::output_text(&out);
+        assert!(!out.status.success(), "verify passed on {}: {text}", dir.display());
+        assert!(text.contains("no complete checkpoint"), "{text}");
+    }
+}
+
+#[test]
+fn a_file_where_a_directory_belongs_is_not_a_directory() {
+    let file = scratch("not-a-dir").join("file");
+    std::fs::write(&file, "x").unwrap();
+    let file = file.to_str().unwrap();
+    let runs: [&[&str]; 2] = [&["checkpoint", "nobody", "--dir", file, "--wait", "0"], &["restore", "/nonexistent", "--out", file]];
+    for args in runs {
+        let out = common::run_tcasm(&endpoint(), args);
+        let text = common::output_text(&out);
+        assert!(!out.status.success(), "{args:?}: {text}");
+        assert!(text.contains("ot a directory"), "{args:?}: {text}");
+        assert!(!text.contains("File exists"), "{args:?}: {text}");
+    }
+}
+
+/// `kill -9` of the producer: `top` and `checkpoint` say it died and exit non-zero.
+#[test]
+fn a_killed_producer_is_reported_as_died() {
+    let dir = scratch("killed");
+    let mut producer = start_producer("killed");
+    let mut top = common::tcasm(&endpoint(), &["top", "killed", "--interval", "0.2"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut checkpoint = common::tcasm(&endpoint(), &["checkpoint", "killed", "--dir", dir.join("ckpt").to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while tcasm::checkpoint::verify(&dir.join("ckpt")).map_or(true, |r| r.restorable.is_empty()) {
+        assert!(started.elapsed() < LIMIT, "no checkpoint was written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    producer.kill().unwrap();
+    producer.wait().unwrap();
+    for (what, child) in [("top", &mut top), ("checkpoint", &mut checkpoint)] {
+        let status = common::wait_with_watchdog(child, LIMIT, what);
+        let mut text = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+        child.stderr.take().unwrap().read_to_string(&mut text).unwrap();
+        assert!(!status.success(), "{what} exited 0 after the producer was killed: {text}");
+        assert!(text.contains("died without closing its endpoint"), "{what}: {text}");
+        assert!(!text.contains("-0"), "{what}: {text}");
+        assert!(!text.contains("panicked"), "{what}: {text}");
+    }
+}
+
+/// The one wait rule: `checkpoint`, `top` and `inspect` started before their producer wait
+/// for it, and say so.
+#[test]
+fn commands_wait_for_a_producer_started_after_them() {
+    let dir = scratch("later");
+    let name = "later";
+    let runs: [Vec<&str>; 3] = [
+        vec!["inspect", name],
+        vec!["top", name, "--count", "1", "--interval", "0.1"],
+        vec!["checkpoint", name, "--dir", dir.to_str().unwrap(), "--count", "1"],
+    ];
+    let children: Vec<(Vec<&str>, Child)> = runs
+        .into_iter()
+        .map(|args| {
+            let child = common::tcasm(&endpoint(), &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+            (args, child)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(700));
+    let mut producer = start_producer(name);
+    for (args, mut child) in children {
+        let status = common::wait_with_watchdog(&mut child, LIMIT, "tcasm");
+        let mut text = String::new();
+        child.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+        child.stderr.take().unwrap().read_to_string(&mut text).unwrap();
+        assert!(status.success(), "{args:?}: {text}");
+        assert!(text.contains("waiting up to 10 s for producer \"later\""), "{args:?}: {text}");
+    }
+    producer.kill().unwrap();
+    producer.wait().unwrap();
+}
