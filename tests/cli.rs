@@ -165,3 +165,61 @@ fn commands_wait_for_a_producer_started_after_them() {
     producer.kill().unwrap();
     producer.wait().unwrap();
 }
+
+/// The options a `--help` lists (`-h, --help` and `-V, --version` aside).
+fn help_options(command: &[&str]) -> std::collections::BTreeSet<String> {
+    let mut args = command.to_vec();
+    args.push("--help");
+    let out = common::run_tcasm(&endpoint(), &args);
+    assert!(out.status.success(), "tcasm {args:?}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let line = line.trim_start();
+            if line.starts_with("-h, --help") || line.starts_with("-V, --version") {
+                return None;
+            }
+            let flag = line.strip_prefix("--")?.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).next()?;
+            Some(format!("--{flag}"))
+        })
+        .collect()
+}
+
+/// The README's Tools table and `--help` agree: a row for every command, and each command's
+/// rows name exactly the options its `--help` lists.
+#[test]
+fn the_readme_tools_table_names_every_command_and_option() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table = readme.split("\n## Tools\n").nth(1).unwrap().split("\n## ").next().unwrap();
+    let mut rows: std::collections::BTreeMap<Vec<String>, std::collections::BTreeSet<String>> = Default::default();
+    for usage in table.lines().filter_map(|l| l.strip_prefix("| `tcasm ")?.split("` |").next()) {
+        let path: Vec<String> = usage.split(' ').take_while(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase())).map(String::from).collect();
+        let flags = usage.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).filter(|w| w.starts_with("--")).map(String::from);
+        rows.entry(path).or_default().extend(flags);
+    }
+    // The commands `tcasm --help` lists, and those of `tcasm bench --help`.
+    let commands = |of: &[&str]| -> Vec<String> {
+        let mut args = of.to_vec();
+        args.push("--help");
+        let out = common::run_tcasm(&endpoint(), &args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let listed = text.split("Commands:\n").nth(1).unwrap().split("\n\n").next().unwrap().to_string();
+        listed.lines().filter_map(|l| l.split_whitespace().next().map(String::from)).filter(|c| c != "help").collect()
+    };
+    let mut expected: Vec<Vec<String>> = Vec::new();
+    for c in commands(&[]) {
+        if c == "bench" {
+            expected.extend(commands(&["bench"]).into_iter().map(|b| vec!["bench".to_string(), b]));
+        } else {
+            expected.push(vec![c]);
+        }
+    }
+    let documented: Vec<Vec<String>> = rows.keys().cloned().collect();
+    let mut sorted = expected.clone();
+    sorted.sort();
+    assert_eq!(documented, sorted, "the Tools table's commands (left) and `tcasm --help`'s (right)");
+    for path in expected {
+        let args: Vec<&str> = path.iter().map(String::as_str).collect();
+        assert_eq!(rows[&path], help_options(&args), "options of `tcasm {}`: the README's Tools table (left), --help (right)", path.join(" "));
+    }
+}
