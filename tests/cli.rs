@@ -60,7 +60,7 @@ fn scratch(test: &str) -> PathBuf {
 #[test]
 fn a_closed_pipe_ends_every_listing_quietly() {
     let mut producer = start_producer("pipe");
-    for args in [&["inspect", "pipe"][..], &["ls"], &["--help"]] {
+    for args in [&["inspect", "pipe"][..], &["ls"], &["--help"], &["show", "pipe"], &["completions", "bash"]] {
         let mut child = common::tcasm(&endpoint(), args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         // Read nothing and close: every line tcasm prints meets a closed pipe.
         drop(child.stdout.take());
@@ -221,5 +221,72 @@ fn the_readme_tools_table_names_every_command_and_option() {
     for path in expected {
         let args: Vec<&str> = path.iter().map(String::as_str).collect();
         assert_eq!(rows[&path], help_options(&args), "options of `tcasm {}`: the README's Tools table (left), --help (right)", path.join(" "));
+    }
+}
+
+/// `tcasm show`: a live producer's newest version and a checkpoint's, as a table, as JSON
+/// and as a PNG heatmap; `ls` and `inspect` speak JSON too.
+#[test]
+fn show_prints_statistics_json_and_a_heatmap() {
+    let dir = scratch("show");
+    let mut producer = start_producer("show");
+    let out = common::run_tcasm(&endpoint(), &["show", "show"]);
+    let text = common::output_text(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("temperature") && text.contains("f64") && text.contains("64 x 64") && text.contains("MEAN"), "{text}");
+
+    let out = common::run_tcasm(&endpoint(), &["show", "show", "temperature", "--json", "--png", dir.join("t.png").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let version = json["version"].as_u64().unwrap();
+    let region = &json["regions"][0];
+    assert_eq!(region["name"], "temperature");
+    assert_eq!(region["shape"], serde_json::json!([64, 64]));
+    // Element v % 4096 was set to v at version v: the largest is the newest version.
+    assert_eq!(region["max"].as_f64().unwrap(), version as f64, "{json}");
+    assert_eq!(region["min"].as_f64().unwrap(), 0.0, "{json}");
+    let png = std::fs::read(dir.join("t.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!((&png[16..20], &png[20..24]), (&64u32.to_be_bytes()[..], &64u32.to_be_bytes()[..]), "64 x 64 pixels");
+
+    // A checkpoint of it, shown from the directory.
+    let ckpt = dir.join("ckpt");
+    let out = common::run_tcasm(&endpoint(), &["checkpoint", "show", "--dir", ckpt.to_str().unwrap(), "--count", "1"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let out = common::run_tcasm(&endpoint(), &["show", ckpt.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let version = json["version"].as_u64().unwrap();
+    assert_eq!(json["regions"][0]["max"].as_f64().unwrap(), version as f64, "{json}");
+
+    // What cannot be drawn or found says why.
+    for (args, says) in [
+        (vec!["show", "show", "nothing"], "no region named \"nothing\""),
+        (vec!["show", "show", "temperature", "--png", "x.png", "--slice", "0=1"], "is 2-D"),
+        (vec!["show", "show", "--version", "1"], "newest version"),
+    ] {
+        let out = common::run_tcasm(&endpoint(), &args);
+        let text = common::output_text(&out);
+        assert!(!out.status.success() && text.contains(says), "{args:?}: {text}");
+    }
+
+    let out = common::run_tcasm(&endpoint(), &["ls", "--json"]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(list.as_array().unwrap().iter().any(|p| p["name"] == "show" && p["pid"] == producer.id()), "{list}");
+    let out = common::run_tcasm(&endpoint(), &["inspect", "show", "--json"]);
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(state["pid"], producer.id());
+    assert_eq!(state["regions"][0]["name"], "temperature");
+    assert!(state["versions"].as_array().is_some_and(|v| !v.is_empty()), "{state}");
+    producer.kill().unwrap();
+    producer.wait().unwrap();
+}
+
+#[test]
+fn completions_are_printed_for_each_shell() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = common::run_tcasm(&endpoint(), &["completions", shell]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.contains("checkpoint") && text.contains("flush-to"), "{shell}: {text}");
     }
 }
