@@ -375,7 +375,7 @@ fn sigkilled_checkpointers_leave_every_complete_checkpoint_restorable() {
     // Kills that left a new unfinished checkpoint behind: they landed inside a write.
     let (mut inside_a_write, mut unfinished) = (0, std::collections::HashSet::new());
     for kill in 0..KILLS {
-        let mut c = tcasm(&["checkpoint", &producer.name, "--dir", dir.to_str().unwrap(), "--full-every", "4", "--keep", "2"])
+        let mut c = tcasm(&["checkpoint", &producer.name, "--dir", dir.to_str().unwrap(), "--full-every", "4", "--keep", "2", "--every-version"])
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
@@ -526,7 +526,7 @@ fn top_prints_plain_lines_with_rates_and_observers() {
     let scratch = scratch(test);
     let tracker = if common::async_tracking_available(test) { TrackerKind::Async } else { TrackerKind::Copy };
     let producer = ProducerChild::start(test, 16, 1 << 40, 10_000, tracker);
-    let mut checkpointer = tcasm(&["checkpoint", &producer.name, "--dir", scratch.join("ckpt").to_str().unwrap()])
+    let mut checkpointer = tcasm(&["checkpoint", &producer.name, "--dir", scratch.join("ckpt").to_str().unwrap(), "--every-version"])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
@@ -638,13 +638,13 @@ fn cli_errors_say_what_to_do() {
     assert!(!dir.exists(), "a checkpoint of nothing made its directory");
 
     let producer = ProducerChild::start(test, 16, 1 << 40, 5_000, TrackerKind::Auto);
-    let mut first = tcasm(&["checkpoint", &producer.name, "--dir", dir.to_str().unwrap()]).stderr(Stdio::null()).spawn().unwrap();
+    let mut first = tcasm(&["checkpoint", &producer.name, "--dir", dir.to_str().unwrap(), "--every-version"]).stderr(Stdio::null()).spawn().unwrap();
     let deadline = std::time::Instant::now() + LIMIT;
     while !dir.join(".lock").exists() || complete(&dir).is_empty() {
         assert!(std::time::Instant::now() < deadline, "the first checkpointer wrote nothing");
         std::thread::sleep(Duration::from_millis(10));
     }
-    let out = run(&["checkpoint", &producer.name, "--dir", dir.to_str().unwrap()]);
+    let out = run(&["checkpoint", &producer.name, "--dir", dir.to_str().unwrap(), "--every-version"]);
     assert!(!out.status.success(), "a second checkpointer ran on a directory in use");
     assert!(text(&out).contains("being written by another checkpointer; give each its own directory"), "{}", text(&out));
     first.kill().unwrap();

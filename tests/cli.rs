@@ -129,6 +129,9 @@ fn a_killed_producer_is_reported_as_died() {
         child.stderr.take().unwrap().read_to_string(&mut text).unwrap();
         assert!(!status.success(), "{what} exited 0 after the producer was killed: {text}");
         assert!(text.contains("died without closing its endpoint"), "{what}: {text}");
+        if what == "checkpoint" {
+            assert!(text.contains(" free"), "the progress line shows the directory's use and free space: {text}");
+        }
         assert!(!text.contains("-0"), "{what}: {text}");
         assert!(!text.contains("panicked"), "{what}: {text}");
     }

@@ -215,6 +215,17 @@ pub fn refuse_non_directory(dir: &Path) -> Result<(), CheckpointError> {
     }
 }
 
+/// The bytes of the files under `dir` (recursively): what a checkpoint directory uses.
+pub fn directory_bytes(dir: &Path) -> Result<u64, CheckpointError> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).map_err(CheckpointError::io("listing", dir))? {
+        let entry = entry.map_err(CheckpointError::io("listing", dir))?;
+        let meta = entry.metadata().map_err(CheckpointError::io("reading", entry.path()))?;
+        total += if meta.is_dir() { directory_bytes(&entry.path())? } else { meta.len() };
+    }
+    Ok(total)
+}
+
 impl CheckpointError {
     fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> CheckpointError {
         let path = path.into();

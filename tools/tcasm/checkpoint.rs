@@ -21,18 +21,23 @@ pub struct Args {
     /// Where checkpoints go (created if missing); one checkpointer per directory.
     #[arg(long)]
     dir: PathBuf,
-    /// Checkpoint every version it can catch, taking the newest when it falls behind (default).
+    /// Checkpoint the newest version every SECONDS (the first at once).
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = crate::parse_seconds)]
+    interval: Duration,
+    /// Instead, checkpoint every version it can catch, taking the newest when it falls
+    /// behind: as fast as the directory takes them, which fills a burst buffer quickly.
     #[arg(long, conflicts_with = "interval")]
     every_version: bool,
-    /// Instead, checkpoint the newest version every SECONDS.
-    #[arg(long, value_name = "SECONDS", value_parser = crate::parse_seconds)]
-    interval: Option<Duration>,
     /// Start a new full base after K checkpoints (default: one base per run).
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
     full_every: Option<u64>,
     /// Keep the newest N chains; older chains are removed once a newer base is complete.
     #[arg(long, value_name = "N", requires = "full_every", value_parser = clap::value_parser!(u64).range(1..))]
     keep: Option<u64>,
+    /// Keep the newest chains that fit in SIZE (e.g. 20GiB; at least the current chain);
+    /// older chains are removed once a newer base is complete.
+    #[arg(long, value_name = "SIZE", requires = "full_every", value_parser = crate::parse_size)]
+    keep_bytes: Option<usize>,
     /// Stop after N checkpoints (default: until the producer exits).
     #[arg(long, value_name = "N")]
     count: Option<u64>,
@@ -115,6 +120,27 @@ fn describe(w: &Written, skipped: u64) -> String {
     line
 }
 
+/// What the checkpoint directory uses, and what its file system has free (`None` where it
+/// cannot be read: the line says so rather than failing the run).
+struct Disk {
+    used: Option<u64>,
+    free: Option<u64>,
+}
+
+impl Disk {
+    fn of(dir: &Path) -> Disk {
+        let free = nix::sys::statvfs::statvfs(dir).ok().map(|s| s.blocks_available() as u64 * s.fragment_size() as u64);
+        Disk { used: checkpoint::directory_bytes(dir).ok(), free }
+    }
+}
+
+impl std::fmt::Display for Disk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes = |b: Option<u64>| b.map_or("?".to_string(), |b| HumanBytes(b).to_string());
+        write!(f, "dir {}, {} free", bytes(self.used), bytes(self.free))
+    }
+}
+
 /// A progress bar on a terminal, plain lines elsewhere.
 enum Progress {
     Terminal(ProgressBar),
@@ -148,20 +174,20 @@ impl Progress {
         }
     }
 
-    fn checkpoint(&self, w: &Written, skipped: u64, totals: &Totals) {
+    fn checkpoint(&self, w: &Written, skipped: u64, totals: &Totals, disk: &Disk) {
         match self {
             Progress::Terminal(bar) => {
                 if w.parent.is_none() {
-                    bar.println(describe(w, skipped));
+                    bar.println(format!("{}; {disk}", describe(w, skipped)));
                 }
                 bar.set_message(format!(
-                    "{}, {} skipped, {}/s",
+                    "{}, {} skipped, {}/s; {disk}",
                     crate::plural(totals.checkpoints, "checkpoint"),
                     totals.skipped,
                     HumanBytes(rate(totals.bytes, totals.busy))
                 ));
             }
-            Progress::Plain => eprintln!("{}", describe(w, skipped)),
+            Progress::Plain => eprintln!("{}; {disk}", describe(w, skipped)),
         }
     }
 
@@ -212,7 +238,11 @@ pub fn run(args: Args) -> crate::Result {
     // Before waiting for the producer: a wrong --dir is said at once.
     checkpoint::refuse_non_directory(&args.dir)?;
     let observer = args.wait.attach(&args.name)?;
-    let options = WriterOptions { full_every: args.full_every, keep: args.keep.map(|k| k as usize) };
+    let options = WriterOptions {
+        full_every: args.full_every,
+        keep: args.keep.map(|k| k as usize),
+        keep_bytes: args.keep_bytes.map(|b| b as u64),
+    };
     let mut writer = Writer::create(&args.dir, PageSpace::of(&observer), options)?;
     let level2 = start_flusher(&args);
     let progress = Progress::new();
@@ -220,6 +250,7 @@ pub fn run(args: Args) -> crate::Result {
     let mut last: Option<(u64, u64)> = None;
     let mut full_since: Option<u64> = None;
     let mut due = Instant::now();
+    let (mut base_bytes, mut warned) = (0, false);
     let why = loop {
         if let Some(l2) = &level2 {
             l2.take_events().iter().for_each(|line| progress.note(line));
@@ -228,9 +259,12 @@ pub fn run(args: Args) -> crate::Result {
                 writer.start_new_chain();
             }
         }
-        if let Some(interval) = args.interval {
-            thread::sleep(due.saturating_duration_since(Instant::now()));
-            due = Instant::now().max(due) + interval;
+        if !args.every_version {
+            // Until the next is due, or the producer is gone (said at once, not an interval later).
+            while Instant::now() < due && !observer.producer_gone() {
+                thread::sleep(due.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)));
+            }
+            due = Instant::now().max(due) + args.interval;
         }
         let taken = match observer.wait_newer(writer.last().unwrap_or(0), Duration::from_millis(500)) {
             Ok(None) => continue,
@@ -272,7 +306,22 @@ pub fn run(args: Args) -> crate::Result {
             progress.note(&format!("{} has space again: v{} written (full since v{v})", args.dir.display(), written.version));
         }
         totals.add(&written, skipped);
-        progress.checkpoint(&written, skipped, &totals);
+        let disk = Disk::of(&args.dir);
+        progress.checkpoint(&written, skipped, &totals, &disk);
+        if written.parent.is_none() {
+            base_bytes = written.bytes;
+        }
+        // Warn once while fewer than two bases fit, again after space came back.
+        let short = disk.free.is_some_and(|free| free < 2 * base_bytes);
+        if short && !warned {
+            progress.note(&format!(
+                "warning: {} has {} free, less than two base checkpoints ({} each): retire chains with --full-every and --keep or --keep-bytes, or checkpoint less often (--interval)",
+                args.dir.display(),
+                HumanBytes(disk.free.unwrap_or(0)),
+                HumanBytes(base_bytes)
+            ));
+        }
+        warned = short;
         last = Some((written.chain, written.version));
         if let Some(l2) = &level2 {
             if totals.checkpoints % args.flush_every == 0 {
