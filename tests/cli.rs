@@ -293,3 +293,60 @@ fn completions_are_printed_for_each_shell() {
         assert!(out.status.success() && text.contains("checkpoint") && text.contains("flush-to"), "{shell}: {text}");
     }
 }
+
+/// The endpoint directory keeps nothing of producers that are gone: a producer that exits
+/// removes its socket and lock file, `tcasm ls` removes those of a killed one.
+#[test]
+fn the_endpoint_directory_keeps_nothing_of_producers_that_are_gone() {
+    let dir = endpoint();
+    let files = |name: &str| ["sock", "lock"].map(|ext| dir.join(format!("{name}.{ext}")).exists());
+    {
+        let mut p = Producer::create("tidy-exits", ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
+        let _r = p.region::<u8>("r", &[10]).unwrap();
+        p.publish().unwrap();
+        assert_eq!(files("tidy-exits"), [true, true]);
+    }
+    assert_eq!(files("tidy-exits"), [false, false], "left by a producer that exited");
+    let mut killed = start_producer("tidy-killed");
+    killed.kill().unwrap();
+    killed.wait().unwrap();
+    assert_eq!(files("tidy-killed"), [true, true]);
+    let out = common::run_tcasm(&dir, &["ls"]);
+    assert!(out.status.success() && !common::output_text(&out).contains("tidy-killed"), "{}", common::output_text(&out));
+    assert_eq!(files("tidy-killed"), [false, false], "left by a killed producer after `tcasm ls`");
+}
+
+/// Removing lock files does not let two producers hold one name: two threads take and
+/// drop the same name over and over while a third lists (and so tidies) the directory.
+#[test]
+fn two_producers_never_hold_one_name_while_the_directory_is_tidied() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    endpoint();
+    let holders = AtomicUsize::new(0);
+    let done = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let lister = s.spawn(|| {
+            while !done.load(Ordering::SeqCst) {
+                tcasm::endpoint::list().unwrap();
+            }
+        });
+        let takers: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                for _ in 0..200 {
+                    let Ok(p) = Producer::create("tidy-race", ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }) else { continue };
+                    assert_eq!(holders.fetch_add(1, Ordering::SeqCst), 0, "two producers hold \"tidy-race\"");
+                    std::thread::yield_now();
+                    holders.fetch_sub(1, Ordering::SeqCst);
+                    drop(p);
+                }
+                })
+            })
+            .collect();
+        for t in takers {
+            t.join().unwrap();
+        }
+        done.store(true, Ordering::SeqCst);
+        lister.join().unwrap();
+    });
+}
