@@ -112,7 +112,7 @@ fn describe(w: &Written, skipped: u64) -> String {
         HumanBytes(rate(w.bytes, w.elapsed)),
     );
     if skipped > 0 {
-        line += &format!(", {skipped} versions skipped");
+        line += &format!(", {} skipped", crate::plural(skipped, "version"));
     }
     if !w.retired.is_empty() {
         line += &format!(", retired chains {:?}", w.retired);
@@ -417,12 +417,12 @@ pub fn restore(args: RestoreArgs) -> crate::Result {
     let regions = checkpoint::restore_npy(&restore, &args.out)?;
     let m = restore.manifest();
     println!(
-        "restored version {} of {:?} (chain {}: base v{} and {} increments, in {}) into {}",
+        "restored version {} of {:?} (chain {}: base v{} and {}, in {}) into {}",
         m.version,
         m.space.producer,
         m.chain,
         m.base,
-        restore.replayed().len() - 1,
+        crate::plural(restore.replayed().len() as u64 - 1, "increment"),
         restore.chain_dir().display(),
         args.out.display()
     );

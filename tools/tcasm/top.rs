@@ -45,7 +45,12 @@ fn sample(observer: &Observer, since: u64, elapsed: Duration) -> Sample {
         .filter(|s| !s.ours)
         .map(|s| match s.pins.iter().min() {
             Some(&oldest) => {
-                format!("pid {}: {} pins, oldest v{oldest}, lag {} versions", s.pid, s.pins.len(), latest.saturating_sub(oldest))
+                format!(
+                    "pid {}: {}, oldest v{oldest}, lag {}",
+                    s.pid,
+                    crate::plural(s.pins.len() as u64, "pin"),
+                    crate::plural(latest.saturating_sub(oldest), "version")
+                )
             }
             None => format!("pid {}: no pins", s.pid),
         })
