@@ -660,17 +660,18 @@ fn cli_errors_say_what_to_do() {
     fs::remove_dir_all(&scratch).unwrap();
 }
 
-/// `tcasm bench checkpoint` runs end to end (small and short), prints its figures and
-/// removes its scratch directory. The figures are not judged here: speed is for benchmarks.
+/// `tcasm bench checkpoint` runs end to end (small and short), prints its figures with
+/// their spread over the rounds and no goal, and removes its scratch directory. The figures are not judged here: speed is for benchmarks.
 #[test]
 fn bench_checkpoint_runs() {
     let scratch = scratch("bench");
     let out = run(&["bench", "checkpoint", "--dir", scratch.to_str().unwrap(), "--size", "2MiB", "--checkpoints", "2"]);
     assert!(out.status.success(), "{}", text(&out));
     let said = String::from_utf8_lossy(&out.stdout);
-    for line in ["round 1:", "round 2:", "sequential write:", "checkpoint drain:", "ratio:"] {
+    for line in ["round 1:", "round 2:", "sequential write:", "checkpoint drain:", "drain / sequential:", "MiB/s (rounds "] {
         assert!(said.contains(line), "no {line:?} in:\n{said}");
     }
+    assert!(!said.contains("goal"), "a user's output holds no goals:\n{said}");
     assert_eq!(fs::read_dir(&scratch).unwrap().count(), 0, "the bench left files in {}", scratch.display());
     fs::remove_dir_all(&scratch).unwrap();
 }
