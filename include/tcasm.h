@@ -138,7 +138,8 @@ enum tcasm_status tcasm_producer_create(const char *name, struct tcasm_producer 
 
 // Like `tcasm_producer_create`, with options: `tracker` names how written pages are found:
 // `"auto"` (or NULL: the default), `"async"`, `"sync"`, `"deferred"` or `"copy"` (no kernel
-// tracking: every page is copied at each publish; works everywhere). `max_observers` is the
+// tracking: every page is compared with the last version and copied if it changed; works
+// everywhere). `max_observers` is the
 // most observers attached at once (0: the default, 64).
 //
 // # Safety
