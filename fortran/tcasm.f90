@@ -43,6 +43,12 @@ module tcasm
   public :: tcasm_create, tcasm_wrap, tcasm_publish, tcasm_get_stats, tcasm_tracker, tcasm_destroy
   public :: tcasm_restore
   public :: tcasm_last_error, tcasm_strerror
+  ! The kinds of the arrays tcasm_wrap takes, so that `use tcasm` alone declares them.
+  public :: c_double, c_float, c_int32_t, c_int64_t
+
+  ! Why this module refused the last tcasm_wrap itself (a non-contiguous or empty array),
+  ! before any C call: tcasm_last_error() says it until the next failed C call.
+  character(:), allocatable :: refused
 
   ! Status codes (enum tcasm_status in tcasm.h).
   integer, parameter, public :: TCASM_OK = 0, TCASM_ERR_NULL = 1, TCASM_ERR_INVALID = 2, &
@@ -229,12 +235,16 @@ contains
     integer, intent(out), optional :: stat
     usable = contiguous .and. elements > 0
     if (usable) return
+    if (.not. contiguous) then
+      refused = "tcasm_wrap: region " // name // ": the array is not contiguous (a strided section?); " // &
+                "wrap the whole array, or a contiguous copy"
+    else
+      refused = "tcasm_wrap: region " // name // ": the array is empty or not allocated"
+    end if
     if (present(stat)) then
       stat = TCASM_ERR_INVALID
-    else if (.not. contiguous) then
-      error stop "tcasm_wrap: region " // name // ": the array is not contiguous (an array section?)"
     else
-      error stop "tcasm_wrap: region " // name // ": the array is empty or not allocated"
+      error stop refused
     end if
   end function
 
@@ -310,7 +320,11 @@ contains
   !> Why the last failed tcasm call of this thread failed.
   function tcasm_last_error() result(message)
     character(:), allocatable :: message
-    message = fortran_string(c_last_error())
+    if (allocated(refused)) then
+      message = refused
+    else
+      message = fortran_string(c_last_error())
+    end if
   end function
 
   !> What a status code means.
@@ -324,6 +338,7 @@ contains
     integer(c_int), intent(in) :: status
     integer, intent(out), optional :: stat
     character(:), allocatable :: message
+    if (status /= TCASM_OK .and. allocated(refused)) deallocate(refused)
     if (present(stat)) then
       stat = int(status)
     else if (status /= TCASM_OK) then

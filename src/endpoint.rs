@@ -14,6 +14,13 @@
 //! producer is free again (the kernel drops OFD locks with the last descriptor), so the next
 //! producer of that name takes it and replaces the stale socket.
 //!
+//! Tidiness: a producer removes its socket and lock file when it exits, while it still holds
+//! the lock; what a killed producer left is removed by [`list`] (`tcasm ls`), which first
+//! takes the free lock itself. Removing a lock file could let two producers each lock a
+//! different file of the same name (one locks the unlinked file, the other a new one), so a
+//! producer owns the name only once it has locked the file the path still names
+//! ([`Server::bind`] checks the inode after locking, and starts over if it changed).
+//!
 //! Who may attach, and the threat model. The producer's user and root are trusted (they
 //! could ptrace the producer anyway). By default no one else may attach: the directory is
 //! 0700, the socket and lock file the user's alone, and behind those modes the accept thread
@@ -222,7 +229,28 @@ pub struct Listed {
     pub pid: i32,
 }
 
-/// The endpoints whose producer is alive.
+/// Whether `path` still names the file open as `file` (it was not unlinked or replaced).
+fn still_at(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+/// Removes what a producer killed without closing its endpoint left (`NAME.sock`,
+/// `NAME.lock`), when the lock file at `lock_path` is ours to lock and no one holds it:
+/// holding its lock, nothing can take the name meanwhile, and a producer that opened the
+/// file before the unlink finds it gone ([`Server::bind`] checks) and starts over.
+fn tidy_dead(lock_path: &Path, socket_path: &Path) {
+    let Ok(file) = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open(lock_path) else { return };
+    if lock::try_lock(&file, 0, 0) == Ok(true) && still_at(&file, lock_path) {
+        let _ = std::fs::remove_file(socket_path);
+        let _ = std::fs::remove_file(lock_path);
+    }
+}
+
+/// The endpoints whose producer is alive. What a dead producer left is removed on the way,
+/// where this user may.
 pub fn list() -> Result<Vec<Listed>, EndpointError> {
     let dir = directory()?;
     let mut out = Vec::new();
@@ -233,6 +261,8 @@ pub fn list() -> Result<Vec<Listed>, EndpointError> {
         let Ok(mut f) = File::open(entry.path()) else { continue };
         if lock::is_locked_by_other(&f, 0, 0).unwrap_or(false) {
             out.push(Listed { name: name.to_string(), pid: read_pid(&mut f) });
+        } else {
+            tidy_dead(&entry.path(), &paths(&dir, name).0);
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -242,6 +272,7 @@ pub fn list() -> Result<Vec<Listed>, EndpointError> {
 /// The producer's side: the name lock, the socket, and the thread that answers observers.
 pub struct Server {
     socket_path: PathBuf,
+    lock_path: PathBuf,
     _lock_file: File,
     stop: Arc<AtomicBool>,
     store: Arc<Mutex<Option<Offer>>>,
@@ -268,25 +299,33 @@ impl Server {
             g.open_directory(&dir)?;
         }
         let (socket_path, lock_path) = paths(&dir, name);
-        let mut lock_file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_CLOEXEC)
-            .open(&lock_path)
-            .map_err(io(format!("opening {}", lock_path.display())))?;
-        // An earlier producer of this name may have shared the file with another group.
-        match &group {
-            Some(g) => g.share(&lock_path, 0o640)?,
-            None => lock_file.set_permissions(Permissions::from_mode(0o600)).map_err(io("restricting the lock file"))?,
-        }
-        let locked = lock::try_lock(&lock_file, 0, 0)
-            .map_err(|e| io(format!("locking {}", lock_path.display()))(e.into()))?;
-        if !locked {
-            return Err(EndpointError::NameInUse { name: name.to_string(), pid: read_pid(&mut lock_file) });
-        }
+        let mut lock_file = loop {
+            let mut lock_file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(&lock_path)
+                .map_err(io(format!("opening {}", lock_path.display())))?;
+            // An earlier producer of this name may have shared the file with another group.
+            match &group {
+                Some(g) => g.share(&lock_path, 0o640)?,
+                None => lock_file.set_permissions(Permissions::from_mode(0o600)).map_err(io("restricting the lock file"))?,
+            }
+            let locked = lock::try_lock(&lock_file, 0, 0)
+                .map_err(|e| io(format!("locking {}", lock_path.display()))(e.into()))?;
+            if !locked {
+                return Err(EndpointError::NameInUse { name: name.to_string(), pid: read_pid(&mut lock_file) });
+            }
+            // The lock file is removed by the producer that exits and by `list` when its
+            // producer died: a file unlinked between our open and our lock guards nothing,
+            // so the name is ours only if the path still leads to the file we locked.
+            if still_at(&lock_file, &lock_path) {
+                break lock_file;
+            }
+        };
         // The name is ours: a socket still there was left by a dead producer.
         let _ = std::fs::remove_file(&socket_path);
         lock_file.set_len(0).and_then(|_| lock_file.rewind()).map_err(io("writing the lock file"))?;
@@ -307,7 +346,7 @@ impl Server {
                 .spawn(move || serve(listener, &admission, &stop, &store))
                 .map_err(io("starting the endpoint thread"))?
         };
-        Ok(Server { socket_path, _lock_file: lock_file, stop, store, thread: Some(thread) })
+        Ok(Server { socket_path, lock_path, _lock_file: lock_file, stop, store, thread: Some(thread) })
     }
 
     /// From now on observers receive these files (the control block and the pool), and a
@@ -320,7 +359,10 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // Socket first, then the lock file, while the lock is still held (the fields are
+        // dropped after this body): the directory keeps nothing of a producer that exited.
         let _ = std::fs::remove_file(&self.socket_path);
+        let _ = std::fs::remove_file(&self.lock_path);
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -409,10 +451,15 @@ pub struct Attached {
     pub slot: usize,
 }
 
+/// How long a producer that is there has to answer an observer's handshake, whatever the
+/// observer's own timeout.
+pub const HANDSHAKE_GRACE: Duration = Duration::from_secs(1);
+
 /// The observer's side: connects to `name` and receives the store's files, waiting up to
-/// `timeout` for the producer's first version, and, if `wait_for_endpoint`, for the producer
-/// to appear at all (otherwise a name no producer has is `NotFound` at once).
-pub fn attach(name: &str, timeout: Duration, wait_for_endpoint: bool) -> Result<Attached, EndpointError> {
+/// `timeout` for the producer to appear and publish its first version (a producer already
+/// there gets at least [`HANDSHAKE_GRACE`] to answer). A zero `timeout` does not wait for a
+/// producer that is not there: that name is `NotFound` at once.
+pub fn attach(name: &str, timeout: Duration) -> Result<Attached, EndpointError> {
     check_name(name)?;
     let dir = directory()?;
     let (socket_path, _) = paths(&dir, name);
@@ -420,7 +467,7 @@ pub fn attach(name: &str, timeout: Duration, wait_for_endpoint: bool) -> Result<
     let absent = |e: &std::io::Error| matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused);
     let connected = loop {
         match UnixStream::connect(&socket_path) {
-            Err(e) if absent(&e) && wait_for_endpoint && waiting.elapsed() < timeout => {
+            Err(e) if absent(&e) && waiting.elapsed() < timeout => {
                 std::thread::sleep(Duration::from_millis(20));
             }
             result => break result,
@@ -439,7 +486,7 @@ pub fn attach(name: &str, timeout: Duration, wait_for_endpoint: bool) -> Result<
     })?;
     let timeout = timeout.saturating_sub(waiting.elapsed());
     let started = Instant::now();
-    stream.set_read_timeout(Some(timeout.max(Duration::from_millis(1)))).map_err(io("configuring the socket"))?;
+    stream.set_read_timeout(Some(timeout.max(HANDSHAKE_GRACE))).map_err(io("configuring the socket"))?;
     let mut buf = [0u8; 512];
     let (n, fds) = fdpass::recv(&stream, &mut buf).map_err(|e| match e {
         nix::Error::EAGAIN => EndpointError::NotReady { name: name.to_string(), waited_ms: started.elapsed().as_millis() as u64 },

@@ -58,6 +58,10 @@ pub enum RegionError {
              userfaultfd tracks anonymous and shared memory (malloc, mmap, a Vec, static arrays), \
              not memory mapped from a file. Allocate it with Producer::region, or use the copy tracker")]
     CannotTrack { name: String, addr: usize, tracker: TrackerKind, errno: nix::Error },
+    #[error("region {name:?}: the buffer at {addr:#x} is already tracked by another producer (or \
+             another userfaultfd user) in this process (EBUSY): a buffer belongs to one producer at \
+             a time. Destroy the other producer first, share the buffer through it, or wrap a copy")]
+    AlreadyTracked { name: String, addr: usize },
     #[error("region {name:?}: the {tracker} tracker stops every write to a protected page until \
              its handler thread lets it through, so it protects only pages a region owns whole; the \
              buffer at {addr:#x} ({bytes} bytes) shares its first or last page with other data \

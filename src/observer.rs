@@ -85,20 +85,18 @@ pub struct Observer {
 }
 
 impl Observer {
-    /// Attaches to the producer `name`, waiting up to [`ATTACH_TIMEOUT`] for its first
-    /// version. A name no producer has is `NotFound` at once.
+    /// Attaches to the producer `name`, waiting up to [`ATTACH_TIMEOUT`] for it to appear
+    /// and publish its first version (the rule of every tcasm observer: Python's `attach`,
+    /// `tcasm checkpoint`, `top`, `inspect` and `show` wait as long by default). A name no
+    /// producer takes within that time is `NotFound`.
     pub fn attach(name: &str) -> Result<Observer, ReadError> {
-        Observer::connect(name, ATTACH_TIMEOUT, false)
+        Observer::attach_timeout(name, ATTACH_TIMEOUT)
     }
 
     /// Attaches to the producer `name`, waiting up to `timeout` for it to appear and publish
     /// its first version: for observers started alongside their producer.
     pub fn attach_timeout(name: &str, timeout: Duration) -> Result<Observer, ReadError> {
-        Observer::connect(name, timeout, true)
-    }
-
-    fn connect(name: &str, timeout: Duration, wait_for_endpoint: bool) -> Result<Observer, ReadError> {
-        let endpoint::Attached { stream, files, slot } = endpoint::attach(name, timeout, wait_for_endpoint)?;
+        let endpoint::Attached { stream, files, slot } = endpoint::attach(name, timeout)?;
         let reader = StoreReader::open(files, slot).map_err(|what| ReadError::Corrupt { name: name.to_string(), what })?;
         Ok(Observer {
             inner: Arc::new(Inner {
@@ -147,6 +145,12 @@ impl Observer {
     /// Whether the producer has exited (cleanly or not).
     pub fn producer_gone(&self) -> bool {
         self.inner.reader.closed() || endpoint::hung_up(&self.inner.stream)
+    }
+
+    /// Whether the producer is gone without closing its store: it was killed or crashed
+    /// (`kill -9`, a segfault) instead of dropping its [`crate::Producer`].
+    pub fn producer_died(&self) -> bool {
+        !self.inner.reader.closed() && endpoint::hung_up(&self.inner.stream)
     }
 
     fn gone_error(&self) -> ReadError {

@@ -275,7 +275,7 @@ fn holding(name: &str) {
 /// which attempts were refused, then writes random words all over its pin page (pins near
 /// the latest version, to keep as much memory as it can) until killed.
 fn scribbling(name: &str) {
-    let attached = tcasm::endpoint::attach(name, LIMIT, false).unwrap();
+    let attached = tcasm::endpoint::attach(name, LIMIT).unwrap();
     let [control, pool, pins] = &attached.files;
     let page = page_size() as u64;
     let attacks = [
@@ -435,7 +435,7 @@ fn group_observer(name: &str) {
         Ok(observer) => {
             let snapshot = observer.latest().unwrap();
             check_field(snapshot.view(REGION).unwrap(), snapshot.version()).unwrap();
-            let files = tcasm::endpoint::attach(name, LIMIT, false).unwrap().files;
+            let files = tcasm::endpoint::attach(name, LIMIT).unwrap().files;
             let reopened = files[..2].iter().any(|f| f.reopen(true).is_ok());
             let chmod = files[..2]
                 .iter()

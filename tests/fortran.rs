@@ -158,3 +158,28 @@ fn checks() {
     assert!(status.success() && rest.trim() == "done 0", "checks.f90 failed: {status}\n{rest}\n{err}");
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+/// The README's Fortran snippet, as written, inside a program that gives it the variables and
+/// the `advance` it leaves to the reader: it compiles with nothing but `use tcasm`, and runs.
+#[test]
+fn readme_snippet_compiles_and_runs() {
+    if !gfortran_available("readme_snippet_compiles_and_runs") {
+        return;
+    }
+    common::endpoint_dir("fortran");
+    let readme = std::fs::read_to_string(ffi::root().join("README.md")).unwrap();
+    let snippet = readme.split("```fortran\n").nth(1).and_then(|s| s.split("```").next()).expect("a ```fortran block in README.md");
+    let (first, rest) = snippet.split_once('\n').unwrap();
+    assert_eq!(first.trim(), "use tcasm", "the snippet starts with its use line");
+    let program = format!(
+        "program readme\n{first}\nimplicit none\ninteger :: nx = 16, ny = 8, steps = 3, step\n{rest}\
+         contains\nsubroutine advance(t)\nreal(c_double), intent(inout) :: t(:,:)\nt = t + 1\nend subroutine\nend program\n"
+    );
+    let scratch = ffi::scratch("readme-f");
+    let source = scratch.join("readme.f90");
+    std::fs::write(&source, program).unwrap();
+    let bin = compile(&source, &scratch.join("readme-f"), true);
+    let status = Command::new(&bin).status().unwrap();
+    assert!(status.success(), "the README's Fortran snippet failed: {status}");
+    let _ = std::fs::remove_dir_all(&scratch);
+}

@@ -205,7 +205,7 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 
 /// A checkpointer child writing `local`, flushing to `persistent` when given.
 fn checkpointer(name: &str, local: &Path, persistent: Option<&Path>, extra: &[&str]) -> Child {
-    let mut args = vec!["checkpoint", name, "--dir", path(local)];
+    let mut args = vec!["checkpoint", name, "--dir", path(local), "--every-version"];
     if let Some(p) = persistent {
         args.extend(["--flush-to", path(p)]);
     }
@@ -382,14 +382,14 @@ fn a_missing_or_read_only_persistent_level_is_reported_and_level_one_goes_on() {
     let producer = ProducerChild::start("restart-nopfs", "", 16, 1_000_000, 20_000, "standard");
     producer.expect(&["ready"]);
     let missing = dir.join("missing");
-    let out = run(&["checkpoint", "restart-nopfs", "--dir", path(&dir.join("l1")), "--flush-to", path(&missing), "--count", "3"]);
+    let out = run(&["checkpoint", "restart-nopfs", "--dir", path(&dir.join("l1")), "--flush-to", path(&missing), "--count", "3", "--every-version"]);
     let said = text(&out);
     assert!(out.status.success(), "{said}");
     assert!(said.contains("--flush-to") && said.contains("create it") && said.contains("level 1"), "{said}");
     assert!(newest(&dir.join("l1")) > 0);
     let read_only = dir.join("read-only");
     if let Some(_mount) = Tmpfs::mount(test, &read_only, "ro,size=1m") {
-        let out = run(&["checkpoint", "restart-nopfs", "--dir", path(&dir.join("l1b")), "--flush-to", path(&read_only), "--count", "3"]);
+        let out = run(&["checkpoint", "restart-nopfs", "--dir", path(&dir.join("l1b")), "--flush-to", path(&read_only), "--count", "3", "--every-version"]);
         let said = text(&out);
         assert!(out.status.success(), "{said}");
         assert!(said.contains("Read-only file system") && said.contains("level 1"), "{said}");
@@ -405,7 +405,7 @@ fn a_checkpoint_of_another_layout_or_damaged_is_refused_and_memory_untouched() {
     let ckpt = dir.join("ckpt");
     let producer = ProducerChild::start("restart-refused", &dir.join("none").display().to_string(), 8, 10, 20_000, "standard");
     producer.expect(&["ready"]);
-    let out = run(&["checkpoint", "restart-refused", "--dir", path(&ckpt), "--count", "3"]);
+    let out = run(&["checkpoint", "restart-refused", "--dir", path(&ckpt), "--count", "3", "--every-version"]);
     assert!(out.status.success(), "{}", text(&out));
     producer.finish();
     let refused = |layout: &str| {

@@ -300,13 +300,33 @@ fn unpinned_store_holds_the_latest_version_and_what_it_may_reuse() {
     }
 }
 
+/// The one wait rule: `attach` waits for a producer started after its observer.
+#[test]
+fn attach_waits_for_a_producer_that_starts_later() {
+    if serving_as_producer() {
+        return;
+    }
+    dir();
+    let name = "starts-later";
+    let producer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(500));
+        let mut p = Producer::create(name, ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
+        let _r = p.region::<u64>("r", &[16]).unwrap();
+        p.publish().unwrap();
+        std::thread::sleep(Duration::from_secs(2));
+    });
+    let observer = Observer::attach(name).expect("attach waits for the producer to appear");
+    assert!(observer.latest_version() >= 1);
+    producer.join().unwrap();
+}
+
 #[test]
 fn attaching_to_a_missing_name_is_not_found() {
     if serving_as_producer() {
         return;
     }
     dir();
-    match Observer::attach("no-such-producer") {
+    match Observer::attach_timeout("no-such-producer", Duration::ZERO) {
         Err(ReadError::Endpoint(EndpointError::NotFound { name, .. })) => assert_eq!(name, "no-such-producer"),
         other => panic!("expected NotFound, got {:?}", other.map(|o| o.name().to_string())),
     }
@@ -412,4 +432,30 @@ fn an_observer_holds_at_most_eight_snapshots() {
     drop(held.remove(3));
     let ninth = observer.latest().unwrap();
     assert_eq!((ninth.version(), ninth.view::<u64>("field").unwrap()[0]), (9, 99));
+}
+
+/// Two producers cannot track the same memory: the second is told that another producer
+/// already wraps it, not that the tracker cannot track such memory.
+#[test]
+fn wrapping_memory_another_producer_wraps_names_the_cause() {
+    if serving_as_producer() {
+        return;
+    }
+    dir();
+    if !common::async_tracking_available("wrapping_memory_another_producer_wraps_names_the_cause") {
+        return;
+    }
+    let options = || ProducerOptions { tracker: TrackerKind::Async, ..Default::default() };
+    let mut buffer = vec![0.0f64; 4096];
+    let mut first = Producer::create("wraps-first", options()).unwrap();
+    let mut second = Producer::create("wraps-second", options()).unwrap();
+    // SAFETY: `buffer` outlives both producers (dropped at the end of the test, after them)
+    // and is not touched while they live.
+    unsafe { first.wrap_raw("t", buffer.as_mut_ptr(), &[4096]) }.unwrap();
+    // SAFETY: as above.
+    let err = unsafe { second.wrap_raw("t", buffer.as_mut_ptr(), &[4096]) }.unwrap_err().to_string();
+    assert!(err.contains("already tracked"), "{err}");
+    assert!(!err.contains("Producer::region"), "{err}");
+    drop((first, second));
+    drop(buffer);
 }

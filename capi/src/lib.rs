@@ -273,7 +273,7 @@ fn region_failure(e: RegionError) -> Failure {
         RegionError::Duplicate { .. } => TCASM_ERR_DUPLICATE,
         RegionError::AfterFirstPublish { .. } => TCASM_ERR_AFTER_PUBLISH,
         RegionError::Misaligned { .. } => TCASM_ERR_MISALIGNED,
-        RegionError::CannotTrack { .. } | RegionError::SharesPages { .. } => TCASM_ERR_CANNOT_TRACK,
+        RegionError::CannotTrack { .. } | RegionError::SharesPages { .. } | RegionError::AlreadyTracked { .. } => TCASM_ERR_CANNOT_TRACK,
         RegionError::Alloc { .. } => TCASM_ERR_IO,
     };
     fail(status, e.to_string())

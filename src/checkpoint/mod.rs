@@ -86,7 +86,7 @@
 //! data file that belongs to another checkpoint, a manifest that contradicts itself, a
 //! missing data file, manifest or base, and a broken chain link.
 use std::ops::Range;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::observer::{Observer, Snapshot};
 use crate::region::RegionInfo;
@@ -201,6 +201,29 @@ pub enum CheckpointError {
     BadOutput { dir: PathBuf, what: String },
     #[error("version {version} is not newer than the last checkpoint v{last}")]
     NotNewer { version: u64, last: u64 },
+}
+
+/// Refuses a path that exists and is not a directory (a file, a device) where a directory is
+/// to be created or written: "not a directory" says more than the `File exists` of mkdir.
+pub fn refuse_non_directory(dir: &Path) -> Result<(), CheckpointError> {
+    match std::fs::metadata(dir) {
+        Ok(m) if !m.is_dir() => Err(CheckpointError::BadOutput {
+            dir: dir.to_path_buf(),
+            what: "not a directory; name a directory (it is created if missing)".into(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The bytes of the files under `dir` (recursively): what a checkpoint directory uses.
+pub fn directory_bytes(dir: &Path) -> Result<u64, CheckpointError> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).map_err(CheckpointError::io("listing", dir))? {
+        let entry = entry.map_err(CheckpointError::io("listing", dir))?;
+        let meta = entry.metadata().map_err(CheckpointError::io("reading", entry.path()))?;
+        total += if meta.is_dir() { directory_bytes(&entry.path())? } else { meta.len() };
+    }
+    Ok(total)
 }
 
 impl CheckpointError {

@@ -45,6 +45,7 @@ pub fn write_dir<T>(out: &Path, fill: impl FnOnce(&Path) -> Result<T, Checkpoint
 /// Whether `out` holds an earlier result to replace (`false`: it is absent or empty, and a
 /// rename puts the new one there). Refuses anything else.
 fn replaceable(out: &Path) -> Result<bool, CheckpointError> {
+    super::refuse_non_directory(out)?;
     let entries = match fs::read_dir(out) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),

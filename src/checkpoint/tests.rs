@@ -101,7 +101,7 @@ fn restored(dir: &Path, version: Option<u64>) -> Result<Vec<u8>, CheckpointError
 #[test]
 fn increments_replay_to_every_version_checkpointed() {
     let dir = scratch("replay");
-    let written = write(&dir, &[1, 2, 5, 6, 9, 14], WriterOptions { full_every: Some(4), keep: None });
+    let written = write(&dir, &[1, 2, 5, 6, 9, 14], WriterOptions { full_every: Some(4), ..Default::default() });
     assert_eq!(written.iter().map(|w| w.parent).collect::<Vec<_>>(), [None, Some(1), Some(2), Some(5), None, Some(9)]);
     assert_eq!(written[1].pages, Fake::at(2).changed_since(1).iter().map(|r| r.len()).sum::<usize>());
     assert!(written[0].chunks > 1, "a base spans several chunks");
@@ -131,7 +131,7 @@ fn a_second_writer_is_refused_and_older_versions_too() {
 #[test]
 fn keep_retires_whole_chains_once_a_newer_base_is_complete() {
     let dir = scratch("keep");
-    let written = write(&dir, &[1, 2, 3, 4, 5, 6, 7], WriterOptions { full_every: Some(2), keep: Some(2) });
+    let written = write(&dir, &[1, 2, 3, 4, 5, 6, 7], WriterOptions { full_every: Some(2), keep: Some(2), ..Default::default() });
     let retired: Vec<u64> = written.iter().flat_map(|w| w.retired.clone()).collect();
     assert_eq!(retired, [1, 2]);
     let catalog = Catalog::open(&dir).unwrap();
@@ -142,6 +142,27 @@ fn keep_retires_whole_chains_once_a_newer_base_is_complete() {
     let again = write(&dir, &[8], WriterOptions::default());
     assert_eq!(again[0].chain, 5);
     assert!(!format::retired_dir(&dir, 9).exists());
+    fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn keep_bytes_retires_the_chains_that_do_not_fit() {
+    let dir = scratch("keep-bytes");
+    // Room for a little more than one chain of a base and an increment.
+    let one = {
+        let probe = scratch("keep-bytes-probe");
+        write(&probe, &[1, 2], WriterOptions { full_every: Some(2), ..Default::default() });
+        let bytes = super::directory_bytes(&probe).unwrap();
+        fs::remove_dir_all(&probe).unwrap();
+        bytes
+    };
+    let options = WriterOptions { full_every: Some(2), keep_bytes: Some(one + one / 2), ..Default::default() };
+    let written = write(&dir, &[1, 2, 3, 4, 5, 6, 7], options);
+    let retired: Vec<u64> = written.iter().flat_map(|w| w.retired.clone()).collect();
+    assert_eq!(retired, [1, 2, 3]);
+    let catalog = Catalog::open(&dir).unwrap();
+    assert_eq!(catalog.chains.iter().map(|c| c.number).collect::<Vec<_>>(), [4]);
+    assert!(restored(&dir, Some(7)).unwrap() == Fake::at(7).image());
     fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -21,6 +21,9 @@ pub struct WriterOptions {
     /// Keep this many chains with a complete base (at least the current one); older chains
     /// are removed.
     pub keep: Option<usize>,
+    /// Keep the newest chains with a complete base whose files fit in this many bytes (at
+    /// least the current one); older chains are removed. With `keep`, the stricter wins.
+    pub keep_bytes: Option<u64>,
 }
 
 /// What one checkpoint wrote.
@@ -63,6 +66,7 @@ impl Writer {
     /// Takes the directory `dir` (creating it) for checkpoints of `space`. The first
     /// checkpoint starts a new chain.
     pub fn create(dir: &Path, space: PageSpace, options: WriterOptions) -> Result<Writer, CheckpointError> {
+        super::refuse_non_directory(dir)?;
         fs::create_dir_all(dir).map_err(CheckpointError::io("creating", dir))?;
         let lock = take_dir(dir)?;
         Ok(Writer { dir: dir.to_path_buf(), space, options, chain: None, _lock: lock })
@@ -121,7 +125,11 @@ impl Writer {
             }
         };
         self.chain = Some(Chain { number, dir, base, last: Link { version, checksum }, checkpoints });
-        let retired = match (parent, self.options.keep) {
+        let by_size = match self.options.keep_bytes {
+            Some(bytes) if parent.is_none() => Some(chains_within(&self.dir, bytes)?),
+            _ => None,
+        };
+        let retired = match (parent, self.options.keep.into_iter().chain(by_size).min()) {
             (None, Some(keep)) => self.retire(keep)?,
             _ => Vec::new(),
         };
@@ -189,6 +197,20 @@ pub(super) fn new_chain(dir: &Path) -> Result<(u64, PathBuf), CheckpointError> {
             Err(e) => return Err(CheckpointError::io("creating", chain)(e)),
         }
     }
+}
+
+/// How many of the newest chains of `dir` with a complete base fit in `bytes` (at least one).
+fn chains_within(dir: &Path, bytes: u64) -> Result<usize, CheckpointError> {
+    let catalog = Catalog::open(dir)?;
+    let (mut total, mut fit) = (0, 0);
+    for chain in catalog.chains.iter().rev().filter(|c| catalog.has_base(c)) {
+        total += super::directory_bytes(&chain.dir)?;
+        if fit > 0 && total > bytes {
+            break;
+        }
+        fit += 1;
+    }
+    Ok(fit.max(1))
 }
 
 /// Removes every chain of `dir` older than the `keep` newest chains with a complete base.

@@ -266,11 +266,9 @@ impl Producer {
             return Err(RegionError::SharesPages { name: name.to_string(), addr, bytes, tracker: self.kind });
         }
         let cover = addr - addr % page..(addr + bytes).div_ceil(page) * page;
-        self.tracker.track(cover.clone()).map_err(|errno| RegionError::CannotTrack {
-            name: name.to_string(),
-            addr,
-            tracker: self.tracker.kind(),
-            errno,
+        self.tracker.track(cover.clone()).map_err(|errno| match errno {
+            nix::Error::EBUSY => RegionError::AlreadyTracked { name: name.to_string(), addr },
+            errno => RegionError::CannotTrack { name: name.to_string(), addr, tracker: self.tracker.kind(), errno },
         })?;
         let first_page = self.regions.last().map_or(0, |r| r.info.first_page + r.info.pages);
         let info = RegionInfo {

@@ -2,12 +2,11 @@
 //! and re-protects them.
 use std::ops::Range;
 
-use userfaultfd::Uffd;
-
 use super::{Changes, Tracker, TrackerKind};
 use crate::sys::mem::Mapping;
 use crate::sys::pagemap::Scanner;
-use crate::sys::{page_size, uffd};
+use crate::sys::uffd::{self, Uffd};
+use crate::sys::page_size;
 
 pub struct AsyncTracker {
     uffd: Uffd,

@@ -17,10 +17,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use userfaultfd::{Event, EventBuffer, Uffd};
 
 use super::{Changes, Tracker, TrackerKind};
-use crate::sys::{page_size, uffd};
+use crate::sys::uffd::{self, Uffd};
+use crate::sys::page_size;
 
 /// What the handler does with a page before letting its first write through.
 pub trait FirstWrite: Send + Sync {
@@ -85,7 +85,7 @@ impl SyncTracker {
 
 fn serve(shared: &Shared, stop: OwnedFd) {
     let page = page_size();
-    let mut events = EventBuffer::new(64);
+    let mut faults = Vec::with_capacity(64);
     loop {
         let mut fds = [PollFd::new(shared.uffd.as_fd(), PollFlags::POLLIN), PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
         if poll(&mut fds, PollTimeout::NONE).is_err() {
@@ -94,10 +94,12 @@ fn serve(shared: &Shared, stop: OwnedFd) {
         if fds[1].revents().is_some_and(|r| !r.is_empty()) {
             return;
         }
-        let Ok(batch) = shared.uffd.read_events(&mut events) else { continue };
-        for event in batch {
-            let Ok(Event::Pagefault { addr, .. }) = event else { continue };
-            let p = addr as usize & !(page - 1);
+        faults.clear();
+        if uffd::read_faults(&shared.uffd, &mut faults).is_err() {
+            continue; // EAGAIN: another read took them
+        }
+        for &addr in &faults {
+            let p = addr & !(page - 1);
             let mut state = shared.lock();
             if let Some(hook) = &state.hook {
                 hook.first_write(p);

@@ -5,8 +5,7 @@
 !   checks-f NAME TRACKER    prints "ready VERSION TRACKER" once published, destroys the
 !                            producer when a line arrives on stdin, then prints "done".
 program checks
-  use, intrinsic :: iso_c_binding, only: c_double, c_float, c_int32_t, c_int64_t
-  use tcasm
+  use tcasm   ! c_double and the other kinds come with it
   implicit none
   type(tcasm_producer) :: p, again
   real(c_double), allocatable, target :: a(:,:), strided(:,:)
@@ -67,6 +66,8 @@ program checks
   call tcasm_wrap(p, "flags", flags)
   call tcasm_wrap(p, "strided", strided(1:10:2, :), stat=stat)
   call expect(stat, TCASM_ERR_INVALID, "wrap a non-contiguous section")
+  if (index(tcasm_last_error(), "not contiguous") == 0) &
+    call fail("a refused section's tcasm_last_error() is '" // tcasm_last_error() // "'")
 
   step = 42
   ! No checkpoint: a status with stat=, and a quiet return without it.

@@ -89,7 +89,7 @@ pub fn venv(test: &str, name: &str, packages: &[&str], probe: &str) -> Option<Pa
 /// (the producer runs in the test process), until it has taken its checkpoints.
 pub fn checkpoint_while_publishing(name: &str, dir: &Path, count: u64, limit: Duration, mut publish: impl FnMut()) {
     let mut checkpointer = Command::new(env!("CARGO_BIN_EXE_tcasm"))
-        .args(["checkpoint", name, "--dir"])
+        .args(["checkpoint", name, "--every-version", "--dir"])
         .arg(dir)
         .args(["--count", &count.to_string()])
         .stdout(std::process::Stdio::null())
@@ -234,7 +234,7 @@ pub fn kill_and_restart_heat(bin: &Path, name: &str, steps: u64, scratch: &Path,
     let mut first = Command::new(bin).args([&steps.to_string(), "10", name, &dirs]).stdout(Stdio::null()).spawn().unwrap();
     attach(name, Duration::from_secs(30));
     let mut checkpointer = Command::new(env!("CARGO_BIN_EXE_tcasm"))
-        .args(["checkpoint", name, "--dir"])
+        .args(["checkpoint", name, "--every-version", "--dir"])
         .arg(&local)
         .arg("--flush-to")
         .arg(&persistent)

@@ -21,18 +21,23 @@ pub struct Args {
     /// Where checkpoints go (created if missing); one checkpointer per directory.
     #[arg(long)]
     dir: PathBuf,
-    /// Checkpoint every version it can catch, taking the newest when it falls behind (default).
+    /// Checkpoint the newest version every SECONDS (the first at once).
+    #[arg(long, value_name = "SECONDS", default_value = "10", value_parser = crate::parse_seconds)]
+    interval: Duration,
+    /// Instead, checkpoint every version it can catch, taking the newest when it falls
+    /// behind: as fast as the directory takes them, which fills a burst buffer quickly.
     #[arg(long, conflicts_with = "interval")]
     every_version: bool,
-    /// Instead, checkpoint the newest version every SECONDS.
-    #[arg(long, value_name = "SECONDS", value_parser = crate::parse_seconds)]
-    interval: Option<Duration>,
     /// Start a new full base after K checkpoints (default: one base per run).
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
     full_every: Option<u64>,
     /// Keep the newest N chains; older chains are removed once a newer base is complete.
     #[arg(long, value_name = "N", requires = "full_every", value_parser = clap::value_parser!(u64).range(1..))]
     keep: Option<u64>,
+    /// Keep the newest chains that fit in SIZE (e.g. 20GiB; at least the current chain);
+    /// older chains are removed once a newer base is complete.
+    #[arg(long, value_name = "SIZE", requires = "full_every", value_parser = crate::parse_size)]
+    keep_bytes: Option<usize>,
     /// Stop after N checkpoints (default: until the producer exits).
     #[arg(long, value_name = "N")]
     count: Option<u64>,
@@ -48,6 +53,8 @@ pub struct Args {
     /// flushed.
     #[arg(long, value_name = "M", requires = "flush_to", value_parser = clap::value_parser!(u64).range(1..))]
     keep_flushed: Option<u64>,
+    #[command(flatten)]
+    wait: crate::wait::Wait,
 }
 
 /// What a run has done so far.
@@ -73,11 +80,11 @@ impl Totals {
 
     fn summary(&self) -> String {
         format!(
-            "{} checkpoints (v{}..v{}), {} versions skipped, {} written at {}/s",
-            self.checkpoints,
+            "{} (v{}..v{}), {} skipped, {} written at {}/s",
+            crate::plural(self.checkpoints, "checkpoint"),
             self.first.unwrap_or(0),
             self.last,
-            self.skipped,
+            crate::plural(self.skipped, "version"),
             HumanBytes(self.bytes),
             HumanBytes(rate(self.bytes, self.busy)),
         )
@@ -105,12 +112,33 @@ fn describe(w: &Written, skipped: u64) -> String {
         HumanBytes(rate(w.bytes, w.elapsed)),
     );
     if skipped > 0 {
-        line += &format!(", {skipped} versions skipped");
+        line += &format!(", {} skipped", crate::plural(skipped, "version"));
     }
     if !w.retired.is_empty() {
         line += &format!(", retired chains {:?}", w.retired);
     }
     line
+}
+
+/// What the checkpoint directory uses, and what its file system has free (`None` where it
+/// cannot be read: the line says so rather than failing the run).
+struct Disk {
+    used: Option<u64>,
+    free: Option<u64>,
+}
+
+impl Disk {
+    fn of(dir: &Path) -> Disk {
+        let free = nix::sys::statvfs::statvfs(dir).ok().map(|s| s.blocks_available() as u64 * s.fragment_size() as u64);
+        Disk { used: checkpoint::directory_bytes(dir).ok(), free }
+    }
+}
+
+impl std::fmt::Display for Disk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes = |b: Option<u64>| b.map_or("?".to_string(), |b| HumanBytes(b).to_string());
+        write!(f, "dir {}, {} free", bytes(self.used), bytes(self.free))
+    }
 }
 
 /// A progress bar on a terminal, plain lines elsewhere.
@@ -146,20 +174,20 @@ impl Progress {
         }
     }
 
-    fn checkpoint(&self, w: &Written, skipped: u64, totals: &Totals) {
+    fn checkpoint(&self, w: &Written, skipped: u64, totals: &Totals, disk: &Disk) {
         match self {
             Progress::Terminal(bar) => {
                 if w.parent.is_none() {
-                    bar.println(describe(w, skipped));
+                    bar.println(format!("{}; {disk}", describe(w, skipped)));
                 }
                 bar.set_message(format!(
-                    "{} checkpoints, {} skipped, {}/s",
-                    totals.checkpoints,
+                    "{}, {} skipped, {}/s; {disk}",
+                    crate::plural(totals.checkpoints, "checkpoint"),
                     totals.skipped,
                     HumanBytes(rate(totals.bytes, totals.busy))
                 ));
             }
-            Progress::Plain => eprintln!("{}", describe(w, skipped)),
+            Progress::Plain => eprintln!("{}; {disk}", describe(w, skipped)),
         }
     }
 
@@ -207,8 +235,14 @@ fn start_flusher(args: &Args) -> Option<flush::Background> {
 
 /// Follows the producer and checkpoints its versions until it exits (or `--count`).
 pub fn run(args: Args) -> crate::Result {
-    let observer = Observer::attach(&args.name)?;
-    let options = WriterOptions { full_every: args.full_every, keep: args.keep.map(|k| k as usize) };
+    // Before waiting for the producer: a wrong --dir is said at once.
+    checkpoint::refuse_non_directory(&args.dir)?;
+    let observer = args.wait.attach(&args.name)?;
+    let options = WriterOptions {
+        full_every: args.full_every,
+        keep: args.keep.map(|k| k as usize),
+        keep_bytes: args.keep_bytes.map(|b| b as u64),
+    };
     let mut writer = Writer::create(&args.dir, PageSpace::of(&observer), options)?;
     let level2 = start_flusher(&args);
     let progress = Progress::new();
@@ -216,6 +250,7 @@ pub fn run(args: Args) -> crate::Result {
     let mut last: Option<(u64, u64)> = None;
     let mut full_since: Option<u64> = None;
     let mut due = Instant::now();
+    let (mut base_bytes, mut warned) = (0, false);
     let why = loop {
         if let Some(l2) = &level2 {
             l2.take_events().iter().for_each(|line| progress.note(line));
@@ -224,9 +259,12 @@ pub fn run(args: Args) -> crate::Result {
                 writer.start_new_chain();
             }
         }
-        if let Some(interval) = args.interval {
-            thread::sleep(due.saturating_duration_since(Instant::now()));
-            due = Instant::now().max(due) + interval;
+        if !args.every_version {
+            // Until the next is due, or the producer is gone (said at once, not an interval later).
+            while Instant::now() < due && !observer.producer_gone() {
+                thread::sleep(due.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)));
+            }
+            due = Instant::now().max(due) + args.interval;
         }
         let taken = match observer.wait_newer(writer.last().unwrap_or(0), Duration::from_millis(500)) {
             Ok(None) => continue,
@@ -235,6 +273,9 @@ pub fn run(args: Args) -> crate::Result {
         };
         let snapshot = match taken {
             Ok(s) => s,
+            Err(ReadError::ProducerGone { .. }) if observer.producer_died() => {
+                break format!("producer {:?} died without closing its endpoint (killed or crashed)", args.name)
+            }
             Err(ReadError::ProducerGone { .. }) => break format!("producer {:?} exited", args.name),
             Err(e) => return Err(e.into()),
         };
@@ -265,7 +306,22 @@ pub fn run(args: Args) -> crate::Result {
             progress.note(&format!("{} has space again: v{} written (full since v{v})", args.dir.display(), written.version));
         }
         totals.add(&written, skipped);
-        progress.checkpoint(&written, skipped, &totals);
+        let disk = Disk::of(&args.dir);
+        progress.checkpoint(&written, skipped, &totals, &disk);
+        if written.parent.is_none() {
+            base_bytes = written.bytes;
+        }
+        // Warn once while fewer than two bases fit, again after space came back.
+        let short = disk.free.is_some_and(|free| free < 2 * base_bytes);
+        if short && !warned {
+            progress.note(&format!(
+                "warning: {} has {} free, less than two base checkpoints ({} each): retire chains with --full-every and --keep or --keep-bytes, or checkpoint less often (--interval)",
+                args.dir.display(),
+                HumanBytes(disk.free.unwrap_or(0)),
+                HumanBytes(base_bytes)
+            ));
+        }
+        warned = short;
         last = Some((written.chain, written.version));
         if let Some(l2) = &level2 {
             if totals.checkpoints % args.flush_every == 0 {
@@ -282,7 +338,7 @@ pub fn run(args: Args) -> crate::Result {
             }
         }
         if args.count.is_some_and(|n| totals.checkpoints >= n) {
-            break format!("{} checkpoints taken", totals.checkpoints);
+            break format!("{} taken", crate::plural(totals.checkpoints, "checkpoint"));
         }
     };
     progress.finish(&why, &totals);
@@ -290,6 +346,10 @@ pub fn run(args: Args) -> crate::Result {
         let (events, summary) = l2.finish(last);
         events.iter().for_each(|line| eprintln!("{line}"));
         eprintln!("{summary}");
+    }
+    if observer.producer_died() {
+        let last = writer.last().map_or("none".into(), |v| format!("v{v}"));
+        return Err(format!("producer {:?} died without closing its endpoint; the last complete checkpoint is {last}", args.name).into());
     }
     Ok(())
 }
@@ -352,16 +412,17 @@ pub fn restore(args: RestoreArgs) -> crate::Result {
     if args.versions.is_some() || args.force {
         return Err("--versions and --force go with --format hdf5; a .npy restore is of one version".into());
     }
+    checkpoint::refuse_non_directory(&args.out)?;
     let restore = open_restore(&args)?;
     let regions = checkpoint::restore_npy(&restore, &args.out)?;
     let m = restore.manifest();
     println!(
-        "restored version {} of {:?} (chain {}: base v{} and {} increments, in {}) into {}",
+        "restored version {} of {:?} (chain {}: base v{} and {}, in {}) into {}",
         m.version,
         m.space.producer,
         m.chain,
         m.base,
-        restore.replayed().len() - 1,
+        crate::plural(restore.replayed().len() as u64 - 1, "increment"),
         restore.chain_dir().display(),
         args.out.display()
     );
@@ -401,16 +462,28 @@ pub fn verify(args: VerifyArgs) -> crate::Result {
     let chains = report.restorable.iter().map(|(c, _)| c).collect::<std::collections::BTreeSet<_>>();
     for chain in chains {
         let vs: Vec<u64> = report.restorable.iter().filter(|(c, _)| c == chain).map(|(_, v)| *v).collect();
-        println!("chain {chain}: {} restorable checkpoints, v{}..v{}", vs.len(), vs[0], vs[vs.len() - 1]);
+        println!("chain {chain}: {} restorable, v{}..v{}", crate::plural(vs.len() as u64, "checkpoint"), vs[0], vs[vs.len() - 1]);
     }
     println!("{} chunks ({}) checked", report.chunks_checked, HumanBytes(report.bytes_checked));
-    if report.intact() {
-        println!("intact: {} checkpoints restorable", report.restorable.len());
+    if report.intact() && report.restorable.is_empty() {
+        Err(format!(
+            "no complete checkpoint in {}: is it the directory `tcasm checkpoint --dir` wrote to?",
+            args.dir.display()
+        )
+        .into())
+    } else if report.intact() {
+        println!("intact: {} restorable", crate::plural(report.restorable.len() as u64, "checkpoint"));
         Ok(())
     } else {
         let lost: std::collections::BTreeSet<_> =
             report.damage.iter().flat_map(|d| d.unrestorable.iter().map(move |v| (d.chain, *v))).collect();
-        Err(format!("{} problems; {} checkpoints unrestorable, {} restorable", report.damage.len(), lost.len(), report.restorable.len()).into())
+        Err(format!(
+            "{}; {} unrestorable, {} restorable",
+            crate::plural(report.damage.len() as u64, "problem"),
+            crate::plural(lost.len() as u64, "checkpoint"),
+            report.restorable.len()
+        )
+        .into())
     }
 }
 
@@ -442,6 +515,7 @@ pub fn bench(args: BenchArgs) -> crate::Result {
     let mib_per_s = |bytes: u64, took: Duration| bytes as f64 / took.as_secs_f64() / (1 << 20) as f64;
     let (mut sequential, mut drain) = (Duration::ZERO, Duration::ZERO);
     let (mut drained, mut ratios) = (0, Vec::new());
+    let (mut plain_rates, mut drain_rates) = (Vec::new(), Vec::new());
     // Round 0 warms up the file system (block allocation, page cache) for both and is not
     // counted: the first write to a fresh directory is often several times slower.
     for round in 0..=args.checkpoints {
@@ -455,20 +529,32 @@ pub fn bench(args: BenchArgs) -> crate::Result {
         }
         println!("round {round}: sequential {s:.0} MiB/s, checkpoint {d:.0} MiB/s");
         ratios.push(d / s);
+        plain_rates.push(s);
+        drain_rates.push(d);
         (sequential, drain, drained) = (sequential + plain, drain + written.elapsed, drained + written.bytes);
     }
     drop(writer);
     producer.stop()?;
     fs::remove_dir_all(&scratch)?;
     let (sequential, drain) = (mib_per_s(args.size as u64 * args.checkpoints, sequential), mib_per_s(drained, drain));
+    let spread = |rates: &mut Vec<f64>| {
+        rates.sort_by(f64::total_cmp);
+        format!("rounds {:.0} to {:.0} MiB/s", rates[0], rates[rates.len() - 1])
+    };
     ratios.sort_by(f64::total_cmp);
-    println!("sequential write: {sequential:.0} MiB/s ({} files of {} in 8 MiB writes, each synced)", args.checkpoints, HumanBytes(args.size as u64));
-    println!("checkpoint drain: {drain:.0} MiB/s ({} checkpoints of {}, each synced)", args.checkpoints, HumanBytes(args.size as u64));
+    let size = HumanBytes(args.size as u64);
+    println!("sequential write: {sequential:.0} MiB/s ({}; {} of {size} in 8 MiB writes, each synced)", spread(&mut plain_rates), crate::plural(args.checkpoints, "file"));
+    println!("checkpoint drain: {drain:.0} MiB/s ({}; {} of {size}, each synced)", spread(&mut drain_rates), crate::plural(args.checkpoints, "checkpoint"));
     println!(
-        "ratio: {:.0} % overall, {:.0} % the median round (goal >= 80 %)",
-        100.0 * drain / sequential,
-        100.0 * ratios[ratios.len() / 2]
+        "drain / sequential: {:.2} overall, {:.2} the median round (from {:.2} to {:.2})",
+        drain / sequential,
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
     );
+    if ratios[ratios.len() - 1] > 2.0 * ratios[0] {
+        println!("the rounds disagree by more than 2x: the directory's bandwidth varies (page cache, other writers); run more --checkpoints");
+    }
     Ok(())
 }
 

@@ -120,6 +120,7 @@ pub fn run(args: Args) -> crate::Result {
     let end = started + Duration::from_secs(args.seconds);
     let mut next_line = started + REPORT_PERIOD;
     let mut next_step = started;
+    let (mut tracked_step, mut untracked_steps) = (Duration::ZERO, Vec::new());
     loop {
         let now = Instant::now();
         if now >= next_line || now >= end {
@@ -140,11 +141,19 @@ pub fn run(args: Args) -> crate::Result {
             second = Tally::default();
             next_line += REPORT_PERIOD;
             full_copy.sample(&temperature);
+            // The same step in untracked memory (the copy just taken): what a step costs
+            // without write faults.
+            let mut shadow = plate.clone();
+            let at = Instant::now();
+            shadow.step(&mut full_copy.scratch);
+            untracked_steps.push(at.elapsed());
         }
         if now >= end {
             break;
         }
+        let at = Instant::now();
         plate.step(&mut temperature);
+        tracked_step += at.elapsed();
         step[0] = plate.steps as i64;
         producer.publish()?;
         let stats = producer.stats();
@@ -166,13 +175,26 @@ pub fn run(args: Args) -> crate::Result {
         HumanBytes(run.pages * tcasm::sys::page_size() as u64),
     );
     let full_copy_time = full_copy.median();
+    // What tracking costs the producer per version: the publish, and the write faults its
+    // steps took (a tracked step against the same step in untracked memory).
+    let step_mean = tracked_step.div_f64(run.versions.max(1) as f64);
+    untracked_steps.sort();
+    let untracked = untracked_steps.get(untracked_steps.len() / 2).copied().unwrap_or_default();
+    let faults = step_mean.saturating_sub(untracked);
     println!(
-        "  publish   mean {}, max {}; a full copy of the grid takes {} (median of {} through the run): a publish costs {:.2} of it",
+        "  publish   mean {}, max {}; a full copy of the grid takes {} (median of {} through the run)",
         human_time(run.mean_publish()),
         human_time(run.slowest),
         human_time(full_copy_time),
         full_copy.times.len(),
-        run.mean_publish().as_secs_f64() / full_copy_time.as_secs_f64(),
+    );
+    println!(
+        "  producer  a step takes {} tracked, {} untracked (median of {}): {} in write faults; publish + write faults = {:.2} of a full copy",
+        human_time(step_mean),
+        human_time(untracked),
+        untracked_steps.len(),
+        human_time(faults),
+        (run.mean_publish() + faults).as_secs_f64() / full_copy_time.as_secs_f64(),
     );
     println!(
         "  store     peak {} for {} of regions ({:.2}x)",
@@ -214,6 +236,7 @@ fn heater(n: usize, step: u64) -> impl Iterator<Item = Range<usize>> {
 /// Only rows that hold heat, and their neighbours, are computed, and only those that hold
 /// heat afterwards are written: a row that cools below [`WARM`] is zeroed once and then left
 /// alone. So the pages a step writes follow the heater and its trail.
+#[derive(Clone)]
 struct Plate {
     n: usize,
     steps: u64,

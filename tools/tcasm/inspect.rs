@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use indicatif::HumanBytes;
 use tcasm::sys::monotonic_ns;
-use tcasm::{endpoint, Observer};
+use tcasm::endpoint;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -14,14 +14,28 @@ pub struct Args {
     /// How many of the newest versions to show.
     #[arg(long, default_value_t = 10)]
     versions: u64,
+    /// Print JSON instead of tables.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    wait: crate::wait::Wait,
 }
 
-/// How long to wait for a producer that has not published its first version yet.
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(3);
+#[derive(clap::Args)]
+pub struct LsArgs {
+    /// Print JSON (`[{"name": ..., "pid": ...}]`) instead of a table.
+    #[arg(long)]
+    json: bool,
+}
 
-pub fn ls() -> crate::Result {
+pub fn ls(args: LsArgs) -> crate::Result {
     let dir = endpoint::directory()?;
     let producers = endpoint::list()?;
+    if args.json {
+        let list: Vec<_> = producers.iter().map(|p| serde_json::json!({ "name": p.name, "pid": p.pid })).collect();
+        println!("{}", serde_json::to_string_pretty(&list)?);
+        return Ok(());
+    }
     if producers.is_empty() {
         println!("no live producers in {}", dir.display());
         return Ok(());
@@ -35,9 +49,35 @@ pub fn ls() -> crate::Result {
 }
 
 pub fn run(args: Args) -> crate::Result {
-    let observer = Observer::attach_timeout(&args.name, ATTACH_TIMEOUT)?;
+    let observer = args.wait.attach(&args.name)?;
     let latest = observer.latest_version();
     let now = monotonic_ns();
+    // The ring may have moved on while we read: show what it still holds.
+    let first = latest.saturating_sub(args.versions.saturating_sub(1)).max(1);
+    let versions: Vec<_> = (first..=latest).rev().filter_map(|v| observer.version_info(v)).collect();
+    if args.json {
+        let out = serde_json::json!({
+            "name": args.name,
+            "pid": observer.producer_pid(),
+            "exiting": observer.producer_gone(),
+            "latest_version": latest,
+            "pages": observer.pages(),
+            "regions": observer.regions().iter().map(|r| serde_json::json!({
+                "name": r.name, "dtype": r.dtype.name(), "shape": r.shape, "bytes": r.bytes(),
+                "first_page": r.first_page, "pages": r.pages,
+            })).collect::<Vec<_>>(),
+            "versions": versions.iter().map(|v| serde_json::json!({
+                "version": v.version, "age_ns": now.saturating_sub(v.time_ns), "changed_pages": v.dirty_pages,
+                "publish_ns": v.publish_ns, "runs": v.mapping_runs, "store_bytes": v.store_bytes,
+                "reserve_bytes": v.reserve_bytes,
+            })).collect::<Vec<_>>(),
+            "observers": observer.slots().iter().map(|s| serde_json::json!({
+                "slot": s.slot, "pid": s.pid, "pinned": s.pins, "this_inspect": s.ours,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
     let gone = if observer.producer_gone() { " (exiting)" } else { "" };
     println!("producer {:?}: pid {}{gone}, latest version {latest}", args.name, observer.producer_pid());
 
@@ -61,9 +101,6 @@ pub fn run(args: Args) -> crate::Result {
             .collect(),
     );
 
-    // The ring may have moved on while we read: show what it still holds.
-    let first = latest.saturating_sub(args.versions.saturating_sub(1)).max(1);
-    let versions: Vec<_> = (first..=latest).rev().filter_map(|v| observer.version_info(v)).collect();
     println!("\nnewest versions:");
     print_table(
         &["VERSION", "AGE", "CHANGED", "PUBLISH", "RUNS", "STORE", "RESERVE"],
@@ -110,7 +147,7 @@ pub fn run(args: Args) -> crate::Result {
 }
 
 /// Prints `rows` under `header` in left-aligned columns.
-fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+pub fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {

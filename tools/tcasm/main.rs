@@ -2,7 +2,7 @@
 //! and benchmark the store.
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod bench;
 mod checkpoint;
@@ -10,8 +10,10 @@ mod demo;
 mod export;
 mod flush;
 mod inspect;
+mod show;
 mod stress;
 mod top;
+mod wait;
 
 #[derive(Parser)]
 #[command(name = "tcasm", version, about = "Consistent, versioned snapshots of a running program's memory")]
@@ -25,9 +27,12 @@ enum Command {
     /// Run a small heat-diffusion producer and an observer that follows it.
     Demo(demo::Args),
     /// List the live producers in the endpoint directory.
-    Ls,
+    Ls(inspect::LsArgs),
     /// Show a producer's regions, versions, pins and memory.
     Inspect(inspect::Args),
+    /// Look at a snapshot: per region min, max, mean and the first values, from a live
+    /// producer or a checkpoint directory; a PNG heatmap of a 2-D region (--png).
+    Show(show::Args),
     /// One producer and N observers verifying every byte of every snapshot.
     Stress(stress::Args),
     /// Follow a producer and write incremental, crash-consistent checkpoints to a directory.
@@ -39,6 +44,11 @@ enum Command {
     Verify(checkpoint::VerifyArgs),
     /// A live view of a producer: version rate, pages per version, memory, observers.
     Top(top::Args),
+    /// Print a shell completion script: `tcasm completions bash > ~/.local/share/bash-completion/completions/tcasm`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Measure the tools.
     #[command(subcommand)]
     Bench(Bench),
@@ -87,6 +97,15 @@ pub fn parse_size(s: &str) -> std::result::Result<usize, String> {
     n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
 }
 
+/// `1 observer`, `2 observers`.
+pub fn plural(n: u64, noun: &str) -> String {
+    if n == 1 {
+        format!("1 {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
+}
+
 /// Parses a positive number of seconds such as `0.5` or `10`.
 pub fn parse_seconds(s: &str) -> std::result::Result<std::time::Duration, String> {
     s.trim()
@@ -98,11 +117,17 @@ pub fn parse_seconds(s: &str) -> std::result::Result<std::time::Duration, String
 }
 
 fn main() -> ExitCode {
+    tcasm::sys::quiet_on_closed_pipe();
     tracing_subscriber::fmt().with_writer(std::io::stderr).without_time().init();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Demo(a) => demo::run(a),
-        Command::Ls => inspect::ls(),
+        Command::Ls(a) => inspect::ls(a),
+        Command::Show(a) => show::run(a),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "tcasm", &mut std::io::stdout());
+            Ok(())
+        }
         Command::Inspect(a) => inspect::run(a),
         Command::Stress(a) => stress::run(a),
         Command::Checkpoint(a) => checkpoint::run(a),

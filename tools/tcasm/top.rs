@@ -19,6 +19,8 @@ pub struct Args {
     /// Stop after N updates (default: until the producer exits).
     #[arg(long, value_name = "N")]
     count: Option<u64>,
+    #[command(flatten)]
+    wait: crate::wait::Wait,
 }
 
 /// What the versions published between two updates cost.
@@ -43,7 +45,12 @@ fn sample(observer: &Observer, since: u64, elapsed: Duration) -> Sample {
         .filter(|s| !s.ours)
         .map(|s| match s.pins.iter().min() {
             Some(&oldest) => {
-                format!("pid {}: {} pins, oldest v{oldest}, lag {} versions", s.pid, s.pins.len(), latest.saturating_sub(oldest))
+                format!(
+                    "pid {}: {}, oldest v{oldest}, lag {}",
+                    s.pid,
+                    crate::plural(s.pins.len() as u64, "pin"),
+                    crate::plural(latest.saturating_sub(oldest), "version")
+                )
             }
             None => format!("pid {}: no pins", s.pid),
         })
@@ -51,8 +58,9 @@ fn sample(observer: &Observer, since: u64, elapsed: Duration) -> Sample {
     Sample {
         latest,
         per_second: (latest - since) as f64 / elapsed.as_secs_f64().max(1e-9),
-        pages_per_version: infos.iter().map(|i| i.dirty_pages as f64).sum::<f64>() / n,
-        publish_ms: infos.iter().map(|i| i.publish_ns as f64).sum::<f64>() / n / 1e6,
+        // Folded from +0.0: an empty sum of f64 is -0.0.
+        pages_per_version: infos.iter().fold(0.0, |sum, i| sum + i.dirty_pages as f64) / n,
+        publish_ms: infos.iter().fold(0.0, |sum, i| sum + i.publish_ns as f64) / n / 1e6,
         store_bytes: observer.version_info(latest).map_or(0, |i| i.store_bytes),
         reserve_bytes: observer.version_info(latest).map_or(0, |i| i.reserve_bytes),
         observers,
@@ -60,7 +68,7 @@ fn sample(observer: &Observer, since: u64, elapsed: Duration) -> Sample {
 }
 
 pub fn run(args: Args) -> crate::Result {
-    let observer = Observer::attach(&args.name)?;
+    let observer = args.wait.attach(&args.name)?;
     let header = format!(
         "{} (pid {}): {} regions, {} pages",
         args.name,
@@ -81,18 +89,21 @@ pub fn run(args: Args) -> crate::Result {
     let mut updates = 0;
     while !observer.producer_gone() && args.count.is_none_or(|n| updates < n) {
         thread::sleep(args.interval);
+        if observer.producer_gone() {
+            break;
+        }
         let s = sample(&observer, since, at.elapsed());
         (since, at) = (s.latest, Instant::now());
         updates += 1;
         let line = format!(
-            "v{}: {:.1} versions/s, {:.0} pages/version, publish {:.2} ms, store {} (reserve {}), {} observers",
+            "v{}: {:.1} versions/s, {:.0} pages/version, publish {:.2} ms, store {} (reserve {}), {}",
             s.latest,
             s.per_second,
             s.pages_per_version,
             s.publish_ms,
             HumanBytes(s.store_bytes),
             HumanBytes(s.reserve_bytes),
-            s.observers.len()
+            crate::plural(s.observers.len() as u64, "observer")
         );
         match &bar {
             Some(bar) => {
@@ -107,6 +118,15 @@ pub fn run(args: Args) -> crate::Result {
     }
     if let Some(bar) = bar {
         bar.abandon();
+    }
+    if observer.producer_died() {
+        return Err(format!(
+            "producer {:?} (pid {}) died without closing its endpoint (killed or crashed); its last version was v{}",
+            args.name,
+            observer.producer_pid(),
+            observer.latest_version()
+        )
+        .into());
     }
     if observer.producer_gone() {
         println!("producer {:?} exited at v{}", args.name, observer.latest_version());

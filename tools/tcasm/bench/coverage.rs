@@ -814,8 +814,11 @@ fn run_method(args: &Args, method: Method, observers: usize, plain: &mut Plain, 
             break;
         }
         let s = samples.last().expect("pushed above");
+        // Each part's own median: they need not add up to the median of their sum. The write
+        // overhead (tracked writes less the same writes untracked) may come out below zero
+        // when tracking costs nothing measurable: it is noise then, and printed with its sign.
         eprintln!(
-            "bench coverage: {method:>13} {coverage:>5}% {observers:>2} observers: producer {:>10.0} us (publish {:.0}, writes +{:.0}; memcpy {:.0}), {} MiB held",
+            "bench coverage: {method:>13} {coverage:>5}% {observers:>2} observers: producer {:>10.0} us (medians: publish {:.0}, write overhead {:+.0}, memcpy {:.0}), {} MiB held",
             median(&s.producer).unwrap_or(f64::NAN),
             median(&s.publish).unwrap_or(f64::NAN),
             median(&s.overhead).unwrap_or(f64::NAN),
