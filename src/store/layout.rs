@@ -59,6 +59,8 @@ pub mod hdr {
     pub const PRODUCER_PID: usize = 10;
     pub const PIN_SLOTS: usize = 11;
     pub const OBSERVERS_AT: usize = 12;
+    /// The MPI job the producer is a rank of ([`crate::job::Job::to_word`]; 0: none).
+    pub const JOB: usize = 13;
     /// Planes the pool holds now; grows.
     pub const PLANES: usize = 16;
     /// [`super::STATE_LIVE`] or [`super::STATE_CLOSED`].
@@ -134,6 +136,8 @@ pub struct Layout {
     pub regions: Vec<RegionInfo>,
     pub log_words: usize,
     pub pin_slots: usize,
+    /// The MPI job the producer is a rank of.
+    pub job: Option<crate::job::Job>,
 }
 
 fn round_up(n: usize, to: usize) -> usize {
@@ -187,6 +191,7 @@ impl Layout {
             (hdr::PRODUCER_PID, producer_pid as u64),
             (hdr::PIN_SLOTS, self.pin_slots as u64),
             (hdr::OBSERVERS_AT, self.observers_at() as u64),
+            (hdr::JOB, crate::job::Job::to_word(self.job)),
         ];
         for (i, r) in self.regions.iter().enumerate() {
             let at = self.regions_at() + i * REGION_WORDS;
@@ -248,7 +253,8 @@ impl Layout {
             return Err(format!("record log of {log_words} words does not fit {page_count} pages"));
         }
         let mut regions = Vec::with_capacity(region_count);
-        let mut l = Layout { page_size, page_count, regions: Vec::new(), log_words, pin_slots };
+        let job = crate::job::Job::from_word(read(hdr::JOB))?;
+        let mut l = Layout { page_size, page_count, regions: Vec::new(), log_words, pin_slots, job };
         // The table sizes depend on the region count; check offsets before reading entries.
         l.regions = vec![dummy_region(); region_count];
         for (field, want) in [
@@ -332,6 +338,7 @@ mod tests {
             ],
             log_words: Layout::log_words_for(6),
             pin_slots: 8,
+            job: Some(crate::job::Job { rank: 1, size: 3 }),
         }
     }
 
