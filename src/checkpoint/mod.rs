@@ -95,6 +95,7 @@ use crate::region::RegionInfo;
 
 mod flush;
 mod format;
+pub mod global;
 #[cfg(feature = "hdf5")]
 mod hdf5;
 mod npy;
