@@ -94,6 +94,7 @@ use crate::observer::{Observer, Snapshot};
 use crate::region::RegionInfo;
 
 mod flush;
+pub mod assemble;
 mod format;
 pub mod global;
 #[cfg(feature = "hdf5")]
@@ -112,7 +113,7 @@ pub use flush::{Flushed, Flusher};
 pub use format::{Chunk, Link, Manifest, CHUNK_BYTES, FORMAT, FORMAT_JOB};
 #[cfg(feature = "hdf5")]
 pub use hdf5::{export_hdf5, ExportError, Exported};
-pub use npy::{restore_npy, RestoredRegion};
+pub use npy::{restore_global_npy, restore_npy, RestoredRegion};
 pub use reader::{Catalog, ChainListing, Restore};
 pub use verify::{verify, Damage, VerifyReport};
 pub use writer::{WriteBehind, Written, Writer, WriterOptions};

@@ -414,6 +414,11 @@ pub struct RestoreArgs {
     /// With --format hdf5: replace the output files if they exist.
     #[arg(long)]
     force: bool,
+    /// DIR is an MPI job's directory (`checkpoint --all ... --flush-to DIR`): assemble the
+    /// ranks' tiles of a global version (the newest, or --version) into one array per region
+    /// (tiles placed by their `global_shape` and `offset` regions).
+    #[arg(long, requires = "dir")]
+    global: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -435,6 +440,9 @@ fn open_restore(args: &RestoreArgs) -> crate::Result<Restore> {
 
 pub fn restore(args: RestoreArgs) -> crate::Result {
     if args.format == Format::Hdf5 {
+        if args.global {
+            return Err("--global assembles .npy files; leave out --format hdf5".into());
+        }
         let RestoreArgs { dir, version, versions, out, force, .. } = args;
         let Some(dir) = dir else {
             return Err("--format hdf5 exports from one checkpoint directory: give DIR instead of --from".into());
@@ -443,6 +451,16 @@ pub fn restore(args: RestoreArgs) -> crate::Result {
     }
     if args.versions.is_some() || args.force {
         return Err("--versions and --force go with --format hdf5; a .npy restore is of one version".into());
+    }
+    if args.global {
+        let dir = args.dir.as_deref().expect("clap requires DIR with --global");
+        let field = checkpoint::assemble::assemble(dir, args.version)?;
+        let regions = checkpoint::restore_global_npy(&field, &args.out)?;
+        println!("assembled global version {} of {} ranks from {} into {}", field.version, field.ranks, dir.display(), args.out.display());
+        for r in regions {
+            println!("  {:<24} {:<4} {:<18} {}", r.name, r.dtype, format!("{:?}", r.shape), r.file);
+        }
+        return Ok(());
     }
     let restore = open_restore(&args)?;
     let regions = checkpoint::restore_npy(&restore, &args.out)?;
