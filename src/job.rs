@@ -10,6 +10,9 @@
 pub const RANK_VARS: [&str; 4] = ["OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"];
 /// The variables read for the job's size, in this order.
 pub const SIZE_VARS: [&str; 3] = ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_NTASKS"];
+/// The variables that tell one launch of a job from another, in this order (OpenMPI and
+/// PMIx; Slurm's job and step).
+pub const LAUNCH_VARS: [&str; 3] = ["PMIX_NAMESPACE", "OMPI_MCA_ess_base_jobid", "SLURM_JOB_ID"];
 /// The placeholder for the rank in a producer name.
 pub const RANK_PLACEHOLDER: &str = "%r";
 /// The most ranks a job may have (a rank and a size each fit in 32 bits).
@@ -21,6 +24,11 @@ pub struct Job {
     pub rank: u32,
     /// How many ranks the job has (> `rank`).
     pub size: u32,
+    /// Which launch of the job (`mpirun`, `srun`) the rank belongs to: a hash of the
+    /// launcher's job id ([`LAUNCH_VARS`]), 0 when none is set. Checkpoints of one version
+    /// from different launches (a relaunch that restarted from an older version makes the
+    /// same version numbers again) never form one global version.
+    pub launch: u64,
 }
 
 /// Why a rank producer's name could not be made.
@@ -37,13 +45,13 @@ pub enum JobError {
 }
 
 impl Job {
-    /// Packs the job into one word of the store's header (0: no job).
-    pub fn to_word(job: Option<Job>) -> u64 {
-        job.map_or(0, |j| (j.size as u64) << 32 | j.rank as u64)
+    /// Packs the job into two words of the store's header (0, 0: no job).
+    pub fn to_words(job: Option<Job>) -> [u64; 2] {
+        job.map_or([0, 0], |j| [(j.size as u64) << 32 | j.rank as u64, j.launch])
     }
 
-    /// The inverse of [`Job::to_word`]; `Err` for a word no job packs to.
-    pub fn from_word(word: u64) -> Result<Option<Job>, String> {
+    /// The inverse of [`Job::to_words`]; `Err` for words no job packs to.
+    pub fn from_words([word, launch]: [u64; 2]) -> Result<Option<Job>, String> {
         if word == 0 {
             return Ok(None);
         }
@@ -51,7 +59,7 @@ impl Job {
         if rank >= size {
             return Err(format!("job word names rank {rank} of {size}"));
         }
-        Ok(Some(Job { rank, size }))
+        Ok(Some(Job { rank, size, launch }))
     }
 
     /// The name with `%r` replaced by the rank.
@@ -81,7 +89,12 @@ pub fn expand_name_with(name: &str, get: impl Fn(&str) -> Option<String>) -> Res
     if rank >= size {
         return Err(JobError::RankOutOfRange { rank, size, rank_var, size_var });
     }
-    let job = Job { rank, size };
+    let launch = match LAUNCH_VARS.iter().find_map(|v| get(v)) {
+        // Slurm: the job and its step.
+        Some(id) => crc32fast::hash(format!("{id}.{}", get("SLURM_STEP_ID").unwrap_or_default()).as_bytes()) as u64 | 1 << 32,
+        None => 0,
+    };
+    let job = Job { rank, size, launch };
     Ok((job.name(name), Some(job)))
 }
 
@@ -109,7 +122,7 @@ mod tests {
         let e = [("SLURM_PROCID", "7"), ("PMI_RANK", "2"), ("SLURM_NTASKS", "8"), ("PMI_SIZE", "4")];
         let (name, job) = expand_name_with("heat.%r", env(&e)).unwrap();
         assert_eq!(name, "heat.2");
-        assert_eq!(job, Some(Job { rank: 2, size: 4 }));
+        assert_eq!(job.map(|j| (j.rank, j.size, j.launch)), Some((2, 4, 0)));
         let e = [("SLURM_PROCID", "7"), ("SLURM_NTASKS", "8")];
         assert_eq!(expand_name_with("r%r-x", env(&e)).unwrap().0, "r7-x");
     }
@@ -128,9 +141,20 @@ mod tests {
 
     #[test]
     fn words_round_trip() {
-        for job in [None, Some(Job { rank: 0, size: 1 }), Some(Job { rank: 5, size: 6 })] {
-            assert_eq!(Job::from_word(Job::to_word(job)).unwrap(), job);
+        for job in [None, Some(Job { rank: 0, size: 1, launch: 0 }), Some(Job { rank: 5, size: 6, launch: 7 << 32 })] {
+            assert_eq!(Job::from_words(Job::to_words(job)).unwrap(), job);
         }
-        assert!(Job::from_word(2 << 32 | 2).is_err());
+        assert!(Job::from_words([2 << 32 | 2, 0]).is_err());
+    }
+
+    #[test]
+    fn launches_differ_by_the_launchers_job_id() {
+        let launch = |e: &[(&str, &str)]| expand_name_with("h%r", env(e)).unwrap().1.unwrap().launch;
+        let base = [("PMI_RANK", "0"), ("PMI_SIZE", "1")];
+        assert_eq!(launch(&base), 0);
+        let a = launch(&[base[0], base[1], ("PMIX_NAMESPACE", "1090322433")]);
+        let b = launch(&[base[0], base[1], ("PMIX_NAMESPACE", "1090322434")]);
+        let s = launch(&[base[0], base[1], ("SLURM_JOB_ID", "77"), ("SLURM_STEP_ID", "1")]);
+        assert!(a != 0 && b != 0 && s != 0 && a != b && a != s);
     }
 }

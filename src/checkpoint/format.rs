@@ -109,6 +109,7 @@ impl Manifest {
         if let Some(job) = s.job {
             b.extend_from_slice(&job.rank.to_le_bytes());
             b.extend_from_slice(&job.size.to_le_bytes());
+            b.extend_from_slice(&job.launch.to_le_bytes());
         }
         for r in &s.regions {
             put_str(&mut b, &r.name);
@@ -270,7 +271,7 @@ impl Cursor<'_> {
         self.u64()?; // the manifest's length, checked by the caller
         let producer = self.string()?;
         let job = match with_job {
-            true => Some(crate::job::Job { rank: self.u32()?, size: self.u32()? }),
+            true => Some(crate::job::Job { rank: self.u32()?, size: self.u32()?, launch: self.u64()? }),
             false => None,
         };
         let mut regions = Vec::new();

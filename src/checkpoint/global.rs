@@ -15,6 +15,7 @@
 //! ```text
 //! tcasm global checkpoint 1
 //! version 12
+//! launch 1a2b3c4d5e     (which launch of the job: mpirun's or srun's job id, hashed)
 //! ranks 4
 //! rank 0 heat.0 chain 3 manifest 1a2b3c4d
 //! ...
@@ -50,6 +51,8 @@ pub struct RankPart {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GlobalManifest {
     pub version: u64,
+    /// The launch of the job whose ranks wrote it ([`crate::job::Job::launch`]).
+    pub launch: u64,
     /// Every rank, by rank.
     pub ranks: Vec<RankPart>,
 }
@@ -77,7 +80,7 @@ fn global_path(dir: &Path, version: u64) -> PathBuf {
 
 impl GlobalManifest {
     pub fn encode(&self) -> Vec<u8> {
-        let mut s = format!("{MAGIC_LINE}\nversion {}\nranks {}\n", self.version, self.ranks.len());
+        let mut s = format!("{MAGIC_LINE}\nversion {}\nlaunch {:x}\nranks {}\n", self.version, self.launch, self.ranks.len());
         for r in &self.ranks {
             s += &format!("rank {} {} chain {} manifest {:08x}\n", r.rank, r.producer, r.chain, r.checksum);
         }
@@ -100,11 +103,12 @@ impl GlobalManifest {
         if lines.next() != Some(MAGIC_LINE) {
             return Err(CheckpointError::BadMagic { file: file.to_path_buf(), found: body.lines().next().unwrap_or("").into() });
         }
-        let mut field = |key: &str| -> Result<u64, CheckpointError> {
-            lines.next().and_then(|l| l.strip_prefix(key)).and_then(|v| v.trim().parse().ok()).ok_or_else(|| bad(&format!("no {key}line")))
+        let mut field = |key: &str, radix: u32| -> Result<u64, CheckpointError> {
+            lines.next().and_then(|l| l.strip_prefix(key)).and_then(|v| u64::from_str_radix(v.trim(), radix).ok()).ok_or_else(|| bad(&format!("no {key}line")))
         };
-        let version = field("version ")?;
-        let count = field("ranks ")?;
+        let version = field("version ", 10)?;
+        let launch = field("launch ", 16)?;
+        let count = field("ranks ", 10)?;
         let mut ranks = Vec::new();
         for (i, line) in lines.enumerate() {
             let w: Vec<&str> = line.split(' ').collect();
@@ -127,7 +131,7 @@ impl GlobalManifest {
         if ranks.len() as u64 != count || count == 0 {
             return Err(bad(&format!("{} rank lines for {count} ranks", ranks.len())));
         }
-        Ok(GlobalManifest { version, ranks })
+        Ok(GlobalManifest { version, launch, ranks })
     }
 }
 
@@ -171,6 +175,13 @@ pub fn newest<'a>(dirs: &[&'a Path]) -> Result<Option<(&'a Path, GlobalManifest)
     Ok(best)
 }
 
+/// Whether rank part `part` of global `version` on level `dir` is there as the global
+/// manifest names it (its manifest with the checksum named).
+pub fn part_present(dir: &Path, part: &RankPart, version: u64) -> bool {
+    let chain_dir = super::format::chain_dir(&rank_dir(dir, &part.producer), part.chain);
+    load_manifest(&chain_dir, part.chain, version).is_ok_and(|(_, sum)| sum == part.checksum)
+}
+
 /// Whether `restore` holds the same checkpoint as rank part `part` of level `dir` (a copy
 /// on another level, with the same chunks), so that a rank never restores a same-numbered
 /// version of another run.
@@ -182,8 +193,8 @@ pub fn same_checkpoint(restore: &super::Restore, dir: &Path, part: &RankPart, ve
     }
 }
 
-/// Every rank's complete checkpoints on level `dir`: version → rank → (size, part).
-type Holdings = BTreeMap<u64, BTreeMap<u32, (u32, RankPart)>>;
+/// Every rank's complete checkpoints on level `dir`: (version, launch) → rank → (size, part).
+type Holdings = BTreeMap<(u64, u64), BTreeMap<u32, (u32, RankPart)>>;
 
 fn holdings(dir: &Path, foreign: &mut Vec<String>) -> Result<Holdings, CheckpointError> {
     let mut held = Holdings::new();
@@ -206,7 +217,7 @@ fn holdings(dir: &Path, foreign: &mut Vec<String>) -> Result<Holdings, Checkpoin
                 };
                 let part = RankPart { rank: job.rank, producer: name.clone(), chain: chain.number, checksum };
                 // Chains ascend: a version in several chains is taken from the highest.
-                held.entry(version).or_default().insert(job.rank, (job.size, part));
+                held.entry((version, job.launch)).or_default().insert(job.rank, (job.size, part));
             }
         }
     }
@@ -217,7 +228,8 @@ fn holdings(dir: &Path, foreign: &mut Vec<String>) -> Result<Holdings, Checkpoin
 pub fn status(dir: &Path) -> Result<JobStatus, CheckpointError> {
     let mut st = JobStatus::default();
     let held = holdings(dir, &mut st.foreign)?;
-    for (version, ranks) in held {
+    let mut incomplete = Vec::new();
+    for ((version, launch), ranks) in held {
         let size = ranks.values().map(|(s, _)| *s).max().unwrap_or(0);
         if ranks.values().any(|(s, _)| *s != size) {
             st.foreign.push(format!("v{version}: ranks of jobs of different sizes"));
@@ -225,11 +237,16 @@ pub fn status(dir: &Path) -> Result<JobStatus, CheckpointError> {
         }
         let missing: Vec<u32> = (0..size).filter(|r| !ranks.contains_key(r)).collect();
         if missing.is_empty() {
-            st.complete.push(GlobalManifest { version, ranks: ranks.into_values().map(|(_, p)| p).collect() });
+            st.complete.push(GlobalManifest { version, launch, ranks: ranks.into_values().map(|(_, p)| p).collect() });
         } else {
-            st.incomplete.push((version, size, missing));
+            incomplete.push((version, size, missing));
         }
     }
+    // A version complete in one launch is not reported incomplete for another (an abandoned
+    // launch's leftovers); of several incomplete ones, the one missing fewest ranks.
+    incomplete.sort_by_key(|(v, _, missing)| (*v, missing.len()));
+    incomplete.dedup_by_key(|(v, _, _)| *v);
+    st.incomplete = incomplete.into_iter().filter(|(v, _, _)| !st.complete.iter().any(|g| g.version == *v)).collect();
     Ok(st)
 }
 
@@ -266,6 +283,7 @@ mod tests {
     fn global_manifests_round_trip_and_refuse_damage() {
         let g = GlobalManifest {
             version: 12,
+            launch: 0x1_2345_6789,
             ranks: (0..3).map(|r| RankPart { rank: r, producer: format!("heat.{r}"), chain: 2, checksum: 0xdead0000 + r }).collect(),
         };
         let file = Path::new("v12.global");

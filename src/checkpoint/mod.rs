@@ -40,7 +40,7 @@
 //!                                    +72  length u64      (of the whole manifest)
 //!                                    +80  producer name   (u16 length, UTF-8)
 //!                                         format 2 only (a rank of an MPI job): rank u32,
-//!                                           job size u32
+//!                                           job size u32, launch u64
 //!                                         regions: name (u16 length, UTF-8), dtype u32,
 //!                                           dims u32, shape u64 × dims, first page u64,
 //!                                           pages u64, offset u64

@@ -61,6 +61,8 @@ pub mod hdr {
     pub const OBSERVERS_AT: usize = 12;
     /// The MPI job the producer is a rank of ([`crate::job::Job::to_word`]; 0: none).
     pub const JOB: usize = 13;
+    /// Which launch of the job (0: none known).
+    pub const JOB_LAUNCH: usize = 14;
     /// Planes the pool holds now; grows.
     pub const PLANES: usize = 16;
     /// [`super::STATE_LIVE`] or [`super::STATE_CLOSED`].
@@ -191,7 +193,8 @@ impl Layout {
             (hdr::PRODUCER_PID, producer_pid as u64),
             (hdr::PIN_SLOTS, self.pin_slots as u64),
             (hdr::OBSERVERS_AT, self.observers_at() as u64),
-            (hdr::JOB, crate::job::Job::to_word(self.job)),
+            (hdr::JOB, crate::job::Job::to_words(self.job)[0]),
+            (hdr::JOB_LAUNCH, crate::job::Job::to_words(self.job)[1]),
         ];
         for (i, r) in self.regions.iter().enumerate() {
             let at = self.regions_at() + i * REGION_WORDS;
@@ -253,7 +256,7 @@ impl Layout {
             return Err(format!("record log of {log_words} words does not fit {page_count} pages"));
         }
         let mut regions = Vec::with_capacity(region_count);
-        let job = crate::job::Job::from_word(read(hdr::JOB))?;
+        let job = crate::job::Job::from_words([read(hdr::JOB), read(hdr::JOB_LAUNCH)])?;
         let mut l = Layout { page_size, page_count, regions: Vec::new(), log_words, pin_slots, job };
         // The table sizes depend on the region count; check offsets before reading entries.
         l.regions = vec![dummy_region(); region_count];
@@ -338,7 +341,7 @@ mod tests {
             ],
             log_words: Layout::log_words_for(6),
             pin_slots: 8,
-            job: Some(crate::job::Job { rank: 1, size: 3 }),
+            job: Some(crate::job::Job { rank: 1, size: 3, launch: 99 }),
         }
     }
 

@@ -551,8 +551,7 @@ fn verify_job(dir: &Path) -> crate::Result {
             .iter()
             .filter(|p| {
                 let listed = restorable.get(&p.producer).is_some_and(|r| r.contains(&(p.chain, g.version)));
-                let same = st.complete.iter().any(|c| c.version == g.version && c.ranks.contains(p));
-                !(listed && same)
+                !(listed && global::part_present(dir, p, g.version))
             })
             .map(|p| p.producer.as_str())
             .collect();
