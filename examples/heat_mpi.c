@@ -76,7 +76,7 @@ int main(int argc, char **argv) {
     int64_t *done = calloc(1, sizeof *done); uint64_t place[4] = {NY, NX, (uint64_t)row0, 0}; tcasm_producer *tp; /* tcasm */
     if (!done || tcasm_producer_create(name, &tp) || tcasm_wrap(tp, "temperature", TCASM_F64, t, (size_t[]){rows, NX}, 2) || tcasm_wrap(tp, "step", TCASM_I64, done, (size_t[]){1}, 1) || tcasm_wrap(tp, "global_shape", TCASM_U64, place, (size_t[]){2}, 1) || tcasm_wrap(tp, "offset", TCASM_U64, place + 2, (size_t[]){2}, 1)) die(tcasm_last_error()); /* tcasm */
     if (argc > 4 && *argv[4]) switch (tcasm_restore(tp, argv[4], NULL)) { case TCASM_OK: case TCASM_ERR_NO_CHECKPOINT: break; default: die(tcasm_last_error()); } /* tcasm: restart */
-    if (argc > 4 && *argv[4]) { int64_t lo, hi; MPI_Allreduce(done, &lo, 1, MPI_INT64_T, MPI_MIN, MPI_COMM_WORLD); MPI_Allreduce(done, &hi, 1, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD); if (lo != hi) die("ranks restored different steps: restart once the checkpointers of the last run have stopped"); if (rank == 0) printf("heat_mpi: every rank restored step %lld\n", (long long)lo); } /* tcasm: restart */
+    if (argc > 4 && *argv[4]) { int64_t lo, hi; MPI_Allreduce(done, &lo, 1, MPI_INT64_T, MPI_MIN, MPI_COMM_WORLD); MPI_Allreduce(done, &hi, 1, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD); if (lo != hi) die("ranks restored different steps: restart once the checkpointers of the last run have stopped"); if (rank == 0 && lo) printf("heat_mpi: every rank restored step %lld\n", (long long)lo); } /* tcasm: restart */
     for (long s = 1; s <= steps; s++) {
         if (s <= *done) continue; /* tcasm: restart, steps done before it */
         memcpy(w + NX, t, sizeof(double) * rows * NX);

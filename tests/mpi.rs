@@ -187,6 +187,16 @@ fn two_nodes_checkpoint_a_global_field_equal_to_a_serial_run() {
     let serial = serial_field(&job.base, steps);
     assert!(npy_data(&out.join("temperature.npy")) == serial, "the assembled global field differs from the serial run's");
     assert!(fs::read(job.base.join("field.bin")).unwrap() == serial, "the MPI run's field differs from the serial run's");
+    // Python reads the same global field.
+    if let Some(venv) = ffi::python_package(test) {
+        let script = format!(
+            "import tcasm, numpy as np\nd = tcasm.read_checkpoint({pfs:?}, global_=True)\nassert d['temperature'].shape == ({NY}, {NX}) and d['step'][0] == {steps}\nassert d['temperature'].tobytes() == np.load({npy:?}).tobytes()\nprint('python ok')\n",
+            pfs = job.pfs().to_str().unwrap(),
+            npy = out.join("temperature.npy").to_str().unwrap()
+        );
+        let said = ffi::run(Command::new(venv.join("bin/python")).args(["-c", &script]), "tcasm.read_checkpoint(global_=True)");
+        assert!(String::from_utf8_lossy(&said.stdout).contains("python ok"));
+    }
     // An older global version assembles too, equal to a serial run of that many steps.
     let older = global::read_all(&job.pfs()).unwrap().0.iter().map(|g| g.version).find(|&v| v < steps).expect("an older global version");
     let out = job.base.join("assembled-older");

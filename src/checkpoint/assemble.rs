@@ -76,8 +76,8 @@ pub fn assemble(dir: &Path, version: Option<u64>) -> Result<GlobalField, Checkpo
     };
     let mut tiles = Vec::with_capacity(g.ranks.len());
     for part in &g.ranks {
-        let restore = Restore::open(&global::rank_dir(dir, &part.producer), Some(g.version))?;
-        if !global::same_checkpoint(&restore, dir, part, g.version) {
+        let restore = Restore::open_in_chain(&global::rank_dir(dir, &part.producer), part.chain, g.version)?;
+        if !global::part_present(dir, part, g.version) {
             return Err(bad(dir, format!("{}: v{} is not the checkpoint global v{} names", part.producer, g.version, g.version)));
         }
         let m = restore.manifest();

@@ -180,9 +180,18 @@ pub fn load_job(dirs: &[&Path], name: &str, regions: &[RegionInfo], write: impl 
     let mut first_error = None;
     for dir in dirs {
         let rank_dir = global::rank_dir(dir, name);
-        let checked = Restore::open(&rank_dir, Some(g.version)).and_then(|r| r.read(|_, _| Ok(())).map(|()| r));
+        // On the level holding the global manifest, the very chain it names; elsewhere the
+        // copy flushed from (the same chunks).
+        let named = *dir == gdir;
+        let opened = match named {
+            true => Restore::open_in_chain(&rank_dir, part.chain, g.version),
+            false => Restore::open(&rank_dir, Some(g.version)),
+        };
+        let checked = opened.and_then(|r| r.read(|_, _| Ok(())).map(|()| r));
         match checked {
-            Ok(r) if global::same_checkpoint(&r, gdir, part, g.version) => return load_from(r, regions, write),
+            Ok(r) if if named { global::part_present(gdir, part, g.version) } else { global::same_checkpoint(&r, gdir, part, g.version) } => {
+                return load_from(r, regions, write)
+            }
             Ok(r) => tracing::warn!("{}: v{} is not the checkpoint global v{} names; reading another level", r.chain_dir().display(), g.version, g.version),
             Err(CheckpointError::Io { source, .. }) if source.kind() == ErrorKind::NotFound && !rank_dir.exists() => {}
             Err(e) => {
