@@ -127,13 +127,14 @@ fn describe(w: &Written, skipped: u64) -> String {
 /// A progress bar on a terminal, plain lines elsewhere.
 enum Progress {
     Terminal(ProgressBar),
-    Plain,
+    /// Lines, each starting with the label (the producer's name under `--all`).
+    Plain(String),
 }
 
 impl Progress {
     fn new() -> Progress {
         if !std::io::stderr().is_terminal() {
-            return Progress::Plain;
+            return Progress::Plain(String::new());
         }
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template("{prefix:>26} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}")
@@ -170,7 +171,7 @@ impl Progress {
                     HumanBytes(rate(totals.bytes, totals.busy))
                 ));
             }
-            Progress::Plain => eprintln!("{}", describe(w, skipped)),
+            Progress::Plain(label) => eprintln!("{label}{}", describe(w, skipped)),
         }
     }
 
@@ -178,7 +179,7 @@ impl Progress {
     fn note(&self, line: &str) {
         match self {
             Progress::Terminal(bar) => bar.println(line),
-            Progress::Plain => eprintln!("{line}"),
+            Progress::Plain(label) => eprintln!("{label}{line}"),
         }
     }
 
@@ -269,7 +270,7 @@ fn run_all(args: &Args, pattern: &str) -> crate::Result {
                             mine
                         });
                         let target = Target { name: &name, dir: tcasm::checkpoint::global::rank_dir(&args.dir, &name), flush_to, job };
-                        follow(args, &target, Progress::Plain).map_err(|e| format!("{name}: {e}"))
+                        follow(args, &target, Progress::Plain(format!("{name}: "))).map_err(|e| format!("{name}: {e}"))
                     })
                     .map_err(|e| format!("starting a checkpointer thread: {e}"))?;
                 running.push((l.name, l.pid, handle));
@@ -320,7 +321,8 @@ fn follow(args: &Args, target: &Target, progress: Progress) -> crate::Result {
             thread::sleep(due.saturating_duration_since(Instant::now()));
             due = Instant::now().max(due) + interval;
         }
-        let taken = match observer.wait_newer(writer.last().unwrap_or(0), Duration::from_millis(500)) {
+        // After a new chain is asked for, the next base is a version not taken yet.
+        let taken = match observer.wait_newer(writer.last().or(last.map(|(_, v)| v)).unwrap_or(0), Duration::from_millis(500)) {
             Ok(None) => continue,
             Ok(Some(_)) => observer.latest(),
             Err(e) => Err(e),
@@ -369,8 +371,8 @@ fn follow(args: &Args, target: &Target, progress: Progress) -> crate::Result {
                     ));
                 }
             }
-            if matches!(progress, Progress::Plain) {
-                eprintln!("  level 2: {}", l2.status());
+            if let Progress::Plain(label) = &progress {
+                eprintln!("{label}  level 2: {}", l2.status());
             }
         }
         if args.count.is_some_and(|n| totals.checkpoints >= n) {
