@@ -219,10 +219,14 @@ fn read_pid(file: &mut File) -> i32 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
     pub name: String,
+    /// The producer's pid in its own pid namespace (a container's may differ from ours).
     pub pid: i32,
+    /// Tells this producer from an earlier or later one of the same name, across pid
+    /// namespaces too (where pids repeat): the inode of the socket it bound.
+    pub incarnation: u64,
 }
 
-/// The endpoints whose producer is alive.
+/// The endpoints whose producer is alive and has its socket bound.
 pub fn list() -> Result<Vec<Listed>, EndpointError> {
     let dir = directory()?;
     let mut out = Vec::new();
@@ -232,7 +236,10 @@ pub fn list() -> Result<Vec<Listed>, EndpointError> {
         let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".lock")) else { continue };
         let Ok(mut f) = File::open(entry.path()) else { continue };
         if lock::is_locked_by_other(&f, 0, 0).unwrap_or(false) {
-            out.push(Listed { name: name.to_string(), pid: read_pid(&mut f) });
+            // No socket: a producer still binding or already closing, not one to attach to.
+            let Ok(socket) = std::fs::metadata(paths(&dir, name).0) else { continue };
+            let incarnation = std::os::unix::fs::MetadataExt::ino(&socket);
+            out.push(Listed { name: name.to_string(), pid: read_pid(&mut f), incarnation });
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));

@@ -263,8 +263,11 @@ pub fn update(dir: &Path) -> Result<Vec<u64>, CheckpointError> {
         }
         fs::create_dir_all(&gdir).map_err(CheckpointError::io("creating", &gdir))?;
         let bytes = g.encode();
-        // Unique per process: checkpointers of several nodes may write the same version.
-        let temp = gdir.join(format!(".v{}.global.{}.tmp", g.version, std::process::id()));
+        // Unique per writer: checkpointers of several nodes, and the flushers of one, may
+        // write the same version at once.
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let temp = gdir.join(format!(".v{}.global.{}-{n}.tmp", g.version, std::process::id()));
         let mut file = File::create(&temp).map_err(CheckpointError::io("creating", &temp))?;
         file.write_all(&bytes).map_err(CheckpointError::io("writing", &temp))?;
         file.sync_all().map_err(CheckpointError::io("syncing", &temp))?;

@@ -245,14 +245,15 @@ pub fn run(args: Args) -> crate::Result {
 fn run_all(args: &Args, pattern: &str) -> crate::Result {
     let glob = glob::Pattern::new(pattern).map_err(|e| format!("--all {pattern:?} is not a glob: {e}"))?;
     let job = args.flush_to.as_deref();
-    let mut finished: Vec<(String, i32)> = Vec::new();
+    // Producers by name and incarnation (pids repeat across containers' pid namespaces).
+    let mut finished: Vec<(String, u64)> = Vec::new();
     let mut failed = 0;
     let mut last_seen = Instant::now();
     thread::scope(|scope| -> crate::Result {
-        let mut running: Vec<(String, i32, thread::ScopedJoinHandle<Result<(), String>>)> = Vec::new();
+        let mut running: Vec<(String, u64, thread::ScopedJoinHandle<Result<(), String>>)> = Vec::new();
         loop {
             for l in tcasm::endpoint::list()? {
-                let known = running.iter().any(|(n, p, _)| *n == l.name && *p == l.pid) || finished.contains(&(l.name.clone(), l.pid));
+                let known = running.iter().any(|(n, i, _)| *n == l.name && *i == l.incarnation) || finished.contains(&(l.name.clone(), l.incarnation));
                 if !glob.matches(&l.name) || known {
                     continue;
                 }
@@ -273,16 +274,16 @@ fn run_all(args: &Args, pattern: &str) -> crate::Result {
                         follow(args, &target, Progress::Plain(format!("{name}: "))).map_err(|e| format!("{name}: {e}"))
                     })
                     .map_err(|e| format!("starting a checkpointer thread: {e}"))?;
-                running.push((l.name, l.pid, handle));
+                running.push((l.name, l.incarnation, handle));
             }
             let (done, still): (Vec<_>, Vec<_>) = std::mem::take(&mut running).into_iter().partition(|(_, _, h)| h.is_finished());
             running = still;
-            for (name, pid, handle) in done {
+            for (name, incarnation, handle) in done {
                 if let Err(e) = handle.join().unwrap_or_else(|_| Err(format!("{name}: its checkpointer thread panicked"))) {
                     eprintln!("tcasm: {e}");
                     failed += 1;
                 }
-                finished.push((name, pid));
+                finished.push((name, incarnation));
             }
             if !running.is_empty() {
                 last_seen = Instant::now();
