@@ -222,7 +222,8 @@ pub struct Listed {
     /// The producer's pid in its own pid namespace (a container's may differ from ours).
     pub pid: i32,
     /// Tells this producer from an earlier or later one of the same name, across pid
-    /// namespaces too (where pids repeat): the inode of the socket it bound.
+    /// namespaces too (where pids repeat): from the inode and change time of the socket it
+    /// bound.
     pub incarnation: u64,
 }
 
@@ -238,7 +239,10 @@ pub fn list() -> Result<Vec<Listed>, EndpointError> {
         if lock::is_locked_by_other(&f, 0, 0).unwrap_or(false) {
             // No socket: a producer still binding or already closing, not one to attach to.
             let Ok(socket) = std::fs::metadata(paths(&dir, name).0) else { continue };
-            let incarnation = std::os::unix::fs::MetadataExt::ino(&socket);
+            // A socket made again may get the inode number just freed: its change time too.
+            use std::os::unix::fs::MetadataExt;
+            let made = (socket.ctime() as u64).wrapping_mul(1_000_000_000).wrapping_add(socket.ctime_nsec() as u64);
+            let incarnation = made ^ socket.ino().rotate_left(32);
             out.push(Listed { name: name.to_string(), pid: read_pid(&mut f), incarnation });
         }
     }

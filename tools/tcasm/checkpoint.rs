@@ -253,7 +253,9 @@ fn run_all(args: &Args, pattern: &str) -> crate::Result {
         let mut running: Vec<(String, u64, thread::ScopedJoinHandle<Result<(), String>>)> = Vec::new();
         loop {
             for l in tcasm::endpoint::list()? {
-                let known = running.iter().any(|(n, i, _)| *n == l.name && *i == l.incarnation) || finished.contains(&(l.name.clone(), l.incarnation));
+                // A producer relaunched under a name still followed waits for the follower of
+                // the one before to finish (it holds the name's directories).
+                let known = running.iter().any(|(n, _, _)| *n == l.name) || finished.contains(&(l.name.clone(), l.incarnation));
                 if !glob.matches(&l.name) || known {
                     continue;
                 }
