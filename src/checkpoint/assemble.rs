@@ -35,6 +35,9 @@ fn bad(dir: &Path, what: String) -> CheckpointError {
     CheckpointError::BadManifest { file: dir.join(global::GLOBAL_DIR), what }
 }
 
+/// Where a rank's tile lies: the global shape and the tile's offset in it.
+type Placement = (Vec<usize>, Vec<usize>);
+
 /// One rank's checkpoint of the version, read whole.
 struct Tile {
     producer: String,
@@ -51,7 +54,7 @@ impl Tile {
     }
 
     /// `global_shape` and `offset`, when both are there as u64 vectors of one length.
-    fn placement(&self, dir: &Path) -> Result<Option<(Vec<usize>, Vec<usize>)>, CheckpointError> {
+    fn placement(&self, dir: &Path) -> Result<Option<Placement>, CheckpointError> {
         let words = |name| {
             self.region(name).map(|(r, b)| match (r.dtype, r.shape.as_slice()) {
                 (Dtype::U64, [_]) => Ok(b.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")) as usize).collect::<Vec<_>>()),
@@ -106,7 +109,7 @@ pub fn assemble(dir: &Path, version: Option<u64>) -> Result<GlobalField, Checkpo
 }
 
 /// The global array of region `r`, from every rank's tile of it.
-fn place(dir: &Path, r: &RegionInfo, global_shape: &[usize], tiles: &[Tile], placements: &[Option<(Vec<usize>, Vec<usize>)>]) -> Result<Assembled, CheckpointError> {
+fn place(dir: &Path, r: &RegionInfo, global_shape: &[usize], tiles: &[Tile], placements: &[Option<Placement>]) -> Result<Assembled, CheckpointError> {
     let size = r.dtype.size();
     let elements: usize = global_shape.iter().product();
     let mut bytes = vec![0u8; elements * size];
