@@ -166,7 +166,9 @@ module tcasm
 
 contains
 
-  !> Creates the producer `name` (1 to 64 letters, digits, '_', '-', '.'). `tracker`: "auto"
+  !> Creates the producer `name` (1 to 64 letters, digits, '_', '-', '.'; "heat.%r" makes a
+  !> rank of an MPI job, %r replaced by the rank from mpirun's or srun's environment, and
+  !> tcasm_restore then loads the newest global version). `tracker`: "auto"
   !> (the default), "async", "sync", "deferred" or "copy"; `max_observers`: 0 for the default;
   !> `copy_threads`: threads that share each publish's copying (default 1).
   subroutine tcasm_create(producer, name, tracker, max_observers, stat, copy_threads)

@@ -129,8 +129,11 @@ extern "C" {
 // live ones); endpoints live in `$TCASM_DIR`, else `$XDG_RUNTIME_DIR/tcasm`, else
 // `/tmp/tcasm-$UID`.
 //
-// `name`: 1 to 64 letters, digits, `_`, `-` or `.`, not starting with `.`.
-// On failure `*out` is set to NULL.
+// `name`: 1 to 64 letters, digits, `_`, `-` or `.`, not starting with `.`. A name holding
+// `%r` (`"heat.%r"`) makes the producer a rank of an MPI job: `%r` becomes the rank
+// (`OMPI_COMM_WORLD_RANK`, `PMI_RANK`, `PMIX_RANK` or `SLURM_PROCID`), and the job's size
+// (`OMPI_COMM_WORLD_SIZE`, `PMI_SIZE`, `SLURM_NTASKS`) travels with its versions;
+// `TCASM_ERR_INVALID` when neither is set. On failure `*out` is set to NULL.
 //
 // # Safety
 // `name` is a NUL-terminated string; `out` points to writable storage for one pointer.
@@ -202,7 +205,10 @@ enum tcasm_status tcasm_set_copy_threads(struct tcasm_producer *producer, size_t
 // wrapped arrays and numbers the next published version after it. `dirs` is a
 // colon-separated list of checkpoint directories, level 1 first (`"/local/ckpt:/pfs/ckpt"`);
 // the newest complete version in any of them wins, the first directory on a tie. Call it
-// after wrapping every array and before the first `tcasm_publish`.
+// after wrapping every array and before the first `tcasm_publish`. A rank of an MPI job
+// (a name with `%r`) loads instead its part of the newest *global* version (complete for
+// every rank, `tcasm checkpoint --all`), from `DIR/<its name>` of the first level holding
+// it: every rank restores the same version.
 //
 // Returns `TCASM_OK` and stores the version in `*version` (unless NULL);
 // `TCASM_ERR_NO_CHECKPOINT` when no directory holds a complete checkpoint (a first run: the

@@ -15,11 +15,13 @@ def attach(name: str, timeout: float = 10.0) -> Observer:
     publish its first version. Endpoints are looked up in $TCASM_DIR, else
     $XDG_RUNTIME_DIR/tcasm, else /tmp/tcasm-$UID."""
 
-def read_checkpoint(dir: str | PathLike[str], version: Optional[int] = None) -> dict[str, np.ndarray]:
+def read_checkpoint(dir: str | PathLike[str], version: Optional[int] = None, global_: bool = False) -> dict[str, np.ndarray]:
     """Reads checkpoint `version` (the newest complete one when None) from a directory
     written by `tcasm checkpoint`: {region name: numpy array}. `dir` may list the levels,
     "LOCAL:PERSISTENT": the first holding the version intact is read. Every chunk read is
-    checked."""
+    checked. `global_=True`: `dir` is an MPI job's persistent directory (`tcasm checkpoint
+    --all ... --flush-to DIR`), and the ranks' tiles of global version `version` are
+    assembled into one array per region (placed by their `global_shape` and `offset`)."""
 
 def list_checkpoints(dir: str | PathLike[str]) -> list[int]:
     """The versions of the complete checkpoints in `dir`, ascending."""

@@ -226,7 +226,12 @@ fn read_pid(file: &mut File) -> i32 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listed {
     pub name: String,
+    /// The producer's pid in its own pid namespace (a container's may differ from ours).
     pub pid: i32,
+    /// Tells this producer from an earlier or later one of the same name, across pid
+    /// namespaces too (where pids repeat): from the inode and change time of the socket it
+    /// bound.
+    pub incarnation: u64,
 }
 
 /// Whether `path` still names the file open as `file` (it was not unlinked or replaced).
@@ -249,8 +254,8 @@ fn tidy_dead(lock_path: &Path, socket_path: &Path) {
     }
 }
 
-/// The endpoints whose producer is alive. What a dead producer left is removed on the way,
-/// where this user may.
+/// The endpoints whose producer is alive and has its socket bound. What a dead producer
+/// left is removed on the way, where this user may.
 pub fn list() -> Result<Vec<Listed>, EndpointError> {
     let dir = directory()?;
     let mut out = Vec::new();
@@ -260,7 +265,13 @@ pub fn list() -> Result<Vec<Listed>, EndpointError> {
         let Some(name) = file_name.to_str().and_then(|n| n.strip_suffix(".lock")) else { continue };
         let Ok(mut f) = File::open(entry.path()) else { continue };
         if lock::is_locked_by_other(&f, 0, 0).unwrap_or(false) {
-            out.push(Listed { name: name.to_string(), pid: read_pid(&mut f) });
+            // No socket: a producer still binding or already closing, not one to attach to.
+            let Ok(socket) = std::fs::metadata(paths(&dir, name).0) else { continue };
+            // A socket made again may get the inode number just freed: its change time too.
+            use std::os::unix::fs::MetadataExt;
+            let made = (socket.ctime() as u64).wrapping_mul(1_000_000_000).wrapping_add(socket.ctime_nsec() as u64);
+            let incarnation = made ^ socket.ino().rotate_left(32);
+            out.push(Listed { name: name.to_string(), pid: read_pid(&mut f), incarnation });
         } else {
             tidy_dead(&entry.path(), &paths(&dir, name).0);
         }

@@ -35,6 +35,8 @@ pub enum EndpointError {
 pub enum CreateError {
     #[error(transparent)]
     Endpoint(#[from] EndpointError),
+    #[error(transparent)]
+    Job(#[from] crate::job::JobError),
     #[error("tracker {kind} is not available here: {reason}")]
     Tracker { kind: TrackerKind, reason: String },
     #[error("{what}: {source}")]

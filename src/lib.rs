@@ -15,6 +15,7 @@
 pub mod checkpoint;
 pub mod endpoint;
 pub mod error;
+pub mod job;
 pub mod observer;
 pub mod producer;
 pub mod region;
@@ -23,6 +24,7 @@ pub mod sys;
 pub mod track;
 mod view;
 
+pub use job::Job;
 pub use error::{CreateError, EndpointError, PublishError, ReadError, RegionError};
 pub use observer::{Observer, Snapshot};
 pub use producer::{Freed, Producer, ProducerOptions, ProducerStats};

@@ -112,6 +112,11 @@ impl Observer {
         &self.inner.name
     }
 
+    /// The MPI job the producer is a rank of.
+    pub fn job(&self) -> Option<crate::job::Job> {
+        self.inner.reader.layout().job
+    }
+
     /// The producer's regions.
     pub fn regions(&self) -> &[RegionInfo] {
         &self.inner.reader.layout().regions

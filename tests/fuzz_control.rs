@@ -62,6 +62,7 @@ fn layout() -> Layout {
         }],
         log_words: Layout::log_words_for(PAGES),
         pin_slots: 2,
+        job: None,
     }
 }
 
@@ -295,7 +296,7 @@ fn valid_layout() -> impl Strategy<Value = Layout> {
             regions.push(RegionInfo { name: format!("r{i}"), dtype, shape, first_page, pages, offset });
             first_page += pages;
         }
-        Layout { page_size: page, page_count: first_page, regions, log_words: Layout::log_words_for(first_page), pin_slots: 8 }
+        Layout { page_size: page, page_count: first_page, regions, log_words: Layout::log_words_for(first_page), pin_slots: 8, job: None }
     })
 }
 

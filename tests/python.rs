@@ -9,36 +9,12 @@ mod common;
 mod ffi;
 
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tcasm::{Producer, ProducerOptions, Region};
 
 const LIMIT: Duration = Duration::from_secs(120);
-
-/// The virtual environment with maturin, numpy and this package built into it, made once
-/// per target directory and rebuilt (incrementally) by every run. `None` when Python cannot
-/// make one (a skip, or a failure under TCASM_REQUIRE_TOOLS=1).
-fn venv(test: &str) -> Option<PathBuf> {
-    let venv = ffi::venv(test, "tcasm-python-venv", &["maturin>=1.7,<2", "numpy"], "import numpy, maturin")?;
-    let bin = venv.join("bin");
-    let path = std::env::join_paths(
-        std::iter::once(bin.clone()).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
-    )
-    .unwrap();
-    ffi::run(
-        Command::new(bin.join("maturin"))
-            .args(["develop", "--release", "--quiet", "-m"])
-            .arg(ffi::root().join("python/Cargo.toml"))
-            .env("VIRTUAL_ENV", &venv)
-            .env("PATH", path)
-            .env("CARGO_TARGET_DIR", ffi::target_dir())
-            .env("CARGO", std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())),
-        "building the Python package (maturin develop --release)",
-    );
-    Some(venv)
-}
 
 /// The regions the Python script expects, and what version `v` writes into them.
 struct Regions {
@@ -93,7 +69,7 @@ fn publish(p: &mut Producer, regions: &mut Regions) -> u64 {
 fn python_observer_sees_what_was_published() {
     let test = "python_observer_sees_what_was_published";
     let started = Instant::now();
-    let Some(venv) = venv(test) else { return };
+    let Some(venv) = ffi::python_package(test) else { return };
     eprintln!("virtual environment ready: {:.1} s", started.elapsed().as_secs_f64());
     common::endpoint_dir("python");
     let scratch = ffi::scratch("python");

@@ -2,7 +2,10 @@
 //! restarted ends with the same bytes as one that never stopped; a checkpointer SIGKILLed
 //! while flushing leaves the persistent level restorable; a full local level, a missing or
 //! read-only persistent one, and checkpoints of another layout or damaged ones are each
-//! reported clearly, and a refused restart leaves the producer's memory untouched.
+//! reported clearly, and a refused restart leaves the producer's memory untouched. A producer
+//! in a container (its own mount, pid, ipc and network namespaces, sharing only the
+//! directories) is checkpointed by `tcasm checkpoint --all` from outside, killed, restarted in
+//! another container, and followed again although its pid there repeats.
 //!
 //! The producer is this test binary re-executed as the test `producer_role` with
 //! `TCASM_TEST_ROLE=restart-producer`. Its state is a field and a step counter, both regions;
@@ -124,8 +127,21 @@ struct ProducerChild {
 
 impl ProducerChild {
     fn start(name: &str, dirs: &str, rows: usize, steps: u64, period_us: u64, layout: &str) -> ProducerChild {
+        ProducerChild::start_with(Command::new(std::env::current_exe().unwrap()), name, dirs, rows, steps, period_us, layout)
+    }
+
+    /// `start` in a container of its own: new mount, pid, ipc and network namespaces
+    /// (`unshare`), sharing the endpoint and checkpoint directories only. Killing it kills
+    /// the producer (`--kill-child`).
+    fn start_contained(name: &str, dirs: &str, rows: usize, steps: u64, period_us: u64) -> ProducerChild {
+        let mut unshare = Command::new("unshare");
+        unshare.args(["--mount", "--pid", "--ipc", "--net", "--fork", "--kill-child", "--mount-proc"]).arg(std::env::current_exe().unwrap());
+        ProducerChild::start_with(unshare, name, dirs, rows, steps, period_us, "standard")
+    }
+
+    fn start_with(mut command: Command, name: &str, dirs: &str, rows: usize, steps: u64, period_us: u64, layout: &str) -> ProducerChild {
         endpoint();
-        let mut child = Command::new(std::env::current_exe().unwrap())
+        let mut child = command
             .args(["producer_role", "--exact", "--nocapture", "--test-threads=1"])
             .env(ROLE, "restart-producer")
             .env(NAME, name)
@@ -441,10 +457,58 @@ fn a_checkpoint_of_another_layout_or_damaged_is_refused_and_memory_untouched() {
     fs::write(&data, &bytes).unwrap();
     let manifest = chain.dir.join(format!("v{v:012}.manifest"));
     let mut m = fs::read(&manifest).unwrap();
-    m[8] = 2;
+    m[8] = 9;
     fs::write(&manifest, &m).unwrap();
     let e = refused("standard");
-    assert!(e.contains("checkpoint format 2") && e.contains("this tcasm reads format 1"), "{e}");
+    assert!(e.contains("checkpoint format 9") && e.contains("this tcasm reads formats 1 and 2"), "{e}");
     fs::remove_dir_all(&dir).unwrap();
 }
 
+
+/// Whether this process can make namespaces (`unshare` as root); a skip otherwise, a failure
+/// under `TCASM_REQUIRE_KERNEL=1`.
+fn namespaces_available(test: &str) -> bool {
+    let out = Command::new("unshare").args(["--mount", "--pid", "--ipc", "--net", "--fork", "--mount-proc", "true"]).output();
+    match out {
+        Ok(o) if o.status.success() => true,
+        Ok(o) => common::skip(test, &format!("unshare cannot make namespaces here: {}", String::from_utf8_lossy(&o.stderr).trim()), common::Lacks::Kernel),
+        Err(e) => common::skip(test, &format!("unshare cannot be run: {e}"), common::Lacks::Kernel),
+    }
+}
+
+#[test]
+fn a_producer_in_a_container_is_checkpointed_from_outside_and_restarted_in_another() {
+    let test = "a_producer_in_a_container_is_checkpointed_from_outside_and_restarted_in_another";
+    if !namespaces_available(test) {
+        return;
+    }
+    let (rows, steps, period) = (48, 150, 4000);
+    let mut field: Vec<f64> = (0..rows * ROW).map(|i| i as f64).collect();
+    (1..=steps).for_each(|s| advance(&mut field, s));
+    let whole = format!("done step {steps} hash {:016x}", hash(&field, steps));
+
+    let dir = common::scratch("restart", "container");
+    let name = "restart-contained";
+    let ckpt_dir = dir.join(name); // where `--all` puts the producer's checkpoints
+    let first = ProducerChild::start_contained(name, path(&ckpt_dir), rows, steps, period);
+    assert_eq!(first.expect(&["first run", "restored", "refused"]), "first run");
+    first.expect(&["ready"]);
+    // One checkpointer outside, following the producer by its endpoint only; the pid it
+    // reads there is the producer's in its own namespace.
+    let ckpt = tcasm(&["checkpoint", "--all", "restart-contain*", "--idle", "3", "--dir", path(&dir)]).stderr(Stdio::piped()).spawn().unwrap();
+    wait_until("a checkpoint of version 20", || newest(&ckpt_dir) >= 20);
+    drop(first); // SIGKILL to unshare, which kills the producer
+    // Restarted in a new container (its pid there likely the same as the first's): it
+    // restores, and the checkpointer follows it as a new producer.
+    let second = ProducerChild::start_contained(name, path(&ckpt_dir), rows, steps, period);
+    let restored = second.expect(&["restored", "first run", "refused"]);
+    assert!(restored.starts_with("restored v"), "{restored}");
+    let v: u64 = restored.split_whitespace().nth(1).unwrap()[1..].parse().unwrap();
+    assert_eq!(second.finish(), whole);
+    let log = stderr_of(ckpt);
+    assert_eq!(log.matches(&format!("following {name}")).count(), 2, "{log}");
+    assert!(newest(&ckpt_dir) > v, "no checkpoint of the restarted producer\n{log}");
+    let verify = run(&["verify", path(&ckpt_dir)]);
+    assert!(verify.status.success(), "{}", text(&verify));
+    fs::remove_dir_all(&dir).unwrap();
+}

@@ -30,7 +30,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use tcasm_core::checkpoint::restart::{self, split_dirs};
-use tcasm_core::checkpoint::{Catalog, CheckpointError};
+use tcasm_core::checkpoint::{assemble, Catalog, CheckpointError};
 use tcasm_core::error::{EndpointError, ReadError};
 use tcasm_core::{with_element, RegionInfo};
 
@@ -293,9 +293,16 @@ impl<T: FromLe> Restore1 for Restoring<T> {
 /// directory `dir` written by `tcasm checkpoint`, and returns {region name: numpy array}.
 /// `dir` may list the levels, `"LOCAL:PERSISTENT"`: the first holding the version intact is
 /// read. Every chunk read is checked against its checksum.
+///
+/// `global_=True`: `dir` is the persistent directory of an MPI job (`tcasm checkpoint --all
+/// ... --flush-to DIR`), and the ranks' tiles of global version `version` (the newest when
+/// None) are assembled into one array per region, as `tcasm restore DIR --global` does.
 #[pyfunction]
-#[pyo3(signature = (dir, version = None))]
-fn read_checkpoint<'py>(py: Python<'py>, dir: PathBuf, version: Option<u64>) -> PyResult<Bound<'py, PyDict>> {
+#[pyo3(signature = (dir, version = None, global_ = false))]
+fn read_checkpoint<'py>(py: Python<'py>, dir: PathBuf, version: Option<u64>, global_: bool) -> PyResult<Bound<'py, PyDict>> {
+    if global_ {
+        return read_global(py, dir, version);
+    }
     let (regions, restored) = py
         .detach(|| {
             let dirs = split_dirs(&dir.to_string_lossy());
@@ -325,6 +332,21 @@ fn read_checkpoint<'py>(py: Python<'py>, dir: PathBuf, version: Option<u64>) -> 
     let dict = PyDict::new(py);
     for (r, restored) in regions.iter().zip(restored) {
         dict.set_item(&r.name, restored.into_array(py, &r.shape)?)?;
+    }
+    Ok(dict)
+}
+
+/// `read_checkpoint(dir, version, global_=True)`.
+fn read_global<'py>(py: Python<'py>, dir: PathBuf, version: Option<u64>) -> PyResult<Bound<'py, PyDict>> {
+    let field = py.detach(|| assemble::assemble(&dir, version)).map_err(checkpoint_error)?;
+    let dict = PyDict::new(py);
+    for a in field.regions {
+        let array = with_element!(a.dtype, T => {
+            let mut r = Box::new(Restoring::<T> { start: 0, elements: vec![T::default(); a.bytes.len() / T::SIZE] });
+            r.take(0, &a.bytes);
+            (r as Box<dyn Restore1>).into_array(py, &a.shape)?
+        });
+        dict.set_item(&a.name, array)?;
     }
     Ok(dict)
 }

@@ -8,6 +8,9 @@ use crate::region::{Dtype, RegionInfo, MAX_DIMS};
 
 /// The format version this code writes and reads.
 pub const FORMAT: u32 = 1;
+/// The format of a manifest written for a rank of an MPI job: format 1 with the rank and the
+/// job's size after the producer name. Data files stay format 1.
+pub const FORMAT_JOB: u32 = 2;
 /// The most bytes one chunk holds (one page when pages are larger).
 pub const CHUNK_BYTES: usize = 1 << 20;
 
@@ -91,7 +94,7 @@ impl Manifest {
         let s = &self.space;
         let mut b = Vec::with_capacity(MANIFEST_HEADER + 256 + self.chunks.len() * CHUNK_ENTRY);
         b.extend_from_slice(MANIFEST_MAGIC);
-        b.extend_from_slice(&FORMAT.to_le_bytes());
+        b.extend_from_slice(&(if s.job.is_some() { FORMAT_JOB } else { FORMAT }).to_le_bytes());
         b.extend_from_slice(&(s.page_size as u32).to_le_bytes());
         for w in [self.chain, self.version, self.base, self.parent.map_or(0, |l| l.version)] {
             b.extend_from_slice(&w.to_le_bytes());
@@ -103,6 +106,11 @@ impl Manifest {
         let length_at = b.len();
         b.extend_from_slice(&0u64.to_le_bytes()); // the manifest's length, filled in below
         put_str(&mut b, &s.producer);
+        if let Some(job) = s.job {
+            b.extend_from_slice(&job.rank.to_le_bytes());
+            b.extend_from_slice(&job.size.to_le_bytes());
+            b.extend_from_slice(&job.launch.to_le_bytes());
+        }
         for r in &s.regions {
             put_str(&mut b, &r.name);
             b.extend_from_slice(&(r.dtype as u32).to_le_bytes());
@@ -133,7 +141,7 @@ impl Manifest {
         }
         check_magic(&bytes[..8], MANIFEST_MAGIC, &file)?;
         let format = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
-        if format != FORMAT {
+        if format != FORMAT && format != FORMAT_JOB {
             return Err(CheckpointError::UnsupportedFormat { file, found: format });
         }
         let declared = u64::from_le_bytes(bytes[72..80].try_into().expect("8 bytes"));
@@ -151,7 +159,7 @@ impl Manifest {
         }
         let bad = |what: String| CheckpointError::BadManifest { file: file.clone(), what };
         let mut c = Cursor { bytes: &bytes[..end], at: 12 };
-        let manifest = c.manifest().ok_or_else(|| bad("its tables end before the manifest does".into()))?;
+        let manifest = c.manifest(format == FORMAT_JOB).ok_or_else(|| bad("its tables end before the manifest does".into()))?;
         if c.at != end {
             return Err(bad(format!("{} bytes follow the chunk table", end - c.at)));
         }
@@ -163,6 +171,9 @@ impl Manifest {
     /// readers can index with them.
     fn validate(&self) -> Result<(), String> {
         let s = &self.space;
+        if let Some(job) = s.job.filter(|j| j.rank >= j.size) {
+            return Err(format!("rank {} of a job of {} ranks", job.rank, job.size));
+        }
         if !s.page_size.is_power_of_two() || s.page_size < 512 {
             return Err(format!("page size {} is not a power of two of at least 512", s.page_size));
         }
@@ -250,7 +261,7 @@ impl Cursor<'_> {
     }
 
     /// The manifest after magic and format, up to the trailer.
-    fn manifest(&mut self) -> Option<Manifest> {
+    fn manifest(&mut self, with_job: bool) -> Option<Manifest> {
         let page_size = self.u32()? as usize;
         let (chain, version, base, parent) = (self.u64()?, self.u64()?, self.u64()?, self.u64()?);
         let parent_sum = self.u32()?;
@@ -259,6 +270,10 @@ impl Cursor<'_> {
         let page_count = self.usize()?;
         self.u64()?; // the manifest's length, checked by the caller
         let producer = self.string()?;
+        let job = match with_job {
+            true => Some(crate::job::Job { rank: self.u32()?, size: self.u32()?, launch: self.u64()? }),
+            false => None,
+        };
         let mut regions = Vec::new();
         for _ in 0..region_count {
             let name = self.string()?;
@@ -283,7 +298,7 @@ impl Cursor<'_> {
             version,
             base,
             parent: (parent != 0).then_some(Link { version: parent, checksum: parent_sum }),
-            space: PageSpace { producer, page_size, page_count, regions },
+            space: PageSpace { producer, job, page_size, page_count, regions },
             chunks,
         })
     }

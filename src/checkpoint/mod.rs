@@ -39,6 +39,8 @@
 //!       order)                       +52  regions u32, +56 chunks u64, +64 page count u64
 //!                                    +72  length u64      (of the whole manifest)
 //!                                    +80  producer name   (u16 length, UTF-8)
+//!                                         format 2 only (a rank of an MPI job): rank u32,
+//!                                           job size u32, launch u64
 //!                                         regions: name (u16 length, UTF-8), dtype u32,
 //!                                           dims u32, shape u64 × dims, first page u64,
 //!                                           pages u64, offset u64
@@ -92,7 +94,9 @@ use crate::observer::{Observer, Snapshot};
 use crate::region::RegionInfo;
 
 mod flush;
+pub mod assemble;
 mod format;
+pub mod global;
 #[cfg(feature = "hdf5")]
 mod hdf5;
 mod npy;
@@ -106,10 +110,10 @@ mod writer;
 mod xdmf;
 
 pub use flush::{Flushed, Flusher};
-pub use format::{Chunk, Link, Manifest, CHUNK_BYTES, FORMAT};
+pub use format::{Chunk, Link, Manifest, CHUNK_BYTES, FORMAT, FORMAT_JOB};
 #[cfg(feature = "hdf5")]
 pub use hdf5::{export_hdf5, ExportError, Exported};
-pub use npy::{restore_npy, RestoredRegion};
+pub use npy::{restore_global_npy, restore_npy, RestoredRegion};
 pub use reader::{Catalog, ChainListing, Restore};
 pub use verify::{verify, Damage, VerifyReport};
 pub use writer::{WriteBehind, Written, Writer, WriterOptions};
@@ -119,6 +123,8 @@ pub use writer::{WriteBehind, Written, Writer, WriterOptions};
 pub struct PageSpace {
     /// The producer's endpoint name.
     pub producer: String,
+    /// The MPI job the producer is a rank of.
+    pub job: Option<crate::job::Job>,
     pub page_size: usize,
     pub page_count: usize,
     pub regions: Vec<RegionInfo>,
@@ -129,6 +135,7 @@ impl PageSpace {
     pub fn of(observer: &Observer) -> PageSpace {
         PageSpace {
             producer: observer.name().to_string(),
+            job: observer.job(),
             page_size: crate::sys::page_size(),
             page_count: observer.pages(),
             regions: observer.regions().to_vec(),
@@ -166,7 +173,7 @@ pub enum CheckpointError {
     Io { what: &'static str, path: PathBuf, #[source] source: std::io::Error },
     #[error("{}: not a tcasm checkpoint file (magic {found:?})", file.display())]
     BadMagic { file: PathBuf, found: String },
-    #[error("{}: checkpoint format {found}; this tcasm reads format {FORMAT}", file.display())]
+    #[error("{}: checkpoint format {found}; this tcasm reads formats {FORMAT} and {FORMAT_JOB}", file.display())]
     UnsupportedFormat { file: PathBuf, found: u32 },
     #[error("{}: manifest checksum mismatch (stored {stored:08x}, computed {computed:08x})", file.display())]
     ManifestChecksum { file: PathBuf, stored: u32, computed: u32 },

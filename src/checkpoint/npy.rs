@@ -10,6 +10,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use super::assemble::GlobalField;
 use super::{CheckpointError, Restore};
 use crate::region::{Dtype, RegionInfo};
 
@@ -65,6 +66,42 @@ fn file_name(region: &RegionInfo) -> String {
 /// end ([`super::output::write_dir`]): a restore that fails leaves nothing under `out`.
 pub fn restore_npy(restore: &Restore, out: &Path) -> Result<Vec<RestoredRegion>, CheckpointError> {
     super::output::write_dir(out, |temp| write_npy(restore, temp))
+}
+
+/// `manifest.json` of an assembled global version.
+#[derive(Serialize)]
+struct GlobalRestoreManifest<'a> {
+    global: bool,
+    version: u64,
+    ranks: usize,
+    regions: &'a [RestoredRegion],
+}
+
+/// Writes an assembled global version into the directory `out` as [`restore_npy`] does: one
+/// `.npy` file per global array, then `manifest.json`.
+pub fn restore_global_npy(field: &GlobalField, out: &Path) -> Result<Vec<RestoredRegion>, CheckpointError> {
+    super::output::write_dir(out, |temp| {
+        let mut restored = Vec::new();
+        for a in &field.regions {
+            let info = RegionInfo { name: a.name.clone(), dtype: a.dtype, shape: a.shape.clone(), first_page: 0, pages: 0, offset: 0 };
+            let name = file_name(&info);
+            let path = temp.join(&name);
+            fs::write(&path, [header(a.dtype, &a.shape), a.bytes.clone()].concat()).map_err(CheckpointError::io("writing", &path))?;
+            restored.push(RestoredRegion {
+                name: a.name.clone(),
+                file: name,
+                dtype: a.dtype.name(),
+                numpy_descr: a.dtype.numpy_descr(),
+                shape: a.shape.clone(),
+                bytes: a.bytes.len(),
+            });
+        }
+        let json = serde_json::to_vec_pretty(&GlobalRestoreManifest { global: true, version: field.version, ranks: field.ranks, regions: &restored })
+            .expect("a manifest of strings and numbers serializes");
+        let json_path = temp.join("manifest.json");
+        fs::write(&json_path, json).map_err(CheckpointError::io("writing", &json_path))?;
+        Ok(restored)
+    })
 }
 
 fn write_npy(restore: &Restore, out: &Path) -> Result<Vec<RestoredRegion>, CheckpointError> {

@@ -233,6 +233,12 @@ impl Restore {
                 }
             },
         };
+        Restore::open_in_chain(dir, number, version)
+    }
+
+    /// Resolves checkpoint `version` of chain `number` in `dir` (when a version is in several
+    /// chains, and one is wanted by name: a global manifest names its ranks' chains).
+    pub fn open_in_chain(dir: &Path, number: u64, version: u64) -> Result<Restore, CheckpointError> {
         let chain_dir = format::chain_dir(dir, number);
         let (mut manifest, _) = load_manifest(&chain_dir, number, version)?;
         let mut chain = Vec::new();

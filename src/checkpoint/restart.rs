@@ -11,6 +11,7 @@
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
+use super::global;
 use super::reader::{Catalog, Restore};
 use super::CheckpointError;
 use crate::region::{Dtype, RegionInfo};
@@ -37,6 +38,8 @@ pub enum RestartError {
     AfterFirstPublish,
     #[error("there is nothing to restore into: add the regions first")]
     NoRegions,
+    #[error("{}: global checkpoint v{version} has no rank named {name:?} (it has {have}); restart with the job's producer names and size", dir.display())]
+    NotInJob { dir: PathBuf, version: u64, name: String, have: String },
     #[error("{source}; the checkpoint changed on disk while it was restored: the regions hold part of it now, restore again")]
     ChangedWhileRestoring { source: CheckpointError },
 }
@@ -152,11 +155,56 @@ pub fn match_regions(restore: &Restore, regions: &[RegionInfo]) -> Result<Vec<us
 /// is called to put `bytes` at byte `at` of region number `region` (an index into
 /// `regions`), covering every byte of every region once. Nothing is written unless every
 /// region matches and every chunk read checks out. `Ok(None)`: there is no checkpoint.
-pub fn load(dirs: &[&Path], regions: &[RegionInfo], mut write: impl FnMut(usize, usize, &[u8])) -> Result<Option<Restarted>, RestartError> {
+pub fn load(dirs: &[&Path], regions: &[RegionInfo], write: impl FnMut(usize, usize, &[u8])) -> Result<Option<Restarted>, RestartError> {
     if regions.is_empty() {
         return Err(RestartError::NoRegions);
     }
     let Some(restore) = find_newest(dirs)? else { return Ok(None) };
+    load_from(restore, regions, write)
+}
+
+/// [`load`] for rank `name` of an MPI job: loads the rank's part of the newest global
+/// checkpoint found in `dirs` ([`global`]), from the rank's directory of the first level
+/// holding that very checkpoint intact (node-local first). Every rank of the job finds the
+/// same global version, so ranks never mix versions; a rank's own newer checkpoints are
+/// ignored. `Ok(None)`: no global checkpoint anywhere (a first run).
+pub fn load_job(dirs: &[&Path], name: &str, regions: &[RegionInfo], write: impl FnMut(usize, usize, &[u8])) -> Result<Option<Restarted>, RestartError> {
+    if regions.is_empty() {
+        return Err(RestartError::NoRegions);
+    }
+    let Some((gdir, g)) = global::newest(dirs)? else { return Ok(None) };
+    let Some(part) = g.ranks.iter().find(|p| p.producer == name) else {
+        let have = g.ranks.iter().map(|p| p.producer.as_str()).collect::<Vec<_>>().join(", ");
+        return Err(RestartError::NotInJob { dir: gdir.to_path_buf(), version: g.version, name: name.into(), have });
+    };
+    let mut first_error = None;
+    for dir in dirs {
+        let rank_dir = global::rank_dir(dir, name);
+        // On the level holding the global manifest, the very chain it names; elsewhere the
+        // copy flushed from (the same chunks).
+        let named = *dir == gdir;
+        let opened = match named {
+            true => Restore::open_in_chain(&rank_dir, part.chain, g.version),
+            false => Restore::open(&rank_dir, Some(g.version)),
+        };
+        let checked = opened.and_then(|r| r.read(|_, _| Ok(())).map(|()| r));
+        match checked {
+            Ok(r) if if named { global::part_present(gdir, part, g.version) } else { global::same_checkpoint(&r, gdir, part, g.version) } => {
+                return load_from(r, regions, write)
+            }
+            Ok(r) => tracing::warn!("{}: v{} is not the checkpoint global v{} names; reading another level", r.chain_dir().display(), g.version, g.version),
+            Err(CheckpointError::Io { source, .. }) if source.kind() == ErrorKind::NotFound && !rank_dir.exists() => {}
+            Err(e) => {
+                tracing::warn!("{e}");
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    Err(first_error.unwrap_or(CheckpointError::NoCheckpoint { dir: global::rank_dir(gdir, name) }).into())
+}
+
+/// Loads the checkpoint `restore` opened into `regions` (see [`load`]).
+fn load_from(restore: Restore, regions: &[RegionInfo], mut write: impl FnMut(usize, usize, &[u8])) -> Result<Option<Restarted>, RestartError> {
     let index = match_regions(&restore, regions)?;
     let m = restore.manifest();
     let page = m.space.page_size;

@@ -67,6 +67,7 @@ fn space() -> PageSpace {
     };
     PageSpace {
         producer: "fake".into(),
+        job: None,
         page_size: PAGE,
         page_count: PAGES,
         regions: vec![
@@ -319,6 +320,14 @@ fn each_manifest_check_has_its_error() {
     // A checksum that holds over contents that do not: a chunk past the page space.
     let mut m = Manifest::decode(&good, &path).unwrap();
     m.chunks[0].first_page = PAGES;
+    assert!(matches!(decode(&m.encode()), CheckpointError::BadManifest { .. }));
+    // A rank of an MPI job: format 2 carries the rank and the job's size.
+    let mut m = Manifest::decode(&good, &path).unwrap();
+    m.space.job = Some(crate::job::Job { rank: 2, size: 4, launch: 1 << 40 });
+    let b = m.encode();
+    assert_eq!(b[8], format::FORMAT_JOB as u8);
+    assert_eq!(Manifest::decode(&b, &path).unwrap(), m);
+    m.space.job = Some(crate::job::Job { rank: 4, size: 4, launch: 0 });
     assert!(matches!(decode(&m.encode()), CheckpointError::BadManifest { .. }));
     // A data file of another checkpoint in its place.
     let chain = format::chain_dir(&dir, 1);

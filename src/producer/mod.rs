@@ -115,6 +115,8 @@ struct ProducerRegion {
 /// A process sharing versioned snapshots of its memory.
 pub struct Producer {
     name: String,
+    /// The MPI job it is a rank of, when its name held `%r`.
+    job: Option<crate::job::Job>,
     kind: TrackerKind,
     tracker: Box<dyn Tracker>,
     deferred: Option<Deferred>,
@@ -135,8 +137,12 @@ pub struct Producer {
 }
 
 impl Producer {
-    /// Takes the endpoint `name` and prepares the tracker.
+    /// Takes the endpoint `name` and prepares the tracker. A name holding `%r` (`heat.%r`)
+    /// makes a rank producer of an MPI job: `%r` becomes the rank, read with the job's size
+    /// from the launcher's environment ([`crate::job`]).
     pub fn create(name: &str, options: ProducerOptions) -> Result<Producer, CreateError> {
+        let (name, job) = crate::job::expand_name(name)?;
+        let name = name.as_str();
         let (kind, detected) = match options.tracker {
             TrackerKind::Copy => (TrackerKind::Copy, None),
             asked => {
@@ -161,6 +167,7 @@ impl Producer {
         let server = Server::bind(name, options.group.as_deref())?;
         Ok(Producer {
             name: name.to_string(),
+            job,
             kind,
             tracker,
             deferred,
@@ -175,6 +182,11 @@ impl Producer {
             restored: 0,
             server,
         })
+    }
+
+    /// The MPI job this producer is a rank of (its name held `%r`).
+    pub fn job(&self) -> Option<crate::job::Job> {
+        self.job
     }
 
     pub fn name(&self) -> &str {
@@ -293,6 +305,7 @@ impl Producer {
             regions: self.regions(),
             log_words: Layout::log_words_for(page_count),
             pin_slots: self.options.max_observers.clamp(1, crate::store::layout::MAX_PIN_SLOTS),
+            job: self.job,
         };
         let sources = self
             .regions

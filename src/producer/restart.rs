@@ -17,6 +17,10 @@ impl Producer {
     /// [`Producer::publish`]. `Ok(None)`: no checkpoint in any directory (a first run); a
     /// directory that does not exist holds none.
     ///
+    /// A rank producer of an MPI job (its name held `%r`) loads instead its part of the
+    /// newest *global* checkpoint, from `DIR/<its name>` of the first level holding it: every
+    /// rank restores the same version ([`crate::checkpoint::restart::load_job`]).
+    ///
     /// `handles`: every [`crate::Region`] handle of this producer that is still alive, so
     /// that none of its slices is borrowed while the region is written. Buffers lent with
     /// [`Producer::wrap_raw`] are written too, under that function's contract.
@@ -52,14 +56,18 @@ impl Producer {
         }
         let infos = self.regions();
         let memory: Vec<_> = self.regions.iter().map(|r| r.memory.clone()).collect();
-        let found = restart::load(dirs, &infos, |r, at, bytes| {
+        let write = |r: usize, at: usize, bytes: &[u8]| {
             // SAFETY: `restart::load` stays inside region `r`'s bytes. No slice of an owned
             // region is borrowed: its handle is dropped or exclusively borrowed by this call
             // (checked above), and the producer itself touches region memory only in its own
             // `&mut self` methods; lent memory is unaliased during this call by the contract
             // of `wrap_raw`.
             unsafe { memory[r].write_at(at, bytes) }
-        })?;
+        };
+        let found = match self.job {
+            Some(_) => restart::load_job(dirs, &self.name, &infos, write)?,
+            None => restart::load(dirs, &infos, write)?,
+        };
         if let Some(f) = &found {
             self.restored = f.version;
         }

@@ -59,6 +59,10 @@ pub mod hdr {
     pub const PRODUCER_PID: usize = 10;
     pub const PIN_SLOTS: usize = 11;
     pub const OBSERVERS_AT: usize = 12;
+    /// The MPI job the producer is a rank of ([`crate::job::Job::to_word`]; 0: none).
+    pub const JOB: usize = 13;
+    /// Which launch of the job (0: none known).
+    pub const JOB_LAUNCH: usize = 14;
     /// Planes the pool holds now; grows.
     pub const PLANES: usize = 16;
     /// [`super::STATE_LIVE`] or [`super::STATE_CLOSED`].
@@ -134,6 +138,8 @@ pub struct Layout {
     pub regions: Vec<RegionInfo>,
     pub log_words: usize,
     pub pin_slots: usize,
+    /// The MPI job the producer is a rank of.
+    pub job: Option<crate::job::Job>,
 }
 
 fn round_up(n: usize, to: usize) -> usize {
@@ -187,6 +193,8 @@ impl Layout {
             (hdr::PRODUCER_PID, producer_pid as u64),
             (hdr::PIN_SLOTS, self.pin_slots as u64),
             (hdr::OBSERVERS_AT, self.observers_at() as u64),
+            (hdr::JOB, crate::job::Job::to_words(self.job)[0]),
+            (hdr::JOB_LAUNCH, crate::job::Job::to_words(self.job)[1]),
         ];
         for (i, r) in self.regions.iter().enumerate() {
             let at = self.regions_at() + i * REGION_WORDS;
@@ -248,7 +256,8 @@ impl Layout {
             return Err(format!("record log of {log_words} words does not fit {page_count} pages"));
         }
         let mut regions = Vec::with_capacity(region_count);
-        let mut l = Layout { page_size, page_count, regions: Vec::new(), log_words, pin_slots };
+        let job = crate::job::Job::from_words([read(hdr::JOB), read(hdr::JOB_LAUNCH)])?;
+        let mut l = Layout { page_size, page_count, regions: Vec::new(), log_words, pin_slots, job };
         // The table sizes depend on the region count; check offsets before reading entries.
         l.regions = vec![dummy_region(); region_count];
         for (field, want) in [
@@ -332,6 +341,7 @@ mod tests {
             ],
             log_words: Layout::log_words_for(6),
             pin_slots: 8,
+            job: Some(crate::job::Job { rank: 1, size: 3, launch: 99 }),
         }
     }
 

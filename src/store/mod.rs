@@ -132,6 +132,7 @@ mod tests {
             regions: vec![RegionInfo { name: "r".into(), dtype: Dtype::U8, shape: vec![pages * page], first_page: 0, pages, offset: 0 }],
             log_words: Layout::log_words_for(pages),
             pin_slots: 4,
+            job: None,
         };
         let source = Source { first_page: 0, pages, offset: 0, bytes: pages * page, memory: memory.clone() };
         (StoreWriter::create(layout, vec![source], freed, 1.0).unwrap(), Region::new(memory, pages * page))

@@ -118,6 +118,29 @@ pub fn cargo() -> Command {
     c
 }
 
+/// The virtual environment with maturin, numpy and this package built into it, made once
+/// per target directory and rebuilt (incrementally) by every run. `None` when Python cannot
+/// make one (a skip, or a failure under TCASM_REQUIRE_TOOLS=1).
+pub fn python_package(test: &str) -> Option<PathBuf> {
+    let venv = venv(test, "tcasm-python-venv", &["maturin>=1.7,<2", "numpy"], "import numpy, maturin")?;
+    let bin = venv.join("bin");
+    let path = std::env::join_paths(
+        std::iter::once(bin.clone()).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())),
+    )
+    .unwrap();
+    run(
+        Command::new(bin.join("maturin"))
+            .args(["develop", "--release", "--quiet", "-m"])
+            .arg(root().join("python/Cargo.toml"))
+            .env("VIRTUAL_ENV", &venv)
+            .env("PATH", path)
+            .env("CARGO_TARGET_DIR", target_dir())
+            .env("CARGO", std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())),
+        "building the Python package (maturin develop --release)",
+    );
+    Some(venv)
+}
+
 /// Runs `command`, failing the test with its output unless it succeeds.
 pub fn run(command: &mut Command, what: &str) -> Output {
     let started = Instant::now();

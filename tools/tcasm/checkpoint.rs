@@ -9,7 +9,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use indicatif::{HumanBytes, ProgressBar, ProgressStyle};
-use tcasm::checkpoint::{self, restart, CheckpointError, Flusher, PageSpace, Restore, WriteBehind, Writer, WriterOptions, Written};
+use tcasm::checkpoint::{self, global, restart, CheckpointError, Flusher, PageSpace, Restore, WriteBehind, Writer, WriterOptions, Written};
 
 use crate::flush;
 use tcasm::{Observer, Producer, ProducerOptions, ReadError};
@@ -17,7 +17,18 @@ use tcasm::{Observer, Producer, ProducerOptions, ReadError};
 #[derive(clap::Args)]
 pub struct Args {
     /// The producer's endpoint name.
-    name: String,
+    #[arg(required_unless_present = "all", conflicts_with = "all")]
+    name: Option<String>,
+    /// Instead of NAME: follow every producer whose endpoint name matches PATTERN (a glob,
+    /// e.g. 'heat.*': the ranks of an MPI job on this node) as they appear, each into
+    /// DIR/<name> (and PERSISTENT/<name>), writing the job's global manifests on PERSISTENT.
+    /// Exits once every producer it followed has exited and none has appeared for --idle.
+    #[arg(long, value_name = "PATTERN")]
+    all: Option<String>,
+    /// With --all: how long to wait for producers after the last one exits (or before the
+    /// first appears).
+    #[arg(long, value_name = "SECONDS", default_value = "5", requires = "all", value_parser = crate::parse_seconds)]
+    idle: Duration,
     /// Where checkpoints go (created if missing); one checkpointer per directory.
     #[arg(long)]
     dir: PathBuf,
@@ -144,13 +155,14 @@ impl std::fmt::Display for Disk {
 /// A progress bar on a terminal, plain lines elsewhere.
 enum Progress {
     Terminal(ProgressBar),
-    Plain,
+    /// Lines, each starting with the label (the producer's name under `--all`).
+    Plain(String),
 }
 
 impl Progress {
     fn new() -> Progress {
         if !std::io::stderr().is_terminal() {
-            return Progress::Plain;
+            return Progress::Plain(String::new());
         }
         let bar = ProgressBar::new(0).with_style(
             ProgressStyle::with_template("{prefix:>26} [{bar:30}] {bytes:>10}/{total_bytes:<10} {msg}")
@@ -187,7 +199,7 @@ impl Progress {
                     HumanBytes(rate(totals.bytes, totals.busy))
                 ));
             }
-            Progress::Plain => eprintln!("{}; {disk}", describe(w, skipped)),
+            Progress::Plain(label) => eprintln!("{label}{}; {disk}", describe(w, skipped)),
         }
     }
 
@@ -195,7 +207,7 @@ impl Progress {
     fn note(&self, line: &str) {
         match self {
             Progress::Terminal(bar) => bar.println(line),
-            Progress::Plain => eprintln!("{line}"),
+            Progress::Plain(label) => eprintln!("{label}{line}"),
         }
     }
 
@@ -221,31 +233,115 @@ fn out_of_space(e: &CheckpointError) -> bool {
     matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EFBIG | libc::EDQUOT))
 }
 
+/// Where one producer's checkpoints go: level 1, level 2, and the persistent directory of
+/// the MPI job it is a rank of (for global manifests).
+struct Target<'a> {
+    name: &'a str,
+    dir: PathBuf,
+    flush_to: Option<PathBuf>,
+    job: Option<&'a Path>,
+}
+
 /// Starts level 2, or says why not: level 1 goes on either way.
-fn start_flusher(args: &Args) -> Option<flush::Background> {
-    let persistent = args.flush_to.as_ref()?;
-    match Flusher::create(&args.dir, persistent, args.keep_flushed.map(|k| k as usize)) {
-        Ok(f) => Some(flush::Background::start(f)),
+fn start_flusher(args: &Args, target: &Target) -> Option<flush::Background> {
+    let persistent = target.flush_to.as_ref()?;
+    match Flusher::create(&target.dir, persistent, args.keep_flushed.map(|k| k as usize)) {
+        Ok(f) => Some(flush::Background::start(f, target.job.map(Path::to_path_buf))),
         Err(e) => {
-            eprintln!("tcasm: --flush-to: {e}; checkpoints stay on level 1 ({}) only", args.dir.display());
+            eprintln!("tcasm: --flush-to: {e}; checkpoints stay on level 1 ({}) only", target.dir.display());
             None
         }
     }
 }
 
-/// Follows the producer and checkpoints its versions until it exits (or `--count`).
+/// Follows the producer (or with `--all`, every producer matching) and checkpoints its
+/// versions until it exits (or `--count`).
 pub fn run(args: Args) -> crate::Result {
+    match (&args.name, &args.all) {
+        (_, Some(pattern)) => run_all(&args, pattern),
+        (Some(name), None) => {
+            let target = Target { name, dir: args.dir.clone(), flush_to: args.flush_to.clone(), job: None };
+            follow(&args, &target, Progress::new())
+        }
+        (None, None) => unreachable!("clap requires NAME or --all"),
+    }
+}
+
+/// `--all PATTERN`: a thread per producer matching, each into its own directory of both
+/// levels, started as producers appear (a producer relaunched under the same name is
+/// followed again).
+fn run_all(args: &Args, pattern: &str) -> crate::Result {
+    let glob = glob::Pattern::new(pattern).map_err(|e| format!("--all {pattern:?} is not a glob: {e}"))?;
+    let job = args.flush_to.as_deref();
+    // Producers by name and incarnation (pids repeat across containers' pid namespaces).
+    let mut finished: Vec<(String, u64)> = Vec::new();
+    let mut failed = 0;
+    let mut last_seen = Instant::now();
+    thread::scope(|scope| -> crate::Result {
+        let mut running: Vec<(String, u64, thread::ScopedJoinHandle<Result<(), String>>)> = Vec::new();
+        loop {
+            for l in tcasm::endpoint::list()? {
+                // A producer relaunched under a name still followed waits for the follower of
+                // the one before to finish (it holds the name's directories).
+                let known = running.iter().any(|(n, _, _)| *n == l.name) || finished.contains(&(l.name.clone(), l.incarnation));
+                if !glob.matches(&l.name) || known {
+                    continue;
+                }
+                eprintln!("following {} (pid {})", l.name, l.pid);
+                let name = l.name.clone();
+                let handle = thread::Builder::new()
+                    .name(format!("ckpt {name}"))
+                    .spawn_scoped(scope, move || {
+                        let flush_to = job.map(|p| {
+                            let mine = tcasm::checkpoint::global::rank_dir(p, &name);
+                            if p.is_dir() {
+                                // Left to the flusher to report when it cannot be made.
+                                let _ = fs::create_dir(&mine);
+                            }
+                            mine
+                        });
+                        let target = Target { name: &name, dir: tcasm::checkpoint::global::rank_dir(&args.dir, &name), flush_to, job };
+                        follow(args, &target, Progress::Plain(format!("{name}: "))).map_err(|e| format!("{name}: {e}"))
+                    })
+                    .map_err(|e| format!("starting a checkpointer thread: {e}"))?;
+                running.push((l.name, l.incarnation, handle));
+            }
+            let (done, still): (Vec<_>, Vec<_>) = std::mem::take(&mut running).into_iter().partition(|(_, _, h)| h.is_finished());
+            running = still;
+            for (name, incarnation, handle) in done {
+                if let Err(e) = handle.join().unwrap_or_else(|_| Err(format!("{name}: its checkpointer thread panicked"))) {
+                    eprintln!("tcasm: {e}");
+                    failed += 1;
+                }
+                finished.push((name, incarnation));
+            }
+            if !running.is_empty() {
+                last_seen = Instant::now();
+            } else if last_seen.elapsed() >= args.idle {
+                break;
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    })?;
+    eprintln!("--all {pattern:?}: followed {} producers, {failed} failed", finished.len());
+    match failed {
+        0 => Ok(()),
+        n => Err(format!("{n} of the producers followed could not be checkpointed (see above)").into()),
+    }
+}
+
+fn follow(args: &Args, target: &Target, progress: Progress) -> crate::Result {
     // Before waiting for the producer: a wrong --dir is said at once.
-    checkpoint::refuse_non_directory(&args.dir)?;
-    let observer = args.wait.attach(&args.name)?;
+    checkpoint::refuse_non_directory(&target.dir)?;
+    let observer = args.wait.attach(target.name)?;
     let options = WriterOptions {
         full_every: args.full_every,
         keep: args.keep.map(|k| k as usize),
         keep_bytes: args.keep_bytes.map(|b| b as u64),
     };
-    let mut writer = Writer::create(&args.dir, PageSpace::of(&observer), options)?;
-    let level2 = start_flusher(&args);
-    let progress = Progress::new();
+    let mut writer = Writer::create(&target.dir, PageSpace::of(&observer), options)?;
+    let level2 = start_flusher(args, target);
     let mut totals = Totals::default();
     let mut last: Option<(u64, u64)> = None;
     let mut full_since: Option<u64> = None;
@@ -266,7 +362,8 @@ pub fn run(args: Args) -> crate::Result {
             }
             due = Instant::now().max(due) + args.interval;
         }
-        let taken = match observer.wait_newer(writer.last().unwrap_or(0), Duration::from_millis(500)) {
+        // After a new chain is asked for, the next base is a version not taken yet.
+        let taken = match observer.wait_newer(writer.last().or(last.map(|(_, v)| v)).unwrap_or(0), Duration::from_millis(500)) {
             Ok(None) => continue,
             Ok(Some(_)) => observer.latest(),
             Err(e) => Err(e),
@@ -274,9 +371,9 @@ pub fn run(args: Args) -> crate::Result {
         let snapshot = match taken {
             Ok(s) => s,
             Err(ReadError::ProducerGone { .. }) if observer.producer_died() => {
-                break format!("producer {:?} died without closing its endpoint (killed or crashed)", args.name)
+                break format!("producer {:?} died without closing its endpoint (killed or crashed)", target.name)
             }
-            Err(ReadError::ProducerGone { .. }) => break format!("producer {:?} exited", args.name),
+            Err(ReadError::ProducerGone { .. }) => break format!("producer {:?} exited", target.name),
             Err(e) => return Err(e.into()),
         };
         // Versions published since the last checkpoint and not taken: the writer never
@@ -291,7 +388,7 @@ pub fn run(args: Args) -> crate::Result {
                     progress.note(&format!(
                         "v{}: {e}: {} is full; the last complete checkpoint ({kept}) stays, and newer versions are tried as they come",
                         snapshot.version(),
-                        args.dir.display()
+                        target.dir.display()
                     ));
                     full_since = Some(snapshot.version());
                 }
@@ -303,10 +400,10 @@ pub fn run(args: Args) -> crate::Result {
         };
         drop(snapshot);
         if let Some(v) = full_since.take() {
-            progress.note(&format!("{} has space again: v{} written (full since v{v})", args.dir.display(), written.version));
+            progress.note(&format!("{} has space again: v{} written (full since v{v})", target.dir.display(), written.version));
         }
         totals.add(&written, skipped);
-        let disk = Disk::of(&args.dir);
+        let disk = Disk::of(&target.dir);
         progress.checkpoint(&written, skipped, &totals, &disk);
         if written.parent.is_none() {
             base_bytes = written.bytes;
@@ -316,7 +413,7 @@ pub fn run(args: Args) -> crate::Result {
         if short && !warned {
             progress.note(&format!(
                 "warning: {} has {} free, less than two base checkpoints ({} each): retire chains with --full-every and --keep or --keep-bytes, or checkpoint less often (--interval)",
-                args.dir.display(),
+                target.dir.display(),
                 HumanBytes(disk.free.unwrap_or(0)),
                 HumanBytes(base_bytes)
             ));
@@ -333,8 +430,8 @@ pub fn run(args: Args) -> crate::Result {
                     ));
                 }
             }
-            if matches!(progress, Progress::Plain) {
-                eprintln!("  level 2: {}", l2.status());
+            if let Progress::Plain(label) = &progress {
+                eprintln!("{label}  level 2: {}", l2.status());
             }
         }
         if args.count.is_some_and(|n| totals.checkpoints >= n) {
@@ -349,7 +446,7 @@ pub fn run(args: Args) -> crate::Result {
     }
     if observer.producer_died() {
         let last = writer.last().map_or("none".into(), |v| format!("v{v}"));
-        return Err(format!("producer {:?} died without closing its endpoint; the last complete checkpoint is {last}", args.name).into());
+        return Err(format!("producer {:?} died without closing its endpoint; the last complete checkpoint is {last}", target.name).into());
     }
     Ok(())
 }
@@ -382,6 +479,11 @@ pub struct RestoreArgs {
     /// With --format hdf5: replace the output files if they exist.
     #[arg(long)]
     force: bool,
+    /// DIR is an MPI job's directory (`checkpoint --all ... --flush-to DIR`): assemble the
+    /// ranks' tiles of a global version (the newest, or --version) into one array per region
+    /// (tiles placed by their `global_shape` and `offset` regions).
+    #[arg(long, requires = "dir")]
+    global: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -403,6 +505,9 @@ fn open_restore(args: &RestoreArgs) -> crate::Result<Restore> {
 
 pub fn restore(args: RestoreArgs) -> crate::Result {
     if args.format == Format::Hdf5 {
+        if args.global {
+            return Err("--global assembles .npy files; leave out --format hdf5".into());
+        }
         let RestoreArgs { dir, version, versions, out, force, .. } = args;
         let Some(dir) = dir else {
             return Err("--format hdf5 exports from one checkpoint directory: give DIR instead of --from".into());
@@ -413,6 +518,16 @@ pub fn restore(args: RestoreArgs) -> crate::Result {
         return Err("--versions and --force go with --format hdf5; a .npy restore is of one version".into());
     }
     checkpoint::refuse_non_directory(&args.out)?;
+    if args.global {
+        let dir = args.dir.as_deref().expect("clap requires DIR with --global");
+        let field = checkpoint::assemble::assemble(dir, args.version)?;
+        let regions = checkpoint::restore_global_npy(&field, &args.out)?;
+        println!("assembled global version {} of {} ranks from {} into {}", field.version, field.ranks, dir.display(), args.out.display());
+        for r in regions {
+            println!("  {:<24} {:<4} {:<18} {}", r.name, r.dtype, format!("{:?}", r.shape), r.file);
+        }
+        return Ok(());
+    }
     let restore = open_restore(&args)?;
     let regions = checkpoint::restore_npy(&restore, &args.out)?;
     let m = restore.manifest();
@@ -434,7 +549,8 @@ pub fn restore(args: RestoreArgs) -> crate::Result {
 
 #[derive(clap::Args)]
 pub struct VerifyArgs {
-    /// A checkpoint directory.
+    /// A checkpoint directory, or the directory of an MPI job's ranks (`--all`): then every
+    /// rank's directory is checked, and the global versions listed.
     dir: PathBuf,
 }
 
@@ -451,7 +567,86 @@ fn versions(vs: &[u64]) -> String {
 
 /// Checks everything; the exit status says whether every complete checkpoint is intact.
 pub fn verify(args: VerifyArgs) -> crate::Result {
-    let report = checkpoint::verify(&args.dir)?;
+    if is_job_dir(&args.dir) {
+        return verify_job(&args.dir);
+    }
+    verify_one(&args.dir)
+}
+
+/// Whether `dir` holds the per-rank directories of an MPI job rather than chains.
+fn is_job_dir(dir: &Path) -> bool {
+    let has = |what: fn(&str) -> bool| fs::read_dir(dir).into_iter().flatten().flatten().any(|e| e.file_name().to_str().is_some_and(what));
+    !has(|n| n.starts_with("chain-")) && (dir.join(global::GLOBAL_DIR).is_dir() || has(|n| !n.starts_with('.')))
+}
+
+/// `verify` of a job's directory: each rank's checkpoints, then one `global:` line per
+/// global version (each rank's checkpoint it names restorable, with the manifest it names),
+/// and the versions some ranks lack.
+fn verify_job(dir: &Path) -> crate::Result {
+    let st = global::status(dir)?;
+    let mut ranks: Vec<String> = fs::read_dir(dir)
+        .map_err(|e| format!("listing {}: {e}", dir.display()))?
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|n| n != global::GLOBAL_DIR && !n.starts_with('.'))
+        .collect();
+    ranks.sort();
+    let mut problems = 0;
+    let mut restorable = std::collections::BTreeMap::new();
+    for rank in &ranks {
+        let report = checkpoint::verify(&global::rank_dir(dir, rank))?;
+        println!("{rank}: {} checkpoints restorable, {} problems", report.restorable.len(), report.damage.len());
+        for d in &report.damage {
+            println!("  DAMAGED: {}", d.error);
+        }
+        problems += report.damage.len();
+        restorable.insert(rank.clone(), report.restorable);
+    }
+    for name in &st.foreign {
+        println!("not part of a job: {name}");
+    }
+    let (globals, bad) = global::read_all(dir)?;
+    for e in &bad {
+        println!("DAMAGED: {e}");
+    }
+    problems += bad.len();
+    for g in &globals {
+        let broken: Vec<&str> = g
+            .ranks
+            .iter()
+            .filter(|p| {
+                let listed = restorable.get(&p.producer).is_some_and(|r| r.contains(&(p.chain, g.version)));
+                !(listed && global::part_present(dir, p, g.version))
+            })
+            .map(|p| p.producer.as_str())
+            .collect();
+        if broken.is_empty() {
+            println!("global: v{} complete, {} ranks", g.version, g.ranks.len());
+        } else {
+            println!("DAMAGED: global v{}: the checkpoints of {} it names are not restorable as named", g.version, broken.join(", "));
+            problems += 1;
+        }
+    }
+    for (version, size, missing) in &st.incomplete {
+        let missing: Vec<String> = missing.iter().map(u32::to_string).collect();
+        println!("incomplete global v{version}: ranks {} of {size} missing", missing.join(", "));
+    }
+    match (problems, globals.last()) {
+        (0, Some(g)) => {
+            println!("intact: newest global version v{} ({} global versions)", g.version, globals.len());
+            Ok(())
+        }
+        (0, None) => {
+            println!("no global version yet: no version is complete for every rank");
+            Ok(())
+        }
+        (n, _) => Err(format!("{n} problems").into()),
+    }
+}
+
+fn verify_one(dir: &Path) -> crate::Result {
+    let report = checkpoint::verify(dir)?;
     for path in &report.incomplete {
         println!("incomplete (never finished, ignored): {}", path.display());
     }
@@ -468,7 +663,7 @@ pub fn verify(args: VerifyArgs) -> crate::Result {
     if report.intact() && report.restorable.is_empty() {
         Err(format!(
             "no complete checkpoint in {}: is it the directory `tcasm checkpoint --dir` wrote to?",
-            args.dir.display()
+            dir.display()
         )
         .into())
     } else if report.intact() {

@@ -12,7 +12,9 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use indicatif::HumanBytes;
-use tcasm::checkpoint::{Flushed, Flusher};
+use std::path::PathBuf;
+
+use tcasm::checkpoint::{global, Flushed, Flusher};
 
 #[derive(Default)]
 struct State {
@@ -51,8 +53,9 @@ pub struct Background {
 }
 
 impl Background {
-    /// Starts the flusher thread.
-    pub fn start(mut flusher: Flusher) -> Background {
+    /// Starts the flusher thread. `job`: the persistent directory of the MPI job the producer
+    /// is a rank of, where each flush is followed by writing the global manifests it completes.
+    pub fn start(mut flusher: Flusher, job: Option<PathBuf>) -> Background {
         let shared = Arc::new(Shared { state: Mutex::new(State::default()), wake: Condvar::new() });
         let persistent = flusher.persistent().display().to_string();
         let ours = shared.clone();
@@ -75,6 +78,12 @@ impl Background {
                     state.bytes += f.bytes;
                     state.spent += f.elapsed;
                     state.events.push(describe(&f, &to));
+                    if let Some(dir) = &job {
+                        match global::update(dir) {
+                            Ok(vs) => state.events.extend(vs.iter().map(|v| format!("global v{v} complete on {}: every rank has it", dir.display()))),
+                            Err(e) => state.events.push(format!("global manifests on {} not updated: {e}; the next flush retries", dir.display())),
+                        }
+                    }
                 }
                 Err(e) => {
                     state.failures += 1;
