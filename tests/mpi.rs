@@ -84,7 +84,7 @@ impl Job {
     fn checkpointer(&self, node: usize) -> Child {
         let b = &self.base;
         let log = fs::OpenOptions::new().create(true).append(true).open(b.join(format!("checkpointer{node}.log"))).unwrap();
-        common::tcasm(&b.join(format!("node{node}")), &["checkpoint", "--all", "heat.*", "--idle", "4"])
+        common::tcasm(&b.join(format!("node{node}")), &["checkpoint", "--all", "heat.*", "--idle", "4", "--every-version"])
             .arg("--dir")
             .arg(b.join(format!("local{node}")))
             .arg("--flush-to")

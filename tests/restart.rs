@@ -495,7 +495,7 @@ fn a_producer_in_a_container_is_checkpointed_from_outside_and_restarted_in_anoth
     first.expect(&["ready"]);
     // One checkpointer outside, following the producer by its endpoint only; the pid it
     // reads there is the producer's in its own namespace.
-    let ckpt = tcasm(&["checkpoint", "--all", "restart-contain*", "--idle", "3", "--dir", path(&dir)]).stderr(Stdio::piped()).spawn().unwrap();
+    let ckpt = tcasm(&["checkpoint", "--all", "restart-contain*", "--idle", "3", "--every-version", "--dir", path(&dir)]).stderr(Stdio::piped()).spawn().unwrap();
     wait_until("a checkpoint of version 20", || newest(&ckpt_dir) >= 20);
     drop(first); // SIGKILL to unshare, which kills the producer
     // Restarted in a new container (its pid there likely the same as the first's): it

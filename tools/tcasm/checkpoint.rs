@@ -261,7 +261,10 @@ pub fn run(args: Args) -> crate::Result {
         (_, Some(pattern)) => run_all(&args, pattern),
         (Some(name), None) => {
             let target = Target { name, dir: args.dir.clone(), flush_to: args.flush_to.clone(), job: None };
-            follow(&args, &target, Progress::new())
+            match follow(&args, &target, Progress::new())? {
+                Ended::Exited => Ok(()),
+                Ended::Died(why) => Err(why.into()),
+            }
         }
         (None, None) => unreachable!("clap requires NAME or --all"),
     }
@@ -301,7 +304,14 @@ fn run_all(args: &Args, pattern: &str) -> crate::Result {
                             mine
                         });
                         let target = Target { name: &name, dir: tcasm::checkpoint::global::rank_dir(&args.dir, &name), flush_to, job };
-                        follow(args, &target, Progress::Plain(format!("{name}: "))).map_err(|e| format!("{name}: {e}"))
+                        match follow(args, &target, Progress::Plain(format!("{name}: "))) {
+                            Ok(Ended::Died(why)) => {
+                                eprintln!("{name}: {why}");
+                                Ok(())
+                            }
+                            Ok(Ended::Exited) => Ok(()),
+                            Err(e) => Err(format!("{name}: {e}")),
+                        }
                     })
                     .map_err(|e| format!("starting a checkpointer thread: {e}"))?;
                 running.push((l.name, l.incarnation, handle));
@@ -331,7 +341,7 @@ fn run_all(args: &Args, pattern: &str) -> crate::Result {
     }
 }
 
-fn follow(args: &Args, target: &Target, progress: Progress) -> crate::Result {
+fn follow(args: &Args, target: &Target, progress: Progress) -> crate::Result<Ended> {
     // Before waiting for the producer: a wrong --dir is said at once.
     checkpoint::refuse_non_directory(&target.dir)?;
     let observer = args.wait.attach(target.name)?;
@@ -444,11 +454,22 @@ fn follow(args: &Args, target: &Target, progress: Progress) -> crate::Result {
         events.iter().for_each(|line| eprintln!("{line}"));
         eprintln!("{summary}");
     }
-    if observer.producer_died() {
-        let last = writer.last().map_or("none".into(), |v| format!("v{v}"));
-        return Err(format!("producer {:?} died without closing its endpoint; the last complete checkpoint is {last}", target.name).into());
-    }
-    Ok(())
+    let last = writer.last().map_or("none".into(), |v| format!("v{v}"));
+    Ok(if observer.producer_died() {
+        Ended::Died(format!("producer {:?} died without closing its endpoint; the last complete checkpoint is {last}", target.name))
+    } else {
+        Ended::Exited
+    })
+}
+
+/// How the producer a checkpointer followed ended.
+enum Ended {
+    /// It closed its endpoint.
+    Exited,
+    /// It died without closing it (killed, crashed): said, and for a single producer an
+    /// error; under `--all` a rank of a job that died is what the checkpoints are for, not a
+    /// failure of the checkpointer.
+    Died(String),
 }
 
 #[derive(clap::Args)]
@@ -575,8 +596,10 @@ pub fn verify(args: VerifyArgs) -> crate::Result {
 
 /// Whether `dir` holds the per-rank directories of an MPI job rather than chains.
 fn is_job_dir(dir: &Path) -> bool {
-    let has = |what: fn(&str) -> bool| fs::read_dir(dir).into_iter().flatten().flatten().any(|e| e.file_name().to_str().is_some_and(what));
-    !has(|n| n.starts_with("chain-")) && (dir.join(global::GLOBAL_DIR).is_dir() || has(|n| !n.starts_with('.')))
+    let entries: Vec<fs::DirEntry> = fs::read_dir(dir).into_iter().flatten().flatten().collect();
+    let named = |e: &fs::DirEntry, what: fn(&str) -> bool| e.file_name().to_str().is_some_and(what);
+    let rank_dirs = || entries.iter().any(|e| e.path().is_dir() && named(e, |n| !n.starts_with('.')));
+    !entries.iter().any(|e| named(e, |n| n.starts_with("chain-"))) && (dir.join(global::GLOBAL_DIR).is_dir() || rank_dirs())
 }
 
 /// `verify` of a job's directory: each rank's checkpoints, then one `global:` line per
@@ -637,10 +660,11 @@ fn verify_job(dir: &Path) -> crate::Result {
             println!("intact: newest global version v{} ({} global versions)", g.version, globals.len());
             Ok(())
         }
-        (0, None) => {
-            println!("no global version yet: no version is complete for every rank");
-            Ok(())
-        }
+        (0, None) => Err(format!(
+            "no complete checkpoint of the job in {}: no version is complete for every rank yet",
+            dir.display()
+        )
+        .into()),
         (n, _) => Err(format!("{n} problems").into()),
     }
 }
