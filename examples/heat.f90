@@ -24,7 +24,7 @@ program heat
   real(c_double), allocatable :: next(:,:)
   type(tcasm_producer) :: producer; integer(c_int64_t), allocatable, target :: done ! tcasm
   integer :: steps, delay_ms, s, i, j
-  character(64) :: arg, name
+  character(4096) :: arg, name  ! room for checkpoint paths: a cut one would restart nothing
 
   interface
     integer(c_int) function usleep(us) bind(C, name="usleep")
