@@ -377,8 +377,13 @@ fn sigkilled_checkpointers_leave_every_complete_checkpoint_restorable() {
         let status = c.wait().unwrap();
         assert!(status.code().is_none(), "kill {kill}: the checkpointer ended before its SIGKILL: {status}");
         let out = run(&["verify", dir.to_str().unwrap()]);
-        assert!(out.status.success(), "kill {kill}: verify failed:\n{}", text(&out));
         let catalog = tcasm::checkpoint::Catalog::open(&dir).unwrap();
+        if catalog.newest().is_some() {
+            assert!(out.status.success(), "kill {kill}: verify failed:\n{}", text(&out));
+        } else {
+            // Killed before its first checkpoint was complete: nothing to restore, said.
+            assert!(!out.status.success() && text(&out).contains("no complete checkpoint"), "kill {kill}: {}", text(&out));
+        }
         let left: Vec<PathBuf> = catalog.chains.into_iter().flat_map(|c| c.incomplete).collect();
         if left.iter().any(|p| !unfinished.contains(p)) {
             inside_a_write += 1;
