@@ -191,10 +191,13 @@ impl Pages for PageCopy {
 }
 
 /// Cuts runs into at most `parts` consecutive shares of about equal page counts, each at
-/// least [`PAGES_PER_THREAD`] pages.
-fn shares<T: Pages + Clone>(runs: &[T], parts: usize) -> Vec<Vec<T>> {
+/// least [`PAGES_PER_THREAD`] pages; `None` when that makes one share.
+fn shares<T: Pages + Clone>(runs: &[T], parts: usize) -> Option<Vec<Vec<T>>> {
     let total: usize = runs.iter().map(Pages::pages).sum();
     let parts = parts.min(total / PAGES_PER_THREAD).max(1);
+    if parts == 1 {
+        return None;
+    }
     let each = total.div_ceil(parts);
     let mut out = vec![Vec::new()];
     let mut room = each;
@@ -212,20 +215,19 @@ fn shares<T: Pages + Clone>(runs: &[T], parts: usize) -> Vec<Vec<T>> {
             room -= take;
         }
     }
-    out
+    Some(out)
 }
 
-/// Runs `work` on each share, the first on the calling thread and the others on threads of
-/// their own, and returns the results in share order.
-fn on_threads<T: Send, R: Send>(shares: Vec<T>, work: impl Fn(T) -> R + Sync) -> Vec<R> {
-    if shares.len() == 1 {
-        return shares.into_iter().map(&work).collect();
-    }
+/// Runs `work` on `runs` cut into [`shares`] for `threads` threads: the first share on the
+/// calling thread and the others on threads of their own; the results in share order. One
+/// thread's worth of work runs as it is, uncut and uncopied.
+fn on_threads<T: Pages + Clone + Sync, R: Send>(runs: &[T], threads: usize, work: impl Fn(&[T]) -> R + Sync) -> Vec<R> {
+    let Some(shares) = shares(runs, threads) else { return vec![work(runs)] };
     std::thread::scope(|scope| {
-        let mut shares = shares.into_iter();
+        let mut shares = shares.iter();
         let first = shares.next();
         let handles: Vec<_> = shares.map(|share| scope.spawn(|| work(share))).collect();
-        let mut out: Vec<R> = first.into_iter().map(&work).collect();
+        let mut out: Vec<R> = first.into_iter().map(|s| work(s)).collect();
         // A copy or comparison does not panic but on a broken invariant; pass it on.
         out.extend(handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))));
         out
@@ -693,7 +695,7 @@ impl Mapped {
 
     /// Copies every run of `copies`, shared over `threads` threads.
     pub fn copy_all(&self, copies: &[PageCopy], threads: usize) {
-        on_threads(shares(copies, threads), |share| {
+        on_threads(copies, threads, |share| {
             for (i, copy) in share.iter().enumerate() {
                 // Short runs scattered over the regions: start loading the first line of
                 // a run a few ahead, as the comparison does.
@@ -709,10 +711,10 @@ impl Mapped {
     /// version's copy, in slot `slot[p]`, as sorted ranges; `threads` threads share the
     /// comparing.
     fn changed_pages(&self, compare: &[Range<usize>], slot: &[u64], threads: usize) -> Vec<Range<usize>> {
-        let mut changed: Vec<Range<usize>> = on_threads(shares(compare, threads), |share| {
+        let mut changed: Vec<Range<usize>> = on_threads(compare, threads, |share| {
             let mut out = Vec::new();
             for pages in share {
-                self.changed_in(pages, slot, &mut out);
+                self.changed_in(pages.clone(), slot, &mut out);
             }
             out
         })
@@ -800,6 +802,25 @@ impl Mapped {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_cut_runs_evenly_and_keep_their_slots() {
+        let copies = [PageCopy { pages: 0..300, slot: 1000, fresh: false }, PageCopy { pages: 500..800, slot: 7, fresh: true }];
+        assert_eq!(shares(&copies, 1), None);
+        assert_eq!(shares(&copies[..1], 2), None, "300 pages are one thread's worth");
+        let two = shares(&copies, 2).unwrap();
+        assert_eq!(
+            two,
+            [
+                vec![PageCopy { pages: 0..300, slot: 1000, fresh: false }],
+                vec![PageCopy { pages: 500..800, slot: 7, fresh: true }],
+            ]
+        );
+        let three = shares(&[0..900usize], 3).unwrap();
+        assert_eq!(three, [vec![0..300], vec![300..600], vec![600..900]]);
+        let cut = shares(&[PageCopy { pages: 10..610, slot: 40, fresh: false }], 2).unwrap();
+        assert_eq!(cut[1], [PageCopy { pages: 310..610, slot: 340, fresh: false }]);
+    }
 
     #[test]
     fn splits_count_the_cuts_inside_runs() {
