@@ -49,13 +49,6 @@ fn start_producer(name: &str) -> Child {
     child
 }
 
-fn scratch(test: &str) -> PathBuf {
-    let dir = endpoint().join(format!("scratch-{test}"));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// `tcasm inspect NAME | head -1`: the reader closes the pipe early; tcasm ends quietly.
 #[test]
 fn a_closed_pipe_ends_every_listing_quietly() {
@@ -78,8 +71,8 @@ fn a_closed_pipe_ends_every_listing_quietly() {
 
 #[test]
 fn verify_fails_where_there_is_no_checkpoint() {
-    let empty = scratch("verify-empty");
-    let foreign = scratch("verify-foreign");
+    let empty = common::scratch("cli", "verify-empty");
+    let foreign = common::scratch("cli", "verify-foreign");
     std::fs::write(foreign.join("notes.txt"), "not a checkpoint").unwrap();
     for dir in [&empty, &foreign] {
         let out = common::run_tcasm(&endpoint(), &["verify", dir.to_str().unwrap()]);
@@ -91,7 +84,7 @@ fn verify_fails_where_there_is_no_checkpoint() {
 
 #[test]
 fn a_file_where_a_directory_belongs_is_not_a_directory() {
-    let file = scratch("not-a-dir").join("file");
+    let file = common::scratch("cli", "not-a-dir").join("file");
     std::fs::write(&file, "x").unwrap();
     let file = file.to_str().unwrap();
     let runs: [&[&str]; 2] = [&["checkpoint", "nobody", "--dir", file, "--wait", "0"], &["restore", "/nonexistent", "--out", file]];
@@ -107,7 +100,7 @@ fn a_file_where_a_directory_belongs_is_not_a_directory() {
 /// `kill -9` of the producer: `top` and `checkpoint` say it died and exit non-zero.
 #[test]
 fn a_killed_producer_is_reported_as_died() {
-    let dir = scratch("killed");
+    let dir = common::scratch("cli", "killed");
     let mut producer = start_producer("killed");
     let mut top = common::tcasm(&endpoint(), &["top", "killed", "--interval", "0.2"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut checkpoint = common::tcasm(&endpoint(), &["checkpoint", "killed", "--dir", dir.join("ckpt").to_str().unwrap()])
@@ -141,7 +134,7 @@ fn a_killed_producer_is_reported_as_died() {
 /// for it, and say so.
 #[test]
 fn commands_wait_for_a_producer_started_after_them() {
-    let dir = scratch("later");
+    let dir = common::scratch("cli", "later");
     let name = "later";
     let runs: [Vec<&str>; 3] = [
         vec!["inspect", name],
@@ -231,7 +224,7 @@ fn the_readme_tools_table_names_every_command_and_option() {
 /// and as a PNG heatmap; `ls` and `inspect` speak JSON too.
 #[test]
 fn show_prints_statistics_json_and_a_heatmap() {
-    let dir = scratch("show");
+    let dir = common::scratch("cli", "show");
     let mut producer = start_producer("show");
     let out = common::run_tcasm(&endpoint(), &["show", "show"]);
     let text = common::output_text(&out);
