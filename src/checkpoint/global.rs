@@ -24,12 +24,12 @@
 //! Restart ([`super::restart::load_job`]) takes the newest global version, every rank the
 //! same one.
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{ErrorKind, Write};
+use std::fs;
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use super::reader::{load_manifest, Catalog};
-use super::writer::sync_dir;
+use super::writer::write_durably;
 use super::CheckpointError;
 
 /// The directory of a checkpoint level holding the global manifests.
@@ -268,11 +268,7 @@ pub fn update(dir: &Path) -> Result<Vec<u64>, CheckpointError> {
         static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let temp = gdir.join(format!(".v{}.global.{}-{n}.tmp", g.version, std::process::id()));
-        let mut file = File::create(&temp).map_err(CheckpointError::io("creating", &temp))?;
-        file.write_all(&bytes).map_err(CheckpointError::io("writing", &temp))?;
-        file.sync_all().map_err(CheckpointError::io("syncing", &temp))?;
-        fs::rename(&temp, &path).map_err(CheckpointError::io("renaming to", &path))?;
-        sync_dir(&gdir)?;
+        write_durably(&gdir, &temp, &path, &bytes)?;
         written.push(g.version);
     }
     Ok(written)

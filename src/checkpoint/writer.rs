@@ -304,13 +304,18 @@ fn write_checkpoint(
 pub(super) fn commit_manifest(dir: &Path, manifest: &Manifest) -> Result<u32, CheckpointError> {
     let bytes = manifest.encode();
     let temp = format::temp_manifest_path(dir, manifest.version);
-    let mut file = File::create(&temp).map_err(CheckpointError::io("creating", &temp))?;
-    file.write_all(&bytes).map_err(CheckpointError::io("writing", &temp))?;
-    file.sync_all().map_err(CheckpointError::io("syncing", &temp))?;
-    let done_path = format::manifest_path(dir, manifest.version);
-    fs::rename(&temp, &done_path).map_err(CheckpointError::io("renaming to", &done_path))?;
-    sync_dir(dir)?;
+    write_durably(dir, &temp, &format::manifest_path(dir, manifest.version), &bytes)?;
     Ok(format::manifest_checksum(&bytes))
+}
+
+/// Writes `bytes` to `path` in directory `dir` all or nothing: to `temp` (in `dir`) first,
+/// synced, renamed to `path`, and the directory synced.
+pub(super) fn write_durably(dir: &Path, temp: &Path, path: &Path, bytes: &[u8]) -> Result<(), CheckpointError> {
+    let mut file = File::create(temp).map_err(CheckpointError::io("creating", temp))?;
+    file.write_all(bytes).map_err(CheckpointError::io("writing", temp))?;
+    file.sync_all().map_err(CheckpointError::io("syncing", temp))?;
+    fs::rename(temp, path).map_err(CheckpointError::io("renaming to", path))?;
+    sync_dir(dir)
 }
 
 /// `write_all` for scattered pages, without copying them into one buffer.
