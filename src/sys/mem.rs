@@ -195,8 +195,10 @@ impl Mapping {
     /// (x86-64): a snapshot's pages are not read again by this process, so they need not
     /// pass through its caches, and the destination is not read first (no read for
     /// ownership). glibc's `memcpy` streams only copies larger than most of the last-level
-    /// cache; a publish's runs are mostly smaller. Ends with a store fence, so the copy is
-    /// ordered before any later store of this thread (the version's release).
+    /// cache; a publish's runs are mostly smaller. Non-temporal stores are not ordered by a
+    /// release: call [`store_fence`] after the last copy and before the store that publishes
+    /// what was copied (one fence for a whole pass: a fence a page costs about a tenth of a
+    /// page's copy).
     pub fn stream_in(&self, at: usize, src: &RegionMemory, src_off: usize, len: usize) {
         assert!(at.checked_add(len).is_some_and(|e| e <= self.len), "stream_in out of bounds");
         assert!(src_off.checked_add(len).is_some_and(|e| e <= src.len), "stream_in source out of bounds");
@@ -343,14 +345,14 @@ impl RegionMemory {
 }
 
 /// Copies `len` bytes from `src` to `dst` with non-temporal stores of 16 bytes (SSE2, part
-/// of x86-64), plain copies for the unaligned head and the tail, then a store fence.
+/// of x86-64) and plain copies for the unaligned head and the tail; no fence.
 ///
 /// # Safety
 /// `src` must be readable and `dst` writable for `len` bytes, and the ranges must not
 /// overlap.
 #[cfg(target_arch = "x86_64")]
 unsafe fn stream_copy(dst: *mut u8, src: *const u8, len: usize) {
-    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_sfence, _mm_stream_si128};
+    use std::arch::x86_64::{__m128i, _mm_loadu_si128, _mm_stream_si128};
     let head = dst.align_offset(16).min(len);
     // SAFETY: every access below lies in `[0, len)` of both ranges, which the caller
     // promises are valid and disjoint; `dst + i` is 16-aligned after the head,
@@ -373,9 +375,19 @@ unsafe fn stream_copy(dst: *mut u8, src: *const u8, len: usize) {
             i += 16;
         }
         std::ptr::copy_nonoverlapping(src.add(i), dst.add(i), len - i);
-        _mm_sfence();
     }
 }
+
+/// Orders this thread's earlier [`Mapping::stream_in`] copies before its later stores.
+#[cfg(target_arch = "x86_64")]
+pub fn store_fence() {
+    // SAFETY: `sfence` has no operands and no preconditions (SSE, part of x86-64).
+    unsafe { std::arch::x86_64::_mm_sfence() }
+}
+
+/// Elsewhere the copies are plain stores, which the release that follows orders.
+#[cfg(not(target_arch = "x86_64"))]
+pub fn store_fence() {}
 
 /// Elsewhere a plain copy.
 ///
