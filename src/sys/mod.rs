@@ -6,7 +6,7 @@
 //!
 //! Where a well-kept crate covers a call we use it: `nix` (mmap, fcntl, sockets), `memfd`
 //! (memfd + seals), `userfaultfd` (the fd, register, write-protect). Raw `libc` is used only
-//! for what no crate covers: `PAGEMAP_SCAN` ([`pagemap`]) and `futex` ([`futex`]).
+//! for what no crate covers: `PAGEMAP_SCAN` ([`scan`]) and `futex` ([`futex`]).
 #![allow(unsafe_code)]
 
 pub mod fdpass;
@@ -14,7 +14,7 @@ pub mod futex;
 pub mod lock;
 pub mod mem;
 pub mod memfd;
-pub mod pagemap;
+pub mod scan;
 pub mod uffd;
 
 use std::sync::OnceLock;

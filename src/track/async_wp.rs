@@ -4,7 +4,7 @@ use std::ops::Range;
 
 use super::{Changes, Tracker, TrackerKind};
 use crate::sys::mem::Mapping;
-use crate::sys::pagemap::Scanner;
+use crate::sys::scan::Scanner;
 use crate::sys::uffd::{self, Uffd};
 use crate::sys::page_size;
 
