@@ -245,16 +245,6 @@ impl Mapping {
         };
     }
 
-    /// Copies `len` bytes from `from` to `to` inside this writable mapping; the ranges must
-    /// not overlap.
-    pub fn copy_within(&self, from: usize, to: usize, len: usize) {
-        let ok = |o: usize| o.checked_add(len).is_some_and(|e| e <= self.len);
-        assert!(ok(from) && ok(to) && (from + len <= to || to + len <= from), "copy_within out of bounds");
-        let base = self.ptr.as_ptr();
-        // SAFETY: both ranges were just checked to lie inside this mapping and not to overlap.
-        unsafe { std::ptr::copy_nonoverlapping(base.add(from), base.add(to), len) }
-    }
-
     /// Zeroes `[at, at + len)` of this writable mapping.
     pub fn zero(&self, at: usize, len: usize) {
         assert!(at.checked_add(len).is_some_and(|e| e <= self.len), "zero out of bounds");
