@@ -39,7 +39,7 @@ use crate::region::{Element, RegionInfo};
 use crate::store::layout::PINS_PER_SLOT;
 use crate::store::pagemap::PageMap;
 use crate::store::reader::{RecordError, SlotInfo, StoreReader, VersionInfo};
-use crate::sys::mem::{Access, Mapping};
+use crate::sys::mem::{Mapping, PrivateMapping};
 use crate::sys::{max_map_count, page_size};
 use crate::view::snapshot_slice;
 
@@ -54,7 +54,7 @@ const PRIVATE: u64 = u64::MAX;
 
 /// One address range laid out like the page space, and what each page holds now.
 struct View {
-    memory: Mapping,
+    memory: PrivateMapping,
     /// Per page: the pool slot it is mapped from, or PRIVATE.
     slot: Vec<u64>,
     /// Per private page: the version whose bytes it holds (0: none).
@@ -241,7 +241,7 @@ impl Observer {
 }
 
 fn new_view(pages: usize) -> Result<View, ReadError> {
-    let memory = Mapping::anonymous(pages * page_size()).map_err(ReadError::Map)?;
+    let memory = PrivateMapping::anonymous(pages * page_size()).map_err(ReadError::Map)?;
     Ok(View {
         memory,
         slot: vec![PRIVATE; pages],
@@ -298,7 +298,7 @@ fn update_view(reader: &StoreReader, pool: &mut Option<(usize, Mapping)>, view: 
                 if !view.slot[r.clone()].iter().copied().eq(slots.clone()) {
                     let at = reader.slot_offset(slot);
                     view.memory
-                        .map_file_at(r.start * page, reader.pool_file(), at, r.len() * page, Access::ReadOnly)
+                        .map_file_at(r.start * page, reader.pool_file(), at, r.len() * page)
                         .map_err(ReadError::Map)?;
                     view.slot[r].iter_mut().zip(slots).for_each(|(v, s)| *v = s);
                 }

@@ -7,7 +7,7 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use crate::region::Element;
-use crate::sys::mem::{Mapping, RegionMemory};
+use crate::sys::mem::{PrivateMapping, RegionMemory};
 
 /// A region the producer owns (allocated by [`crate::Producer::region`] or taken over by
 /// [`crate::Producer::wrap_vec`]): write it through `&mut [T]` between publishes.
@@ -69,7 +69,7 @@ impl<T: Element> DerefMut for Region<T> {
 /// pages only the observer writes, and only while no snapshot holds the view, or read-only
 /// mappings of pool slots of a version the snapshot has pinned, which the producer does not
 /// reuse while the pin is held. Only `Snapshot` calls this, on the view it owns.
-pub(crate) fn snapshot_slice<T: Element>(mapping: &Mapping, offset: usize, count: usize) -> &[T] {
+pub(crate) fn snapshot_slice<T: Element>(mapping: &PrivateMapping, offset: usize, count: usize) -> &[T] {
     let bytes = count.checked_mul(std::mem::size_of::<T>()).expect("view size overflows");
     assert!(offset.checked_add(bytes).is_some_and(|e| e <= mapping.len()), "view out of bounds");
     let ptr = mapping.as_ptr().wrapping_add(offset);

@@ -27,7 +27,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Gid, Pid, Uid};
 use tcasm::store::layout::{hdr, PINS_PER_SLOT};
 use tcasm::sys::max_map_count;
-use tcasm::sys::mem::{Access, Mapping};
+use tcasm::sys::mem::{Access, Mapping, PrivateMapping};
 use tcasm::sys::memfd::SharedFile;
 use tcasm::sys::page_size;
 use tcasm::{CreateError, EndpointError, Freed, Observer, Producer, ProducerOptions, PublishError, ReadError, Region, TrackerKind};
@@ -314,7 +314,7 @@ fn scribbling(name: &str) {
 /// Fills this process's mappings up to `vm.max_map_count`: one-page mappings of a memfd
 /// laid every other page of a reservation, two mappings each, until the kernel refuses one.
 struct Filler {
-    _reservation: Mapping,
+    _reservation: PrivateMapping,
 }
 
 impl Filler {
@@ -323,9 +323,9 @@ impl Filler {
         let file = SharedFile::create("filler").unwrap();
         file.set_len(page as u64).unwrap();
         let slots = max_map_count() / 2 + 8;
-        let reservation = Mapping::anonymous(2 * slots * page).unwrap();
+        let mut reservation = PrivateMapping::anonymous(2 * slots * page).unwrap();
         let mut mapped = 0;
-        while reservation.map_file_at((2 * mapped + 1) * page, &file, 0, page, Access::ReadOnly).is_ok() {
+        while reservation.map_file_at((2 * mapped + 1) * page, &file, 0, page).is_ok() {
             mapped += 1;
             assert!(mapped < slots, "vm.max_map_count was never reached");
         }

@@ -106,7 +106,11 @@ impl Pending {
         match work.state[i].compare_exchange(PENDING, COPYING, Ordering::Acquire, Ordering::Acquire) {
             Ok(_) => {
                 let (_, page, slot) = work.pages[i];
-                self.mapped.copy_pages(&PageCopy { pages: page..page + 1, slot, fresh: false });
+                // SAFETY: page `i` is one page of the version's copies, which is released
+                // only once every page is COPIED; the exchange above made this thread its
+                // only copier.
+                #[allow(unsafe_code)]
+                unsafe { self.mapped.copy_pages(&PageCopy { pages: page..page + 1, slot, fresh: false }) };
                 // SYNC: Release pairs with the Acquire loads below and in `release`'s caller:
                 // the copy is complete before anyone sees COPIED.
                 work.state[i].store(COPIED, Ordering::Release);

@@ -145,13 +145,13 @@ mod tests {
         let page = page_size();
         let mut bytes = Vec::new();
         for (p, slot) in map.slots().into_iter().enumerate() {
-            let mut copy = crate::sys::mem::Mapping::anonymous(page).unwrap();
+            let mut copy = crate::sys::mem::PrivateMapping::anonymous(page).unwrap();
             copy.copy_from(0, &pool, reader.slot_offset(slot) as usize, page);
             let words = copy.words();
             let first = words[0].load(std::sync::atomic::Ordering::Relaxed);
             assert!(words[..page / 8].iter().all(|w| w.load(std::sync::atomic::Ordering::Relaxed) == first), "page {p} of version {v} is torn");
             bytes.push(first as u8);
-            copy = crate::sys::mem::Mapping::anonymous(page).unwrap();
+            copy = crate::sys::mem::PrivateMapping::anonymous(page).unwrap();
             drop(copy);
         }
         bytes

@@ -474,7 +474,10 @@ impl StoreWriter {
         let mut dirty: Vec<Range<usize>> = written.iter().chain(&changed).cloned().collect();
         crate::track::coalesce(&mut dirty);
         let prepared = self.prepare(&dirty)?;
-        self.mapped.copy_all(&prepared.copies, threads);
+        // SAFETY: `prepared` was prepared just now and is released only below; its copies
+        // are its own slots, each once.
+        #[allow(unsafe_code)]
+        unsafe { self.mapped.copy_all(&prepared.copies, threads) };
         self.mapped.release(&prepared, started.elapsed());
         self.settle();
         Ok(Published { prepared, changed, compare_time })
@@ -659,14 +662,26 @@ impl Mapped {
     /// not the region's (other data shares that page in the producer) is zeroed, unless the
     /// slot is fresh (zero already): observers see only the region's own bytes. The copy is
     /// ordered before this thread's next store.
-    pub fn copy_pages(&self, copy: &PageCopy) {
-        self.copy_unfenced(copy);
+    ///
+    /// # Safety
+    /// `copy` is one of the `copies` of a version [`StoreWriter::prepare`] gave and that is
+    /// not released yet, or a part of one, and no other thread copies any of its pages
+    /// meanwhile: then no observer can read its slots (no version that holds them is
+    /// visible) and no one else writes them.
+    #[allow(unsafe_code)]
+    pub unsafe fn copy_pages(&self, copy: &PageCopy) {
+        // SAFETY: the caller's contract is this one.
+        unsafe { self.copy_unfenced(copy) };
         store_fence();
     }
 
     /// [`Mapped::copy_pages`] without the store fence that orders the copy before the
     /// caller's next store.
-    fn copy_unfenced(&self, copy: &PageCopy) {
+    ///
+    /// # Safety
+    /// As [`Mapped::copy_pages`].
+    #[allow(unsafe_code)]
+    unsafe fn copy_unfenced(&self, copy: &PageCopy) {
         let page = self.layout.page_size;
         for (s, own) in self.sources_of(copy.pages.clone()) {
             let (from, _, at) = s.page_bytes(own.start, page);
@@ -677,14 +692,17 @@ impl Mapped {
                 // Allocating fresh slots in one call costs a third of a fault each.
                 self.pool.populate(dst, to - from);
             }
-            self.pool.stream_in(dst, &s.memory, from, to - from);
+            // SAFETY: the slots of `copy` are claimed by a version not yet released, and
+            // no other thread copies them (the caller's contract).
+            unsafe { self.pool.stream_in(dst, &s.memory, from, to - from) };
             if !copy.fresh {
                 // A reused slot still holds an old page: clear what the region does not cover
                 // (nothing, for the whole pages of a page-aligned region).
                 let end = self.slot_offset(copy.slot_of(s.first_page + own.end - 1)) + last_at + (to - last_from);
                 for (offset, len) in [(start, at), (end, start + own.len() * page - end)] {
                     if len > 0 {
-                        self.pool.zero(offset, len);
+                        // SAFETY: inside the first or last slot of `copy`, as above.
+                        unsafe { self.pool.zero(offset, len) };
                     }
                 }
             }
@@ -711,7 +729,12 @@ impl Mapped {
     }
 
     /// Copies every run of `copies`, shared over `threads` threads.
-    pub fn copy_all(&self, copies: &[PageCopy], threads: usize) {
+    ///
+    /// # Safety
+    /// `copies` are (some of) the `copies` of a version [`StoreWriter::prepare`] gave and
+    /// that is not released yet, and no other thread copies any of them meanwhile.
+    #[allow(unsafe_code)]
+    pub unsafe fn copy_all(&self, copies: &[PageCopy], threads: usize) {
         on_threads(copies, threads, |share| {
             for (i, copy) in share.iter().enumerate() {
                 // Short runs scattered over the regions: start loading the first line of
@@ -719,7 +742,8 @@ impl Mapped {
                 if let Some(ahead) = share.get(i + PREFETCH_PAGES) {
                     self.prefetch_source(ahead.pages.start);
                 }
-                self.copy_unfenced(copy);
+                // SAFETY: the caller's contract; the shares are disjoint.
+                unsafe { self.copy_unfenced(copy) };
             }
             store_fence();
         });

@@ -20,7 +20,7 @@ fn flock(kind: libc::c_int, start: u64, len: u64) -> libc::flock {
 }
 
 /// Takes an exclusive lock on `[start, start + len)` without waiting. `Ok(false)` when
-/// another description holds a conflicting lock.
+/// another description holds a conflicting lock. The lock lasts until the description closes.
 pub fn try_lock(file: impl AsFd, start: u64, len: u64) -> nix::Result<bool> {
     let lock = flock(libc::F_WRLCK, start, len);
     match fcntl(file, FcntlArg::F_OFD_SETLK(&lock)) {
@@ -28,12 +28,6 @@ pub fn try_lock(file: impl AsFd, start: u64, len: u64) -> nix::Result<bool> {
         Err(Errno::EAGAIN | Errno::EACCES) => Ok(false),
         Err(e) => Err(e),
     }
-}
-
-/// Releases a lock taken with [`try_lock`].
-pub fn unlock(file: impl AsFd, start: u64, len: u64) -> nix::Result<()> {
-    let lock = flock(libc::F_UNLCK, start, len);
-    fcntl(file, FcntlArg::F_OFD_SETLK(&lock)).map(drop)
 }
 
 /// Whether another open file description holds a lock on `[start, start + len)`.

@@ -1,12 +1,19 @@
 //! The only place where tcasm makes raw system calls.
 //!
-//! Every other module is `#![deny(unsafe_code)]` (set at the crate root); this one opts out.
+//! The crate root denies `unsafe_code`; this module opts out, as do the typed views over raw
+//! memory (`crate::view`) and, at the narrowest scope, the callers of this module's `unsafe
+//! fn`s, whose `# Safety` contracts only the caller's protocol can keep.
 //! Each wrapper is thin and typed: it takes and returns Rust types, turns `-1`/`errno` into
 //! `nix::Error`, and carries a `// SAFETY:` line on every `unsafe` block.
 //!
-//! Where a well-kept crate covers a call we use it: `nix` (mmap, fcntl, sockets), `memfd`
-//! (memfd + seals), `userfaultfd` (the fd, register, write-protect). Raw `libc` is used only
-//! for what no crate covers: `PAGEMAP_SCAN` ([`pagemap`]) and `futex` ([`futex`]).
+//! Where a well-kept crate covers a call we use it: `nix` (mmap, madvise, fcntl and OFD
+//! locks, SCM_RIGHTS sockets, sysconf, clocks, signals, and the ioctl request-code macros)
+//! and `memfd` (memfd + seals). What no crate covers without a build-time dependency is
+//! declared here from the kernel's uapi headers, each struct checked for its size, and called
+//! through `libc`: userfaultfd (the system call and its ioctls, [`uffd`]), `PAGEMAP_SCAN`
+//! ([`scan`]) and `futex` ([`futex`]). [`mem`] copies and compares bytes with raw pointers
+//! (and x86-64 non-temporal stores): the memory it reads may be written meanwhile by other
+//! threads or processes, which Rust references must not see.
 #![allow(unsafe_code)]
 
 pub mod fdpass;
@@ -14,7 +21,7 @@ pub mod futex;
 pub mod lock;
 pub mod mem;
 pub mod memfd;
-pub mod pagemap;
+pub mod scan;
 pub mod uffd;
 
 use std::sync::OnceLock;

@@ -65,17 +65,15 @@ struct WriteProtect {
 const _: () = assert!(size_of::<Api>() == 24 && size_of::<Range>() == 16);
 const _: () = assert!(size_of::<Register>() == 32 && size_of::<WriteProtect>() == 24);
 
-/// `_IOC(dir, 0xAA, nr, size)`: the userfaultfd ioctls' numbers.
-const fn ioctl_number(dir: u64, nr: u64, size: usize) -> libc::c_ulong {
-    ((dir << 30) | ((size as u64) << 16) | (0xaa << 8) | nr) as libc::c_ulong
-}
-const READ: u64 = 2;
-const READ_WRITE: u64 = 3;
-const UFFDIO_API: libc::c_ulong = ioctl_number(READ_WRITE, 0x3f, size_of::<Api>());
-const UFFDIO_REGISTER: libc::c_ulong = ioctl_number(READ_WRITE, 0x00, size_of::<Register>());
-const UFFDIO_UNREGISTER: libc::c_ulong = ioctl_number(READ, 0x01, size_of::<Range>());
-const UFFDIO_WAKE: libc::c_ulong = ioctl_number(READ, 0x02, size_of::<Range>());
-const UFFDIO_WRITEPROTECT: libc::c_ulong = ioctl_number(READ_WRITE, 0x06, size_of::<WriteProtect>());
+/// `UFFDIO`: the userfaultfd ioctls' type.
+const UFFDIO: u8 = 0xaa;
+/// An ioctl request number, as `libc::ioctl` takes it.
+type Request = nix::sys::ioctl::ioctl_num_type;
+const UFFDIO_API: Request = nix::request_code_readwrite!(UFFDIO, 0x3f, size_of::<Api>());
+const UFFDIO_REGISTER: Request = nix::request_code_readwrite!(UFFDIO, 0x00, size_of::<Register>());
+const UFFDIO_UNREGISTER: Request = nix::request_code_read!(UFFDIO, 0x01, size_of::<Range>());
+const UFFDIO_WAKE: Request = nix::request_code_read!(UFFDIO, 0x02, size_of::<Range>());
+const UFFDIO_WRITEPROTECT: Request = nix::request_code_readwrite!(UFFDIO, 0x06, size_of::<WriteProtect>());
 
 /// An open userfaultfd, after its `UFFDIO_API` handshake.
 pub struct Uffd(OwnedFd);
@@ -108,7 +106,7 @@ fn syscall(user_mode_only: bool) -> nix::Result<OwnedFd> {
 ///
 /// # Safety
 /// `request` must be a userfaultfd ioctl whose argument is a `T`.
-unsafe fn ioctl<T>(fd: &impl AsRawFd, request: libc::c_ulong, arg: &mut T) -> nix::Result<()> {
+unsafe fn ioctl<T>(fd: &impl AsRawFd, request: Request, arg: &mut T) -> nix::Result<()> {
     // SAFETY: the caller pairs `request` with its argument type; `arg` is valid for reads
     // and writes of a `T` for the whole call, and the kernel touches nothing else.
     let r = unsafe { libc::ioctl(fd.as_raw_fd(), request, arg as *mut T) };

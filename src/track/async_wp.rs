@@ -3,8 +3,8 @@
 use std::ops::Range;
 
 use super::{Changes, Tracker, TrackerKind};
-use crate::sys::mem::Mapping;
-use crate::sys::pagemap::Scanner;
+use crate::sys::mem::PrivateMapping;
+use crate::sys::scan::Scanner;
 use crate::sys::uffd::{self, Uffd};
 use crate::sys::page_size;
 
@@ -47,7 +47,7 @@ fn open_uffd() -> Result<Uffd, String> {
 pub fn probe() -> Result<(), String> {
     let mut t = AsyncTracker::new()?;
     let page = page_size();
-    let scratch = Mapping::anonymous(page).map_err(|e| format!("scratch page: {e}"))?;
+    let mut scratch = PrivateMapping::anonymous(page).map_err(|e| format!("scratch page: {e}"))?;
     let start = scratch.as_ptr() as usize;
     t.track(start..start + page)
         .map_err(|e| format!("registering anonymous memory for write-protect failed ({e})"))?;

@@ -38,7 +38,7 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use super::{AsyncTracker, Changes, Outcome, Tracker, TrackerKind};
-use crate::sys::mem::{Mapping, RegionMemory};
+use crate::sys::mem::{PrivateMapping, RegionMemory};
 use crate::sys::page_size;
 
 /// Pages of a chunk: 2 MiB of 4 KiB pages, the unit the kernel's page tables group.
@@ -97,13 +97,13 @@ fn calibrate_fault() -> Result<Duration, String> {
     let page = page_size();
     let bytes = CALIBRATION_PAGES * page;
     let source = RegionMemory::allocate(page).map_err(|e| format!("calibration memory: {e}"))?;
-    let target = Mapping::anonymous(bytes).map_err(|e| format!("calibration memory: {e}"))?;
+    let mut target = PrivateMapping::anonymous(bytes).map_err(|e| format!("calibration memory: {e}"))?;
     target.zero(0, bytes);
 
     let mut tracker = AsyncTracker::new()?;
     let start = target.as_ptr() as usize;
     tracker.track(start..start + bytes).map_err(|e| format!("calibration: {e}"))?;
-    let touch = || {
+    let mut touch = || {
         for p in 0..CALIBRATION_PAGES {
             target.copy_in(p * page, &source, 0, 1);
         }
@@ -111,8 +111,8 @@ fn calibrate_fault() -> Result<Duration, String> {
     let (mut protected, mut plain) = (Duration::MAX, Duration::MAX);
     for _ in 0..5 {
         tracker.scan(&mut |_, _| {}).map_err(|e| format!("calibration scan: {e}"))?;
-        protected = protected.min(timed(touch));
-        plain = plain.min(timed(touch));
+        protected = protected.min(timed(&mut touch));
+        plain = plain.min(timed(&mut touch));
     }
     Ok(protected.saturating_sub(plain) / CALIBRATION_PAGES as u32)
 }

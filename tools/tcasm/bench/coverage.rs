@@ -454,7 +454,8 @@ impl Reference {
         let file = SharedFile::create("tcasm-bench-reference")?;
         file.set_len(size as u64)?;
         let map = Mapping::shared(&file, 0, size, Access::ReadWrite)?;
-        map.zero(0, size);
+        // SAFETY: the file was just created; no one else maps it yet.
+        unsafe { map.zero(0, size) };
         Ok(Reference { map })
     }
 

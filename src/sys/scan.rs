@@ -41,7 +41,7 @@ const _: () = {
 };
 
 /// `_IOWR('f', 16, struct pm_scan_arg)`.
-const PAGEMAP_SCAN: libc::c_ulong = (3 << 30) | ((std::mem::size_of::<PmScanArg>() as libc::c_ulong) << 16) | ((b'f' as libc::c_ulong) << 8) | 16;
+const PAGEMAP_SCAN: nix::sys::ioctl::ioctl_num_type = nix::request_code_readwrite!(b'f', 16, std::mem::size_of::<PmScanArg>());
 const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
 const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 const PAGE_IS_WRITTEN: u64 = 1 << 1;
