@@ -219,13 +219,15 @@ impl Observer {
     }
 
     /// Waits until a version newer than `than` exists, or `timeout` passes. Returns the
-    /// newest version then (`None` on timeout). Costs the producer nothing while no one waits.
+    /// newest version then (`None` on timeout). A timeout too long for the clock
+    /// (`Duration::MAX`) waits until a version arrives. Costs the producer nothing while no one
+    /// waits.
     pub fn wait_newer(&self, than: u64, timeout: Duration) -> Result<Option<u64>, ReadError> {
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = std::time::Instant::now().checked_add(timeout);
         loop {
             // In slices, so that a producer killed without closing the store is noticed by its
             // hang-up within one slice.
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(std::time::Instant::now()));
             let v = self.inner.reader.wait_newer(than, left.min(Duration::from_millis(100)));
             if v > than {
                 return Ok(Some(v));

@@ -401,6 +401,28 @@ fn a_killed_producer_is_replaced_and_snapshots_stay_readable() {
     assert!(snapshot.view::<u64>(REGION).unwrap() == &before[..]);
 }
 
+/// A timeout too long for the clock (`Duration::MAX`) waits until a version arrives: it
+/// neither overflows the deadline nor returns at once.
+#[test]
+fn wait_newer_without_a_deadline_returns_when_a_version_arrives() {
+    let name = "no-deadline";
+    common::endpoint_dir(name);
+    let mut producer = Producer::create(name, ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
+    let mut field: tcasm::Region<u64> = producer.region(REGION, &[512]).unwrap();
+    assert_eq!(producer.publish().unwrap(), 1);
+    let observer = Observer::attach(name).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(observer.wait_newer(1, Duration::MAX)));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(rx.try_recv().is_err(), "wait_newer returned before a newer version was published");
+    field.fill(2);
+    assert_eq!(producer.publish().unwrap(), 2);
+    match rx.recv_timeout(ANSWER_LIMIT) {
+        Ok(Ok(Some(2))) => {}
+        other => panic!("wait_newer(1, Duration::MAX) after version 2 was published gave {other:?}"),
+    }
+}
+
 /// An observer holds at most `PINS_PER_SLOT` (8) snapshots: the next `latest()` is refused
 /// with `TooManySnapshots`, saying what to do, until one is dropped; the ones held stay as
 /// they were.
