@@ -389,7 +389,13 @@ impl Snapshot {
     }
 
     /// Page `p` of the page space.
+    ///
+    /// # Panics
+    /// If `p` lies outside the page space, `0..`[`Observer::pages`] (as indexing a slice
+    /// does): region and run page numbers read from this snapshot always lie inside it.
     pub fn page(&self, p: usize) -> &[u8] {
+        let pages = self.inner.reader.layout().page_count;
+        assert!(p < pages, "page {p} is outside the page space 0..{pages}");
         let view = self.view_ref();
         snapshot_slice::<u8>(&view.memory, p * page_size(), page_size())
     }

@@ -423,6 +423,20 @@ fn wait_newer_without_a_deadline_returns_when_a_version_arrives() {
     }
 }
 
+/// `Snapshot::page` takes a page of the page space, and names that range when given another.
+#[test]
+#[should_panic(expected = "page 1 is outside the page space 0..1")]
+fn a_page_outside_the_page_space_panics_naming_the_range() {
+    let name = "outside";
+    common::endpoint_dir(name);
+    let mut producer = Producer::create(name, ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
+    let _field: tcasm::Region<u64> = producer.region(REGION, &[words_per_page()]).unwrap();
+    producer.publish().unwrap();
+    let snapshot = Observer::attach(name).unwrap().latest().unwrap();
+    assert_eq!(snapshot.page(0).len(), page_size());
+    snapshot.page(1);
+}
+
 /// An observer holds at most `PINS_PER_SLOT` (8) snapshots: the next `latest()` is refused
 /// with `TooManySnapshots`, saying what to do, until one is dropped; the ones held stay as
 /// they were.
