@@ -19,7 +19,8 @@
 //! A snapshot's view is one address range holding the page space, in windows of
 //! [`WINDOW`] pages. A window is either *mapped*: each run of pages mapped read-only straight
 //! from the producer's pool, no copy; or *private*: its pages copied into the observer's
-//! memory. One `mmap` costs as much as copying 7 to 20 pages here (DESIGN.md), so a window
+//! memory. One `mmap` costs as much as copying 7 to 20 pages here
+//! (docs/design.md#measured-facts), so a window
 //! whose pages lie in many short runs (scattered writes) is cheaper to copy, and mapping every
 //! such run would also exhaust `vm.max_map_count`. A window stays mapped while it has at most
 //! [`runs_per_window`] runs (a budget that keeps a view far below the limit) and becomes

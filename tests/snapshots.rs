@@ -272,7 +272,8 @@ fn pinned_memory_returns_to_baseline() {
     }
 }
 
-/// DESIGN.md: memory held = the latest version + the pages changed since each pinned version.
+/// The memory bound (docs/design.md#the-store-protocol): memory held = the latest version +
+/// the pages changed since each pinned version.
 /// With no pin and `Freed::Release`, that is one region's worth after every publish; the
 /// default `Freed::Reuse` keeps at most one more copy of what recent versions wrote.
 #[test]
