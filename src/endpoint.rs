@@ -507,12 +507,10 @@ pub fn attach(name: &str, timeout: Duration) -> Result<Attached, EndpointError> 
     if n == 0 {
         return Err(protocol("the producer closed the connection (it is exiting)"));
     }
-    if n < 16 || &buf[..8] != HELLO {
+    let Some((status, slot, text)) = parse_handshake(&buf[..n]) else {
         return Err(protocol("unexpected handshake: not a tcasm producer of this release"));
-    }
-    let status = u32::from_le_bytes(buf[8..12].try_into().unwrap());
-    let slot = u32::from_le_bytes(buf[12..16].try_into().unwrap()) as usize;
-    let text = String::from_utf8_lossy(&buf[16..n]).into_owned();
+    };
+    let text = String::from_utf8_lossy(text).into_owned();
     match status {
         STATUS_OK => {}
         STATUS_REFUSED => return Err(EndpointError::Refused { name: name.to_string(), why: text }),
@@ -530,6 +528,15 @@ pub fn attach(name: &str, timeout: Duration) -> Result<Attached, EndpointError> 
     Ok(Attached { stream, files, slot })
 }
 
+/// The handshake's words: [`HELLO`], the status, the observer's slot, then text (why it was
+/// refused). None when `msg` is too short or does not start with [`HELLO`].
+fn parse_handshake(msg: &[u8]) -> Option<(u32, usize, &[u8])> {
+    let (hello, rest) = msg.split_first_chunk::<8>()?;
+    let (status, rest) = rest.split_first_chunk::<4>()?;
+    let (slot, text) = rest.split_first_chunk::<4>()?;
+    (hello == HELLO).then(|| (u32::from_le_bytes(*status), u32::from_le_bytes(*slot) as usize, text))
+}
+
 /// Whether the producer at the other end of an attached stream has hung up.
 pub fn hung_up(stream: &UnixStream) -> bool {
     let mut p = [PollFd::new(stream.as_fd(), PollFlags::POLLIN)];
@@ -544,5 +551,28 @@ pub fn hung_up(stream: &UnixStream) -> bool {
             }
         }
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_handshake_reads_back_what_the_producer_wrote() {
+        let msg = hello(STATUS_REFUSED, 7, "not in group 'sim'");
+        assert_eq!(parse_handshake(&msg), Some((STATUS_REFUSED, 7, &b"not in group 'sim'"[..])));
+        assert_eq!(parse_handshake(&hello(STATUS_OK, 0, "")), Some((STATUS_OK, 0, &b""[..])));
+    }
+
+    #[test]
+    fn a_short_or_foreign_handshake_is_refused_not_a_panic() {
+        let msg = hello(STATUS_OK, 3, "");
+        for n in 0..msg.len() {
+            assert_eq!(parse_handshake(&msg[..n]), None, "{n} bytes");
+        }
+        let mut foreign = msg.clone();
+        foreign[0] ^= 1;
+        assert_eq!(parse_handshake(&foreign), None);
     }
 }

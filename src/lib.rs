@@ -28,6 +28,5 @@ pub use job::Job;
 pub use error::{CreateError, EndpointError, PublishError, ReadError, RegionError};
 pub use observer::{Observer, Snapshot};
 pub use producer::{Freed, Producer, ProducerOptions, ProducerStats};
-pub use region::{Dtype, Element, RegionInfo};
+pub use region::{Dtype, Element, Region, RegionHandle, RegionInfo};
 pub use track::TrackerKind;
-pub use view::{Region, RegionHandle};

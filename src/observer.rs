@@ -19,7 +19,8 @@
 //! A snapshot's view is one address range holding the page space, in windows of
 //! [`WINDOW`] pages. A window is either *mapped*: each run of pages mapped read-only straight
 //! from the producer's pool, no copy; or *private*: its pages copied into the observer's
-//! memory. One `mmap` costs as much as copying 7 to 20 pages here (DESIGN.md), so a window
+//! memory. One `mmap` costs as much as copying 7 to 20 pages here
+//! (docs/design.md#measured-facts), so a window
 //! whose pages lie in many short runs (scattered writes) is cheaper to copy, and mapping every
 //! such run would also exhaust `vm.max_map_count`. A window stays mapped while it has at most
 //! [`runs_per_window`] runs (a budget that keeps a view far below the limit) and becomes
@@ -219,13 +220,15 @@ impl Observer {
     }
 
     /// Waits until a version newer than `than` exists, or `timeout` passes. Returns the
-    /// newest version then (`None` on timeout). Costs the producer nothing while no one waits.
+    /// newest version then (`None` on timeout). A timeout too long for the clock
+    /// (`Duration::MAX`) waits until a version arrives. Costs the producer nothing while no one
+    /// waits.
     pub fn wait_newer(&self, than: u64, timeout: Duration) -> Result<Option<u64>, ReadError> {
-        let deadline = std::time::Instant::now() + timeout;
+        let deadline = std::time::Instant::now().checked_add(timeout);
         loop {
             // In slices, so that a producer killed without closing the store is noticed by its
             // hang-up within one slice.
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(std::time::Instant::now()));
             let v = self.inner.reader.wait_newer(than, left.min(Duration::from_millis(100)));
             if v > than {
                 return Ok(Some(v));
@@ -387,7 +390,13 @@ impl Snapshot {
     }
 
     /// Page `p` of the page space.
+    ///
+    /// # Panics
+    /// If `p` lies outside the page space, `0..`[`Observer::pages`] (as indexing a slice
+    /// does): region and run page numbers read from this snapshot always lie inside it.
     pub fn page(&self, p: usize) -> &[u8] {
+        let pages = self.inner.reader.layout().page_count;
+        assert!(p < pages, "page {p} is outside the page space 0..{pages}");
         let view = self.view_ref();
         snapshot_slice::<u8>(&view.memory, p * page_size(), page_size())
     }

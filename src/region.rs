@@ -1,5 +1,11 @@
-//! What a region is: a name, an element type and a shape, laid somewhere in the page space.
+//! What a region is: a name, an element type and a shape, laid somewhere in the page space;
+//! and the producer's handle to one of its own, [`Region`], through which it writes it.
 use std::fmt;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use crate::sys::mem::RegionMemory;
 
 /// Element types a region may hold. All are plain old data: every bit pattern is a valid
 /// value, so a typed view over snapshot bytes is sound whatever the bytes are.
@@ -189,4 +195,59 @@ pub fn check_shape(name: &str, shape: &[usize]) -> Result<usize, String> {
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .filter(|&n| n > 0)
         .ok_or_else(|| format!("region {name:?}: shape {shape:?} is empty or too large"))
+}
+
+/// A region the producer owns (allocated by [`crate::Producer::region`] or taken over by
+/// [`crate::Producer::wrap_vec`]): write it through `&mut [T]` between publishes.
+pub struct Region<T: Element> {
+    memory: Arc<RegionMemory>,
+    len: usize,
+    _t: PhantomData<T>,
+}
+
+impl<T: Element> Region<T> {
+    /// The one handle to `memory` as `len` elements of `T`. The producer creates exactly one
+    /// per region it owns, which is what makes `deref_mut` sound.
+    pub(crate) fn new(memory: Arc<RegionMemory>, len: usize) -> Region<T> {
+        assert!(len.checked_mul(std::mem::size_of::<T>()).is_some_and(|b| b <= memory.len()), "region too short");
+        assert!(memory.addr().is_multiple_of(std::mem::align_of::<T>()), "region misaligned");
+        Region { memory, len, _t: PhantomData }
+    }
+}
+
+/// A producer's region handle, whatever its element type: what [`crate::Producer::restore`]
+/// takes (`&mut`) to know that no slice of the region is borrowed while it writes the region.
+pub trait RegionHandle: handle_sealed::Sealed {
+    #[doc(hidden)]
+    fn memory(&self) -> &Arc<RegionMemory>;
+}
+
+mod handle_sealed {
+    pub trait Sealed {}
+    impl<T: super::Element> Sealed for super::Region<T> {}
+}
+
+impl<T: Element> RegionHandle for Region<T> {
+    fn memory(&self) -> &Arc<RegionMemory> {
+        &self.memory
+    }
+}
+
+#[allow(unsafe_code)]
+impl<T: Element> Deref for Region<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        // SAFETY: `Region::new` checked that the memory holds `len` aligned elements and stays alive
+        // while `self.memory` does; every bit pattern is a valid `T` (Element is POD).
+        unsafe { std::slice::from_raw_parts(self.memory.as_mut_ptr().cast::<T>(), self.len) }
+    }
+}
+
+#[allow(unsafe_code)]
+impl<T: Element> DerefMut for Region<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        // SAFETY: as in `deref`; this Region is the only handle that writes the memory, and
+        // `&mut self` makes the borrow unique. The producer only reads it, inside publish().
+        unsafe { std::slice::from_raw_parts_mut(self.memory.as_mut_ptr().cast::<T>(), self.len) }
+    }
 }

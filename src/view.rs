@@ -1,66 +1,10 @@
-//! Typed views over raw memory: the producer's writable regions and an observer's read-only
-//! snapshot views. With `sys`, the only module that uses `unsafe`.
+//! An observer's typed, read-only views of a snapshot's raw memory (the producer's writable
+//! counterpart is [`crate::region::Region`]). Opts out of the crate's `deny(unsafe_code)` for
+//! the one `unsafe` block a typed slice of a view needs.
 #![allow(unsafe_code)]
 
-use std::marker::PhantomData;
-use std::ops::{Deref, DerefMut};
-use std::sync::Arc;
-
 use crate::region::Element;
-use crate::sys::mem::{PrivateMapping, RegionMemory};
-
-/// A region the producer owns (allocated by [`crate::Producer::region`] or taken over by
-/// [`crate::Producer::wrap_vec`]): write it through `&mut [T]` between publishes.
-pub struct Region<T: Element> {
-    memory: Arc<RegionMemory>,
-    len: usize,
-    _t: PhantomData<T>,
-}
-
-impl<T: Element> Region<T> {
-    /// The one handle to `memory` as `len` elements of `T`. The producer creates exactly one
-    /// per region it owns, which is what makes `deref_mut` sound.
-    pub(crate) fn new(memory: Arc<RegionMemory>, len: usize) -> Region<T> {
-        assert!(len.checked_mul(std::mem::size_of::<T>()).is_some_and(|b| b <= memory.len()), "region too short");
-        assert!(memory.addr().is_multiple_of(std::mem::align_of::<T>()), "region misaligned");
-        Region { memory, len, _t: PhantomData }
-    }
-}
-
-/// A producer's region handle, whatever its element type: what [`crate::Producer::restore`]
-/// takes (`&mut`) to know that no slice of the region is borrowed while it writes the region.
-pub trait RegionHandle: sealed::Sealed {
-    #[doc(hidden)]
-    fn memory(&self) -> &Arc<RegionMemory>;
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl<T: crate::region::Element> Sealed for super::Region<T> {}
-}
-
-impl<T: Element> RegionHandle for Region<T> {
-    fn memory(&self) -> &Arc<RegionMemory> {
-        &self.memory
-    }
-}
-
-impl<T: Element> Deref for Region<T> {
-    type Target = [T];
-    fn deref(&self) -> &[T] {
-        // SAFETY: `Region::new` checked that the memory holds `len` aligned elements and stays alive
-        // while `self.memory` does; every bit pattern is a valid `T` (Element is POD).
-        unsafe { std::slice::from_raw_parts(self.memory.as_mut_ptr().cast::<T>(), self.len) }
-    }
-}
-
-impl<T: Element> DerefMut for Region<T> {
-    fn deref_mut(&mut self) -> &mut [T] {
-        // SAFETY: as in `deref`; this Region is the only handle that writes the memory, and
-        // `&mut self` makes the borrow unique. The producer only reads it, inside publish().
-        unsafe { std::slice::from_raw_parts_mut(self.memory.as_mut_ptr().cast::<T>(), self.len) }
-    }
-}
+use crate::sys::mem::PrivateMapping;
 
 /// `count` elements of `T` at byte `offset` of a snapshot's view, borrowed for as long as
 /// the view.

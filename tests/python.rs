@@ -2,9 +2,9 @@
 //! target directory (created once, with maturin and numpy from PyPI), then
 //! `python/tests/check_observer.py` checks, against a producer this test runs, that snapshots
 //! are read-only numpy arrays equal to what was published, that an array keeps its version
-//! pinned, that `wait_newer` waits (for a publish, or its whole timeout), that an observer
-//! holds at most 8 snapshots, and that checkpoints written by `tcasm checkpoint` read
-//! back equal to the versions they hold.
+//! pinned, that `wait_newer` waits (for a publish, its whole timeout, or without a deadline
+//! for `float('inf')`), that an observer holds at most 8 snapshots, and that checkpoints
+//! written by `tcasm checkpoint` read back equal to the versions they hold.
 mod common;
 mod ffi;
 
@@ -109,6 +109,11 @@ fn python_observer_sees_what_was_published() {
                     newest = publish(p, &mut regions);
                 }
                 writeln!(input, "published {newest}").unwrap();
+            }
+            ["waiting", _] => {
+                // One version more, once Python is likely asleep in wait_newer(v, inf).
+                std::thread::sleep(Duration::from_millis(200));
+                publish(producer.as_mut().unwrap(), &mut regions);
             }
             ["ok"] => {
                 drop(producer.take());

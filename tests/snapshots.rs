@@ -272,7 +272,8 @@ fn pinned_memory_returns_to_baseline() {
     }
 }
 
-/// DESIGN.md: memory held = the latest version + the pages changed since each pinned version.
+/// The memory bound (docs/design.md#the-store-protocol): memory held = the latest version +
+/// the pages changed since each pinned version.
 /// With no pin and `Freed::Release`, that is one region's worth after every publish; the
 /// default `Freed::Reuse` keeps at most one more copy of what recent versions wrote.
 #[test]
@@ -399,6 +400,42 @@ fn a_killed_producer_is_replaced_and_snapshots_stay_readable() {
     assert_eq!(fresh.view::<u32>("other").unwrap()[3], 7);
     assert!(matches!(observer.latest(), Err(ReadError::ProducerGone { .. })));
     assert!(snapshot.view::<u64>(REGION).unwrap() == &before[..]);
+}
+
+/// A timeout too long for the clock (`Duration::MAX`) waits until a version arrives: it
+/// neither overflows the deadline nor returns at once.
+#[test]
+fn wait_newer_without_a_deadline_returns_when_a_version_arrives() {
+    let name = "no-deadline";
+    common::endpoint_dir(name);
+    let mut producer = Producer::create(name, ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
+    let mut field: tcasm::Region<u64> = producer.region(REGION, &[512]).unwrap();
+    assert_eq!(producer.publish().unwrap(), 1);
+    let observer = Observer::attach(name).unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || tx.send(observer.wait_newer(1, Duration::MAX)));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(rx.try_recv().is_err(), "wait_newer returned before a newer version was published");
+    field.fill(2);
+    assert_eq!(producer.publish().unwrap(), 2);
+    match rx.recv_timeout(ANSWER_LIMIT) {
+        Ok(Ok(Some(2))) => {}
+        other => panic!("wait_newer(1, Duration::MAX) after version 2 was published gave {other:?}"),
+    }
+}
+
+/// `Snapshot::page` takes a page of the page space, and names that range when given another.
+#[test]
+#[should_panic(expected = "page 1 is outside the page space 0..1")]
+fn a_page_outside_the_page_space_panics_naming_the_range() {
+    let name = "outside";
+    common::endpoint_dir(name);
+    let mut producer = Producer::create(name, ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
+    let _field: tcasm::Region<u64> = producer.region(REGION, &[words_per_page()]).unwrap();
+    producer.publish().unwrap();
+    let snapshot = Observer::attach(name).unwrap().latest().unwrap();
+    assert_eq!(snapshot.page(0).len(), page_size());
+    snapshot.page(1);
 }
 
 /// An observer holds at most `PINS_PER_SLOT` (8) snapshots: the next `latest()` is refused

@@ -1,4 +1,4 @@
-//! Tracker conformance (STYLE.md: one test, run against every implementation): the same
+//! Tracker conformance (docs/design.md#trackers: one test, run against every kind): the same
 //! deterministic writes, published after each batch, must give every tracker and publish path
 //! (async, sync, deferred, copy, auto) byte-identical snapshots, equal to the producer's
 //! memory at each publish. Each version is checked after the next batch of writes, which
@@ -277,9 +277,9 @@ fn trackers_give_identical_snapshots_equal_to_memory() {
 /// Set in the child that `unprivileged_trackers_agree_too` starts.
 const UNPRIVILEGED: &str = "TCASM_TEST_UNPRIVILEGED";
 
-/// The same as an unprivileged user, when the tests run as root. DESIGN.md: with
-/// `UFFD_USER_MODE_ONLY`, userfaultfd works for any user, so async tracking must not need
-/// root; the user-mode-only descriptor must also see the kernel's `read(2)` writes.
+/// The same as an unprivileged user, when the tests run as root. With `UFFD_USER_MODE_ONLY`,
+/// userfaultfd works for any user (docs/design.md#measured-facts), so async tracking must
+/// not need root; the user-mode-only descriptor must also see the kernel's `read(2)` writes.
 #[test]
 fn unprivileged_trackers_agree_too() {
     const TEST: &str = "unprivileged_trackers_agree_too";

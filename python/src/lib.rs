@@ -94,10 +94,11 @@ impl Observer {
     }
 
     /// Waits until a version newer than `version` exists; returns the newest version then,
-    /// or None when `timeout` seconds pass first (None: wait without limit). Ctrl-C works.
+    /// or None when `timeout` seconds pass first (None or `float('inf')`: wait without limit).
+    /// Ctrl-C works.
     #[pyo3(signature = (version, timeout = None))]
     fn wait_newer(&self, py: Python<'_>, version: u64, timeout: Option<f64>) -> PyResult<Option<u64>> {
-        let deadline = timeout.map(|s| Instant::now() + duration(s));
+        let deadline = timeout.and_then(deadline_after);
         loop {
             // Waits in slices, so that signals (KeyboardInterrupt) are seen between them.
             let slice = match deadline {
@@ -120,8 +121,10 @@ impl Observer {
     }
 }
 
-fn duration(seconds: f64) -> Duration {
-    Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::MAX)
+/// The instant `seconds` from now, or None when no clock reaches it (an infinite timeout, or
+/// one too long to tell from it): then waits have no deadline.
+fn deadline_after(seconds: f64) -> Option<Instant> {
+    Instant::now().checked_add(Duration::try_from_secs_f64(seconds.max(0.0)).unwrap_or(Duration::MAX))
 }
 
 fn region_dict<'py>(py: Python<'py>, regions: &[RegionInfo]) -> PyResult<Bound<'py, PyDict>> {
@@ -219,15 +222,15 @@ fn array<'py>(slf: &Bound<'py, Snapshot>, info: &RegionInfo) -> PyResult<Bound<'
 #[pyfunction]
 #[pyo3(signature = (name, timeout = 10.0))]
 fn attach(py: Python<'_>, name: &str, timeout: f64) -> PyResult<Observer> {
-    let deadline = Instant::now() + duration(timeout);
+    let deadline = deadline_after(timeout);
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
+        let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
         let name = name.to_string();
         match py.detach(move || tcasm_core::Observer::attach_timeout(&name, left.min(Duration::from_millis(500)))) {
             Ok(inner) => return Ok(Observer { inner }),
             // Not there yet, or not published yet: keep trying until the deadline.
             Err(ReadError::Endpoint(EndpointError::NotFound { .. } | EndpointError::NotReady { .. }))
-                if Instant::now() < deadline =>
+                if deadline.is_none_or(|d| Instant::now() < d) =>
             {
                 py.check_signals()?;
                 py.detach(|| std::thread::sleep(Duration::from_millis(20)));

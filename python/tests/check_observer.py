@@ -5,7 +5,9 @@
 The producer publishes regions whose values are a function of the version (``expected``),
 and has been checkpointed twice by ``tcasm checkpoint`` into CHECKPOINT_DIR. Talks to the
 test over stdin/stdout: prints "pinned V" after holding version V, reads "published W" once
-newer versions exist, prints "ok", reads "gone" once the producer has exited, prints "done".
+newer versions exist, prints "waiting W" before waiting without a timeout for a version newer
+than W (which the test publishes a moment later), prints "ok", reads "gone" once the
+producer has exited, prints "done".
 """
 import gc
 import sys
@@ -116,6 +118,10 @@ def main():
     assert observer.wait_newer(newest, 0.3) is None, "a newer version without a publish"
     waited = time.monotonic() - started
     assert waited >= 0.3, f"wait_newer returned after {waited:.3f} s of a 0.3 s timeout"
+    # An infinite timeout waits until a version arrives.
+    print(f"waiting {newest}", flush=True)
+    arrived = observer.wait_newer(newest, timeout=float("inf"))
+    assert arrived is not None and arrived > newest, f"wait_newer(inf) gave {arrived} after version {newest}"
 
     # At most 8 snapshots per observer: `kept`'s and `later` are two.
     held = []
@@ -135,7 +141,7 @@ def main():
 
     # The producer exits: the observer is told, and what it holds stays readable.
     assert sys.stdin.readline().strip() == "gone"
-    expect_error(tcasm.ProducerGone, "is gone", observer.wait_newer, newest, 10.0)
+    expect_error(tcasm.ProducerGone, "is gone", observer.wait_newer, arrived, 10.0)
     expect_error(tcasm.ProducerGone, "is gone", observer.latest)
     assert observer.producer_gone
     check_arrays(later.arrays(), newest, "a snapshot of a producer that exited")

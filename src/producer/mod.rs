@@ -17,9 +17,9 @@
 //! the moment it called `publish()`.
 //!
 //! With [`TrackerKind::Deferred`], `publish()` returns before the version is copied (see
-//! [`deferred`]); it becomes visible to observers moments later, and [`Producer::flush`]
-//! waits for that. Every other tracker makes the version visible before `publish()` returns.
-mod deferred;
+//! [`crate::track::deferred`]); it becomes visible to observers moments later, and
+//! [`Producer::flush`] waits for that. Every other tracker makes the version visible before
+//! `publish()` returns.
 mod restart;
 
 use std::ops::Range;
@@ -28,15 +28,14 @@ use std::time::{Duration, Instant};
 
 use crate::endpoint::Server;
 use crate::error::{CreateError, PublishError, RegionError};
-use crate::region::{check_name, check_shape, Dtype, Element, RegionInfo};
+use crate::region::{check_name, check_shape, Dtype, Element, Region, RegionInfo};
 use crate::store::layout::Layout;
 use crate::store::writer::{Prepared, Published, Source, StoreWriter};
 pub use crate::store::writer::Freed;
 use crate::sys::mem::RegionMemory;
 use crate::sys::page_size;
 use crate::track::{self, Changes, Detected, Outcome, Tracker, TrackerKind};
-use crate::view::Region;
-use deferred::Deferred;
+use crate::track::deferred::{self, Deferred, RegionCover};
 
 /// How a producer is set up.
 #[derive(Clone, Debug)]
@@ -429,8 +428,11 @@ impl Producer {
         let deferred = self.deferred.as_mut().expect("deferred path");
         match prepared {
             Ok(prepared) => {
-                let covers: Vec<(usize, usize, usize)> =
-                    self.regions.iter().map(|r| (r.info.first_page, r.info.pages, r.cover.start)).collect();
+                let covers: Vec<RegionCover> = self
+                    .regions
+                    .iter()
+                    .map(|r| RegionCover { first_page: r.info.first_page, pages: r.info.pages, start: r.cover.start })
+                    .collect();
                 let pages = deferred::pages_of(&prepared.copies, &covers, page_size());
                 deferred.arm(prepared.clone(), started.elapsed(), pages);
                 Ok(prepared)

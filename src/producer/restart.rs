@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::Producer;
 use crate::checkpoint::restart::{self, RestartError, Restarted};
-use crate::view::RegionHandle;
+use crate::region::RegionHandle;
 
 impl Producer {
     /// Loads the newest complete checkpoint found in `dirs` (level 1 first, e.g. node-local

@@ -108,10 +108,9 @@ mod tests {
     use crate::sys::memfd::SharedFile;
     use super::reader::StoreReader;
     use super::writer::{Freed, Source, StoreWriter};
-    use crate::region::{Dtype, RegionInfo};
+    use crate::region::{Dtype, Region, RegionInfo};
     use crate::sys::mem::RegionMemory;
     use crate::sys::page_size;
-    use crate::view::Region;
 
     struct Rng(u64);
     impl Rng {

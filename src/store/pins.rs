@@ -2,9 +2,9 @@
 //!
 //! Each attached observer gets a one-page memfd of its own, created by the producer's
 //! endpoint thread when the observer connects, sealed against resizing, and handed to that
-//! observer only. So no observer can touch another's pins: DESIGN.md proposed one table for
-//! all, but in a table every observer can write, a hostile or buggy observer can clear
-//! another's pin and have the producer reuse the slots of a snapshot still being read.
+//! observer only. So no observer can touch another's pins: in one table for all, which every
+//! observer could write, a hostile or buggy observer could clear another's pin and have the
+//! producer reuse the slots of a snapshot still being read (docs/design.md#threat-model).
 //!
 //! The observer writes its pins and its waiting count; the producer only reads them. An
 //! observer's liveness is its connection: when it hangs up (exits, crashes, is killed) the

@@ -221,22 +221,23 @@ impl StoreReader {
     }
 
     /// Sleeps until a version newer than `than` is published, the store is closed, or
-    /// `timeout` passes; returns the newest version then.
+    /// `timeout` passes (never, when it is too long for the clock); returns the newest version
+    /// then.
     pub fn wait_newer(&self, than: u64, timeout: Duration) -> u64 {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let words = self.words();
         let waiters = &self.pins.words()[pins::WAITING];
         loop {
             let latest = self.latest();
-            let now = Instant::now();
-            if latest > than || self.closed() || now >= deadline {
+            let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
+            if latest > than || self.closed() || left.is_zero() {
                 return latest;
             }
             // The wake-up handshake with StoreWriter::wake (module docs of `protocol`).
             if let Some(seq) = protocol::wait_begin(&words[hdr::LATEST], &words[hdr::WAKE], waiters, than) {
                 if !self.closed() {
                     // Sleep in slices so a producer that dies without closing is noticed.
-                    futex::wait(&words[hdr::WAKE], seq, (deadline - now).min(Duration::from_millis(100)));
+                    futex::wait(&words[hdr::WAKE], seq, left.min(Duration::from_millis(100)));
                 }
             }
             protocol::wait_done(waiters);

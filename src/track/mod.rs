@@ -9,7 +9,7 @@
 //!   (10–120 µs a fault here): the literal copy-on-first-write mechanism.
 //! - [`TrackerKind::Deferred`]: the sync tracker with the deferred publish path: `publish()`
 //!   re-protects the written pages and returns; a background thread copies them, and a write
-//!   to a page not yet copied makes the handler copy it first (see `crate::producer`).
+//!   to a page not yet copied makes the handler copy it first ([`deferred`]).
 //! - [`TrackerKind::Copy`]: no tracking; every publish compares every page with the copy
 //!   the latest version holds and copies only those that differ. Works anywhere; the
 //!   baseline.
@@ -24,6 +24,7 @@
 mod async_wp;
 pub mod auto;
 mod copy;
+pub(crate) mod deferred;
 mod sync_wp;
 
 use std::fmt;

@@ -4,7 +4,8 @@
 //! removes the protection and lets the write go on. A publish re-protects exactly the pages
 //! recorded since the last one, which are exactly the unprotected ones.
 //!
-//! Each fault costs two context switches: 10–120 µs on a busy 2-core VM (DESIGN.md), 100x
+//! Each fault costs two context switches: 10–120 µs on a busy 2-core VM
+//! (docs/design.md#measured-facts), 100x
 //! the async tracker. It is here because it is the literal copy-on-first-write mechanism, and
 //! because it needs no `PAGEMAP_SCAN`.
 //!

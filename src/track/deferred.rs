@@ -14,6 +14,10 @@
 //! waits until they are (only another producer thread writing during `publish()` can fault
 //! then). Each page goes from pending to copying to copied exactly once, by whichever thread
 //! claims it first; a thread that needs a page another is copying waits for it.
+//!
+//! A tracker kind of its own ([`super::TrackerKind::Deferred`]) built on the sync tracker's
+//! [`FirstWrite`] hook; unlike the other trackers it also copies, so it drives the store's
+//! copies ([`crate::store::writer`]) itself.
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{channel, Sender};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
@@ -22,6 +26,27 @@ use std::time::Duration;
 
 use crate::store::writer::{Mapped, PageCopy, Prepared};
 use crate::track::FirstWrite;
+
+/// One page of a deferred version. Ordered by address first (`first_write` looks pages up
+/// by the address that faulted).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct DeferredPage {
+    /// The producer's address of the page.
+    pub addr: usize,
+    /// Its page in the page space.
+    pub page: usize,
+    /// The pool slot the version stores it in.
+    pub slot: u64,
+}
+
+/// Where a region's pages are: its first page in the page space, how many it has, and the
+/// page-aligned start address of the producer memory that covers them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RegionCover {
+    pub first_page: usize,
+    pub pages: usize,
+    pub start: usize,
+}
 
 const PENDING: u8 = 0;
 const COPYING: u8 = 1;
@@ -32,8 +57,8 @@ struct Work {
     prepared: Prepared,
     /// What publishing cost the producer (the time inside `publish()`).
     spent: Duration,
-    /// (producer address of the page, page-space page, pool slot), sorted by address.
-    pages: Vec<(usize, usize, u64)>,
+    /// Sorted by address.
+    pages: Vec<DeferredPage>,
     state: Vec<AtomicU8>,
     remaining: AtomicUsize,
 }
@@ -64,7 +89,7 @@ impl Pending {
     }
 
     /// The version's slots are chosen: copying may start.
-    fn arm(&self, prepared: Prepared, spent: Duration, mut pages: Vec<(usize, usize, u64)>) {
+    fn arm(&self, prepared: Prepared, spent: Duration, mut pages: Vec<DeferredPage>) {
         pages.sort_unstable();
         let n = pages.len();
         let work = Work {
@@ -105,7 +130,7 @@ impl Pending {
     fn copy(&self, work: &Work, i: usize) {
         match work.state[i].compare_exchange(PENDING, COPYING, Ordering::Acquire, Ordering::Acquire) {
             Ok(_) => {
-                let (_, page, slot) = work.pages[i];
+                let DeferredPage { page, slot, .. } = work.pages[i];
                 // SAFETY: page `i` is one page of the version's copies, which is released
                 // only once every page is COPIED; the exchange above made this thread its
                 // only copier.
@@ -141,9 +166,9 @@ impl FirstWrite for Pending {
         self.wait_until(|p| p != Phase::Preparing);
         let Some(work) = self.work.get() else { return };
         // A producer page may be a page of two regions (a shared head/tail page).
-        let from = work.pages.partition_point(|&(addr, _, _)| addr < page);
+        let from = work.pages.partition_point(|p| p.addr < page);
         for i in from..work.pages.len() {
-            if work.pages[i].0 != page {
+            if work.pages[i].addr != page {
                 break;
             }
             self.copy(work, i);
@@ -179,7 +204,7 @@ impl Deferred {
     }
 
     /// The version's slots are chosen: hands it to the copier.
-    pub fn arm(&mut self, prepared: Prepared, spent: Duration, pages: Vec<(usize, usize, u64)>) {
+    pub fn arm(&mut self, prepared: Prepared, spent: Duration, pages: Vec<DeferredPage>) {
         let pending = self.in_flight.as_ref().expect("begin before arm");
         pending.arm(prepared, spent, pages);
         if let Some((tx, _)) = &self.copier {
@@ -214,19 +239,18 @@ impl Drop for Deferred {
     }
 }
 
-/// The producer address of page-space page `page`, given regions as (first page, pages,
-/// page-aligned start address of the region's cover).
-pub(crate) fn page_address(regions: &[(usize, usize, usize)], page: usize, page_size: usize) -> usize {
-    let i = regions.partition_point(|&(first, pages, _)| first + pages <= page);
-    let (first, _, cover) = regions[i];
-    cover + (page - first) * page_size
+/// The producer address of page-space page `page`, given the regions sorted by first page.
+fn page_address(regions: &[RegionCover], page: usize, page_size: usize) -> usize {
+    let i = regions.partition_point(|r| r.first_page + r.pages <= page);
+    let r = regions[i];
+    r.start + (page - r.first_page) * page_size
 }
 
 /// Every page of `copies` with its producer address.
-pub(crate) fn pages_of(copies: &[PageCopy], regions: &[(usize, usize, usize)], page_size: usize) -> Vec<(usize, usize, u64)> {
+pub(crate) fn pages_of(copies: &[PageCopy], regions: &[RegionCover], page_size: usize) -> Vec<DeferredPage> {
     copies
         .iter()
         .flat_map(|c| c.pages.clone().map(move |p| (p, c.slot_of(p))))
-        .map(|(p, slot)| (page_address(regions, p, page_size), p, slot))
+        .map(|(page, slot)| DeferredPage { addr: page_address(regions, page, page_size), page, slot })
         .collect()
 }
