@@ -140,6 +140,8 @@ struct Disk {
 
 impl Disk {
     fn of(dir: &Path) -> Disk {
+        // The field types are u64 here, narrower on 32-bit targets.
+        #[allow(clippy::unnecessary_cast)]
         let free = nix::sys::statvfs::statvfs(dir).ok().map(|s| s.blocks_available() as u64 * s.fragment_size() as u64);
         Disk { used: checkpoint::directory_bytes(dir).ok(), free }
     }
@@ -270,6 +272,9 @@ pub fn run(args: Args) -> crate::Result {
     }
 }
 
+/// A producer followed under `--all`: its name, its incarnation, and its checkpointer thread.
+type Following<'scope> = (String, u64, thread::ScopedJoinHandle<'scope, Result<(), String>>);
+
 /// `--all PATTERN`: a thread per producer matching, each into its own directory of both
 /// levels, started as producers appear (a producer relaunched under the same name is
 /// followed again).
@@ -281,7 +286,7 @@ fn run_all(args: &Args, pattern: &str) -> crate::Result {
     let mut failed = 0;
     let mut last_seen = Instant::now();
     thread::scope(|scope| -> crate::Result {
-        let mut running: Vec<(String, u64, thread::ScopedJoinHandle<Result<(), String>>)> = Vec::new();
+        let mut running: Vec<Following> = Vec::new();
         loop {
             for l in tcasm::endpoint::list()? {
                 // A producer relaunched under a name still followed waits for the follower of
