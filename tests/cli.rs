@@ -343,3 +343,70 @@ fn two_producers_never_hold_one_name_while_the_directory_is_tidied() {
         lister.join().unwrap();
     });
 }
+
+/// Bytes of pages the complete checkpoints in `dir` hold, from their manifests.
+fn checkpointed_bytes(dir: &std::path::Path) -> (usize, u64) {
+    let catalog = tcasm::checkpoint::Catalog::open(dir).unwrap();
+    let mut count = 0;
+    let mut bytes = 0;
+    for chain in &catalog.chains {
+        for &v in &chain.complete {
+            let restore = tcasm::checkpoint::Restore::open_in_chain(dir, chain.number, v).unwrap();
+            let m = restore.manifest();
+            bytes += m.chunks.iter().map(|c| (c.pages * m.space.page_size) as u64).sum::<u64>();
+            count += 1;
+        }
+    }
+    (count, bytes)
+}
+
+/// `checkpoint --max-rate`: over a run, the bytes written stay within the budget times the
+/// time the run took, plus one increment, against a producer that rewrites every page of
+/// 1 MiB every 5 ms (unpaced, the checkpointer writes several MiB in a fraction of a
+/// second); with --every-version, and with --interval (both limits apply).
+#[test]
+fn max_rate_keeps_the_bytes_written_within_the_budget() {
+    let name = "max-rate";
+    endpoint();
+    let mut p = Producer::create(name, ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
+    let page_words = tcasm::sys::page_size() / 8;
+    let mut field = p.region::<u64>("field", &[(1 << 20) / 8]).unwrap();
+    let increment = (1u64 << 20).div_ceil(tcasm::sys::page_size() as u64) * tcasm::sys::page_size() as u64;
+    let mut version = 0;
+    let mut publish = || {
+        version += 1;
+        field.iter_mut().step_by(page_words).for_each(|x| *x = version);
+        p.publish().unwrap();
+    };
+    publish();
+    let rate: u64 = 2 << 20;
+    for (run, pacing) in [("every", "--every-version"), ("interval", "--interval=0.1")] {
+        let dir = common::scratch("cli", &format!("max-rate-{run}"));
+        let started = Instant::now();
+        let mut child = common::tcasm(&endpoint(), &["checkpoint", name, "--dir", dir.to_str().unwrap(), pacing, "--max-rate", "2MiB", "--count", "4"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(started.elapsed() < LIMIT, "tcasm checkpoint --max-rate did not finish in {LIMIT:?}");
+            publish();
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let elapsed = started.elapsed();
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(status.success(), "{pacing}: {err}");
+        let (count, bytes) = checkpointed_bytes(&dir);
+        assert_eq!(count, 4, "{pacing}: {err}");
+        let budget = (rate as f64 * elapsed.as_secs_f64()) as u64 + increment;
+        assert!(
+            bytes <= budget,
+            "{pacing}: {bytes} bytes written in {elapsed:?}, more than the budget of 2 MiB/s allows ({budget} with one increment)\n{err}"
+        );
+        assert!(err.contains("budget 2.00 MiB/s"), "the progress line shows the budget: {err}");
+    }
+}
