@@ -410,3 +410,35 @@ fn max_rate_keeps_the_bytes_written_within_the_budget() {
         assert!(err.contains("budget 2.00 MiB/s"), "the progress line shows the budget: {err}");
     }
 }
+
+/// The low-disk warning: `--min-free` above what the file system has free makes it fire;
+/// with ample free space (the default threshold, two bases, or a small `--min-free`) it
+/// stays quiet.
+#[test]
+fn the_low_disk_warning_fires_below_min_free_only() {
+    // Killed however the test ends: a failed assertion leaves no producer behind.
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _producer = Killed(start_producer("min-free"));
+    for (run, min_free, warns) in [("default", None, false), ("small", Some("1MiB"), false), ("huge", Some("100000000GiB"), true)] {
+        let dir = common::scratch("cli", &format!("min-free-{run}"));
+        let mut args = vec!["checkpoint", "min-free", "--dir", dir.to_str().unwrap(), "--count", "2", "--interval", "0.1"];
+        args.extend(min_free.iter().flat_map(|m| ["--min-free", *m]));
+        let out = common::run_tcasm(&endpoint(), &args);
+        let text = common::output_text(&out);
+        assert!(out.status.success(), "{args:?}: {text}");
+        let warned = text.matches("warning: ").count();
+        if warns {
+            assert_eq!(warned, 1, "warned once while short of space: {text}");
+            assert!(text.contains(&format!("{} has ", dir.display())) && text.contains(" free, less than --min-free "), "{text}");
+            assert!(text.contains("--keep-bytes"), "the warning says what to do: {text}");
+        } else {
+            assert_eq!(warned, 0, "{args:?} warned with ample free space: {text}");
+        }
+    }
+}

@@ -46,6 +46,10 @@ pub struct Args {
     /// --interval both limits apply; with --all, each producer has this budget.
     #[arg(long, value_name = "SIZE", value_parser = parse_rate)]
     max_rate: Option<u64>,
+    /// Warn when the directory's file system has less than SIZE free (default: less than two
+    /// base checkpoints).
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse_size)]
+    min_free: Option<usize>,
     /// Start a new full base after K checkpoints (default: one base per run).
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
     full_every: Option<u64>,
@@ -498,14 +502,19 @@ fn follow(args: &Args, target: &Target, progress: Progress) -> crate::Result<End
         if written.parent.is_none() {
             base_bytes = written.bytes;
         }
-        // Warn once while fewer than two bases fit, again after space came back.
-        let short = disk.free.is_some_and(|free| free < 2 * base_bytes);
+        // Warn once while less than --min-free (by default, two bases) is free, again after
+        // space came back.
+        let min_free = args.min_free.map_or(2 * base_bytes, |m| m as u64);
+        let short = disk.free.is_some_and(|free| free < min_free);
         if short && !warned {
+            let less_than = match args.min_free {
+                Some(m) => format!("less than --min-free {}", HumanBytes(m as u64)),
+                None => format!("less than two base checkpoints ({} each)", HumanBytes(base_bytes)),
+            };
             progress.note(&format!(
-                "warning: {} has {} free, less than two base checkpoints ({} each): retire chains with --full-every and --keep or --keep-bytes, or checkpoint less often (--interval, --max-rate)",
+                "warning: {} has {} free, {less_than}: retire chains with --full-every and --keep or --keep-bytes, or checkpoint less often (--interval, --max-rate)",
                 target.dir.display(),
                 HumanBytes(disk.free.unwrap_or(0)),
-                HumanBytes(base_bytes)
             ));
         }
         warned = short;
