@@ -259,7 +259,7 @@ fn show_prints_statistics_json_and_a_heatmap() {
     for (args, says) in [
         (vec!["show", "show", "nothing"], "no region named \"nothing\""),
         (vec!["show", "show", "temperature", "--png", "x.png", "--slice", "0=1"], "is 2-D"),
-        (vec!["show", "show", "--version", "1"], "newest version"),
+        (vec!["show", "show", "--version", "1"], "version 1 is no longer held by producer \"show\""),
     ] {
         let out = common::run_tcasm(&endpoint(), &args);
         let text = common::output_text(&out);
@@ -342,6 +342,54 @@ fn two_producers_never_hold_one_name_while_the_directory_is_tidied() {
         done.store(true, Ordering::SeqCst);
         lister.join().unwrap();
     });
+}
+
+/// `tcasm show NAME --version V` of a live producer: its newest version is shown; a version
+/// not published yet is waited for (up to --wait); an older one is refused, saying where
+/// older versions are.
+#[test]
+fn show_of_a_live_producer_takes_its_newest_version_or_says_where_older_ones_are() {
+    let name = "show-versions";
+    endpoint();
+    let mut p = Producer::create(name, ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
+    let mut t = p.region::<f64>("t", &[8]).unwrap();
+    for v in 1..=3 {
+        t.fill(v as f64);
+        assert_eq!(p.publish().unwrap(), v);
+    }
+    let out = common::run_tcasm(&endpoint(), &["show", name, "--version", "3", "--json"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((json["version"].as_u64(), json["regions"][0]["max"].as_f64()), (Some(3), Some(3.0)), "{json}");
+
+    let out = common::run_tcasm(&endpoint(), &["show", name, "--version", "1"]);
+    let text = common::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("version 1 is no longer held by producer \"show-versions\" (latest is 3)"), "{text}");
+    assert!(text.contains("tcasm show DIR --version 1"), "{text}");
+
+    let out = common::run_tcasm(&endpoint(), &["show", name, "--version", "9", "--wait", "0.3"]);
+    let text = common::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("has not published version 9 yet (latest is 3"), "{text}");
+
+    // A version published while `show` waits for it.
+    let mut waiting = common::tcasm(&endpoint(), &["show", name, "--version", "4", "--json", "--wait", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    t.fill(4.0);
+    assert_eq!(p.publish().unwrap(), 4);
+    let status = common::wait_with_watchdog(&mut waiting, LIMIT, "tcasm show --version 4");
+    let mut text = String::new();
+    waiting.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+    let mut err = String::new();
+    waiting.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "{text}{err}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!((json["version"].as_u64(), json["regions"][0]["max"].as_f64()), (Some(4), Some(4.0)), "{json}");
 }
 
 /// Bytes of pages the complete checkpoints in `dir` hold, from their manifests.
