@@ -12,8 +12,10 @@ class ProducerGone(TcasmError):
 
 def attach(name: str, timeout: float = 10.0) -> Observer:
     """Attaches to the producer `name`, waiting up to `timeout` seconds for it to appear and
-    publish its first version. Endpoints are looked up in $TCASM_DIR, else
-    $XDG_RUNTIME_DIR/tcasm, else /tmp/tcasm-$UID."""
+    publish its first version; after a second of waiting it says so, once, on sys.stderr
+    ('tcasm: waiting up to 10 s for producer "heat" to appear ...', as the tcasm commands
+    do). Endpoints are looked up in $TCASM_DIR, else $XDG_RUNTIME_DIR/tcasm, else
+    /tmp/tcasm-$UID."""
 
 def read_checkpoint(dir: str | PathLike[str], version: Optional[int] = None, global_: bool = False) -> dict[str, np.ndarray]:
     """Reads checkpoint `version` (the newest complete one when None) from a directory

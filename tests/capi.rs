@@ -229,3 +229,26 @@ fn checks_auto() {
 fn checks_copy() {
     checks("copy");
 }
+
+/// tests/ffi/already_wrapped.c: a C program wrapping a buffer that another of its producers
+/// wraps already is told so by `tcasm_last_error()` (the real cause and what to do), not
+/// that the tracker cannot track such memory; once the other producer is destroyed, the
+/// wrap works. A kernel tracker is needed (the copy tracker shares buffers freely).
+#[test]
+fn wrapping_what_another_producer_wraps_names_the_cause_in_c() {
+    let test = "wrapping_what_another_producer_wraps_names_the_cause_in_c";
+    if !cc_available(test) || !common::async_tracking_available(test) {
+        return;
+    }
+    common::endpoint_dir("capi");
+    let lib = ffi::capi_lib();
+    let scratch = ffi::scratch("already-wrapped");
+    let bin = compile(&[&ffi::root().join("tests/ffi/already_wrapped.c")], &scratch.join("already_wrapped"), &shared_link(lib));
+    let mut child = Command::new(&bin).args(["capi-already-wrapped", "async"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let status = common::wait_with_watchdog(&mut child, LIMIT, "already_wrapped.c");
+    let mut out = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut out).unwrap();
+    assert!(status.success() && out.trim() == "ok", "already_wrapped.c: {status}\n{out}");
+    let _ = std::fs::remove_dir_all(&scratch);
+}

@@ -259,7 +259,7 @@ fn show_prints_statistics_json_and_a_heatmap() {
     for (args, says) in [
         (vec!["show", "show", "nothing"], "no region named \"nothing\""),
         (vec!["show", "show", "temperature", "--png", "x.png", "--slice", "0=1"], "is 2-D"),
-        (vec!["show", "show", "--version", "1"], "newest version"),
+        (vec!["show", "show", "--version", "1"], "version 1 is no longer held by producer \"show\""),
     ] {
         let out = common::run_tcasm(&endpoint(), &args);
         let text = common::output_text(&out);
@@ -342,4 +342,151 @@ fn two_producers_never_hold_one_name_while_the_directory_is_tidied() {
         done.store(true, Ordering::SeqCst);
         lister.join().unwrap();
     });
+}
+
+/// `tcasm show NAME --version V` of a live producer: its newest version is shown; a version
+/// not published yet is waited for (up to --wait); an older one is refused, saying where
+/// older versions are.
+#[test]
+fn show_of_a_live_producer_takes_its_newest_version_or_says_where_older_ones_are() {
+    let name = "show-versions";
+    endpoint();
+    let mut p = Producer::create(name, ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
+    let mut t = p.region::<f64>("t", &[8]).unwrap();
+    for v in 1..=3 {
+        t.fill(v as f64);
+        assert_eq!(p.publish().unwrap(), v);
+    }
+    let out = common::run_tcasm(&endpoint(), &["show", name, "--version", "3", "--json"]);
+    assert!(out.status.success(), "{}", common::output_text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((json["version"].as_u64(), json["regions"][0]["max"].as_f64()), (Some(3), Some(3.0)), "{json}");
+
+    let out = common::run_tcasm(&endpoint(), &["show", name, "--version", "1"]);
+    let text = common::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("version 1 is no longer held by producer \"show-versions\" (latest is 3)"), "{text}");
+    assert!(text.contains("tcasm show DIR --version 1"), "{text}");
+
+    let out = common::run_tcasm(&endpoint(), &["show", name, "--version", "9", "--wait", "0.3"]);
+    let text = common::output_text(&out);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("has not published version 9 yet (latest is 3"), "{text}");
+
+    // A version published while `show` waits for it.
+    let mut waiting = common::tcasm(&endpoint(), &["show", name, "--version", "4", "--json", "--wait", "20"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    t.fill(4.0);
+    assert_eq!(p.publish().unwrap(), 4);
+    let status = common::wait_with_watchdog(&mut waiting, LIMIT, "tcasm show --version 4");
+    let mut text = String::new();
+    waiting.stdout.take().unwrap().read_to_string(&mut text).unwrap();
+    let mut err = String::new();
+    waiting.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(status.success(), "{text}{err}");
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!((json["version"].as_u64(), json["regions"][0]["max"].as_f64()), (Some(4), Some(4.0)), "{json}");
+}
+
+/// Bytes of pages the complete checkpoints in `dir` hold, from their manifests.
+fn checkpointed_bytes(dir: &std::path::Path) -> (usize, u64) {
+    let catalog = tcasm::checkpoint::Catalog::open(dir).unwrap();
+    let mut count = 0;
+    let mut bytes = 0;
+    for chain in &catalog.chains {
+        for &v in &chain.complete {
+            let restore = tcasm::checkpoint::Restore::open_in_chain(dir, chain.number, v).unwrap();
+            let m = restore.manifest();
+            bytes += m.chunks.iter().map(|c| (c.pages * m.space.page_size) as u64).sum::<u64>();
+            count += 1;
+        }
+    }
+    (count, bytes)
+}
+
+/// `checkpoint --max-rate`: over a run, the bytes written stay within the budget times the
+/// time the run took, plus one increment, against a producer that rewrites every page of
+/// 1 MiB every 5 ms (unpaced, the checkpointer writes several MiB in a fraction of a
+/// second); with --every-version, and with --interval (both limits apply).
+#[test]
+fn max_rate_keeps_the_bytes_written_within_the_budget() {
+    let name = "max-rate";
+    endpoint();
+    let mut p = Producer::create(name, ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
+    let page_words = tcasm::sys::page_size() / 8;
+    let mut field = p.region::<u64>("field", &[(1 << 20) / 8]).unwrap();
+    let increment = (1u64 << 20).div_ceil(tcasm::sys::page_size() as u64) * tcasm::sys::page_size() as u64;
+    let mut version = 0;
+    let mut publish = || {
+        version += 1;
+        field.iter_mut().step_by(page_words).for_each(|x| *x = version);
+        p.publish().unwrap();
+    };
+    publish();
+    let rate: u64 = 2 << 20;
+    for (run, pacing) in [("every", "--every-version"), ("interval", "--interval=0.1")] {
+        let dir = common::scratch("cli", &format!("max-rate-{run}"));
+        let started = Instant::now();
+        let mut child = common::tcasm(&endpoint(), &["checkpoint", name, "--dir", dir.to_str().unwrap(), pacing, "--max-rate", "2MiB", "--count", "4"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(started.elapsed() < LIMIT, "tcasm checkpoint --max-rate did not finish in {LIMIT:?}");
+            publish();
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        let elapsed = started.elapsed();
+        let mut err = String::new();
+        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        assert!(status.success(), "{pacing}: {err}");
+        let (count, bytes) = checkpointed_bytes(&dir);
+        assert_eq!(count, 4, "{pacing}: {err}");
+        let budget = (rate as f64 * elapsed.as_secs_f64()) as u64 + increment;
+        assert!(
+            bytes <= budget,
+            "{pacing}: {bytes} bytes written in {elapsed:?}, more than the budget of 2 MiB/s allows ({budget} with one increment)\n{err}"
+        );
+        assert!(err.contains("budget 2.00 MiB/s"), "the progress line shows the budget: {err}");
+    }
+}
+
+/// The low-disk warning: `--min-free` above what the file system has free makes it fire;
+/// with ample free space (the default threshold, two bases, or a small `--min-free`) it
+/// stays quiet.
+#[test]
+fn the_low_disk_warning_fires_below_min_free_only() {
+    // Killed however the test ends: a failed assertion leaves no producer behind.
+    struct Killed(Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _producer = Killed(start_producer("min-free"));
+    for (run, min_free, warns) in [("default", None, false), ("small", Some("1MiB"), false), ("huge", Some("100000000GiB"), true)] {
+        let dir = common::scratch("cli", &format!("min-free-{run}"));
+        let mut args = vec!["checkpoint", "min-free", "--dir", dir.to_str().unwrap(), "--count", "2", "--interval", "0.1"];
+        args.extend(min_free.iter().flat_map(|m| ["--min-free", *m]));
+        let out = common::run_tcasm(&endpoint(), &args);
+        let text = common::output_text(&out);
+        assert!(out.status.success(), "{args:?}: {text}");
+        let warned = text.matches("warning: ").count();
+        if warns {
+            assert_eq!(warned, 1, "warned once while short of space: {text}");
+            assert!(text.contains(&format!("{} has ", dir.display())) && text.contains(" free, less than --min-free "), "{text}");
+            assert!(text.contains("--keep-bytes"), "the warning says what to do: {text}");
+        } else {
+            assert_eq!(warned, 0, "{args:?} warned with ample free space: {text}");
+        }
+    }
 }

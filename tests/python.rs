@@ -128,3 +128,32 @@ fn python_observer_sees_what_was_published() {
     eprintln!("python test: {:.1} s", started.elapsed().as_secs_f64());
     let _ = std::fs::remove_dir_all(&scratch);
 }
+
+/// `tcasm.attach` started before its producer says, once and only after a second, that it
+/// waits, in the words of the tcasm commands' `--wait` (python/tests/check_attach_wait.py
+/// checks what it wrote to sys.stderr; this test starts the producer 2.5 s after it asks).
+#[test]
+fn python_attach_says_it_is_waiting() {
+    let test = "python_attach_says_it_is_waiting";
+    let Some(venv) = ffi::python_package(test) else { return };
+    common::endpoint_dir("python");
+    let name = "python-attach-wait";
+    let mut python = Command::new(venv.join("bin/python"))
+        .arg(ffi::root().join("python/tests/check_attach_wait.py"))
+        .arg(name)
+        .env("PYTHONUNBUFFERED", "1")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(python.stdout.take().unwrap()).lines();
+    let first = lines.next().transpose().unwrap();
+    assert_eq!(first.as_deref(), Some("attaching"));
+    std::thread::sleep(Duration::from_millis(2500));
+    let mut producer = Producer::create(name, ProducerOptions::default()).unwrap();
+    let mut regions = Regions::new(&mut producer);
+    publish(&mut producer, &mut regions);
+    let said: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = common::wait_with_watchdog(&mut python, LIMIT, "check_attach_wait.py");
+    assert!(status.success(), "check_attach_wait.py failed ({status}); it said {said:?}");
+    assert_eq!(said, ["ok"]);
+}

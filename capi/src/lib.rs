@@ -56,7 +56,8 @@ pub enum tcasm_status {
     /// The buffer is not aligned for its element type.
     TCASM_ERR_MISALIGNED = 8,
     /// The tracker cannot watch this buffer (a file mapping or a program's initialised static
-    /// data; or, for the sync trackers, a buffer sharing pages with other data).
+    /// data; for the sync trackers, a buffer sharing pages with other data; or a buffer
+    /// another producer of this process wraps already: `tcasm_last_error` says which).
     TCASM_ERR_CANNOT_TRACK = 9,
     /// `tcasm_publish` before any region was wrapped.
     TCASM_ERR_NO_REGIONS = 10,

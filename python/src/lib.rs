@@ -217,26 +217,50 @@ fn array<'py>(slf: &Bound<'py, Snapshot>, info: &RegionInfo) -> PyResult<Bound<'
 }
 
 /// Attaches to the producer `name`, waiting up to `timeout` seconds for it to appear and
-/// publish its first version. Endpoints are looked up in $TCASM_DIR, else
-/// $XDG_RUNTIME_DIR/tcasm, else /tmp/tcasm-$UID.
+/// publish its first version; after a second of waiting it says so, once, on stderr (as the
+/// tcasm commands do). Endpoints are looked up in $TCASM_DIR, else $XDG_RUNTIME_DIR/tcasm,
+/// else /tmp/tcasm-$UID.
 #[pyfunction]
 #[pyo3(signature = (name, timeout = 10.0))]
 fn attach(py: Python<'_>, name: &str, timeout: f64) -> PyResult<Observer> {
+    let started = Instant::now();
     let deadline = deadline_after(timeout);
+    let mut said = false;
     loop {
         let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
-        let name = name.to_string();
-        match py.detach(move || tcasm_core::Observer::attach_timeout(&name, left.min(Duration::from_millis(500)))) {
+        let owned = name.to_string();
+        let attached = py.detach(move || tcasm_core::Observer::attach_timeout(&owned, left.min(Duration::from_millis(500))));
+        match attached {
             Ok(inner) => return Ok(Observer { inner }),
             // Not there yet, or not published yet: keep trying until the deadline.
             Err(ReadError::Endpoint(EndpointError::NotFound { .. } | EndpointError::NotReady { .. }))
                 if deadline.is_none_or(|d| Instant::now() < d) =>
             {
+                if !said && started.elapsed() >= WAITING_SAID_AFTER {
+                    let up_to = if deadline.is_some() { format!("up to {timeout} s ") } else { String::new() };
+                    say(py, &format!("tcasm: waiting {up_to}for producer {name:?} to appear (tcasm.attach timeout)\n"));
+                    said = true;
+                }
                 py.check_signals()?;
                 py.detach(|| std::thread::sleep(Duration::from_millis(20)));
             }
             Err(e) => return Err(read_error(e)),
         }
+    }
+}
+
+/// How long `attach` waits quietly before it says that it waits.
+const WAITING_SAID_AFTER: Duration = Duration::from_secs(1);
+
+/// Writes `line` to Python's `sys.stderr` (where a notebook or a redirection sends it), or to
+/// the process's stderr when Python has none.
+fn say(py: Python<'_>, line: &str) {
+    let written = py.import("sys").and_then(|sys| sys.getattr("stderr")).and_then(|err| {
+        err.call_method1("write", (line,))?;
+        err.call_method0("flush")
+    });
+    if written.is_err() {
+        eprint!("{line}");
     }
 }
 

@@ -117,6 +117,25 @@ fn increments_replay_to_every_version_checkpointed() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
+/// What a writer says it would write (for pacing, `--max-rate`) is what it then writes:
+/// every page for a base (the first, and after `full_every`), the changed pages otherwise.
+#[test]
+fn bytes_to_write_is_what_the_write_writes() {
+    let dir = scratch("bytes-to-write");
+    let mut w = Writer::create(&dir, space(), WriterOptions { full_every: Some(2), ..Default::default() }).unwrap();
+    let mut kinds = Vec::new();
+    for v in [1, 2, 7, 8, 9] {
+        let source = Fake::at(v);
+        let said = w.bytes_to_write(&source);
+        let written = w.write(&source, |_, _| {}).unwrap();
+        assert_eq!(said, written.bytes, "version {v}");
+        kinds.push((written.parent.is_none(), said == (PAGES * PAGE) as u64));
+    }
+    // Bases at 1 and 7 (after two checkpoints) and 9; increments are smaller.
+    assert_eq!(kinds, [(true, true), (false, false), (true, true), (false, false), (true, true)]);
+    fs::remove_dir_all(&dir).unwrap();
+}
+
 #[test]
 fn a_second_writer_is_refused_and_older_versions_too() {
     let dir = scratch("busy");

@@ -82,6 +82,23 @@ impl Writer {
         self.chain.as_ref().map(|c| c.last.version)
     }
 
+    /// The chain the next checkpoint extends (`None`: it starts a new one with a base).
+    fn extending(&self) -> Option<&Chain> {
+        let full_every = self.options.full_every;
+        self.chain.as_ref().filter(|c| full_every.is_none_or(|k| c.checkpoints < k))
+    }
+
+    /// Bytes of pages that [`Writer::write`] of `source` would write now: the pages changed
+    /// since the last checkpoint, or every page when it would start a new base. For pacing a
+    /// writer to a bandwidth budget before it writes.
+    pub fn bytes_to_write(&self, source: &impl PageSource) -> u64 {
+        let pages = match self.extending() {
+            Some(c) => source.changed_since(c.last.version).iter().map(|r| r.len()).sum(),
+            None => self.space.page_count,
+        };
+        (pages * self.space.page_size) as u64
+    }
+
     /// Checkpoints `source`: as an increment of the last checkpoint, or as a new base when
     /// there is none or the chain is full. `progress(done, total)` is called with bytes of
     /// pages as they are written. On error nothing is left that a reader would take for a
@@ -95,8 +112,7 @@ impl Writer {
                 return Err(CheckpointError::NotNewer { version, last: c.last.version });
             }
         }
-        let full_every = self.options.full_every;
-        let extend = self.chain.as_ref().filter(|c| full_every.is_none_or(|k| c.checkpoints < k));
+        let extend = self.extending();
         let (number, dir, base, parent, changed, checkpoints) = match extend {
             Some(c) => (c.number, c.dir.clone(), c.base, Some(c.last), source.changed_since(c.last.version), c.checkpoints + 1),
             None => {

@@ -39,6 +39,17 @@ pub struct Args {
     /// behind: as fast as the directory takes them, which fills a burst buffer quickly.
     #[arg(long, conflicts_with = "interval")]
     every_version: bool,
+    /// A bandwidth budget: keep the average write rate since the start at or below SIZE per
+    /// second (e.g. 200MiB). A checkpoint that would take the bytes written past SIZE per
+    /// second elapsed waits until they fit, then takes the newest version (the versions in
+    /// between are skipped; their changes are in it). The first, a full base, waits too. With
+    /// --interval both limits apply; with --all, each producer has this budget.
+    #[arg(long, value_name = "SIZE", value_parser = parse_rate)]
+    max_rate: Option<u64>,
+    /// Warn when the directory's file system has less than SIZE free (default: less than two
+    /// base checkpoints).
+    #[arg(long, value_name = "SIZE", value_parser = crate::parse_size)]
+    min_free: Option<usize>,
     /// Start a new full base after K checkpoints (default: one base per run).
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u64).range(1..))]
     full_every: Option<u64>,
@@ -66,6 +77,40 @@ pub struct Args {
     keep_flushed: Option<u64>,
     #[command(flatten)]
     wait: crate::wait::Wait,
+}
+
+/// Parses a `--max-rate` budget: a size per second such as `200MiB` (or `200MiB/s`).
+fn parse_rate(s: &str) -> Result<u64, String> {
+    let size = crate::parse_size(s.trim().strip_suffix("/s").unwrap_or(s))?;
+    match size {
+        0 => Err(format!("{s:?} is no budget: give a rate above 0, e.g. 200MiB")),
+        n => Ok(n as u64),
+    }
+}
+
+/// `--max-rate`: the bytes a checkpointer may have written by now, from its start.
+struct Budget {
+    /// Bytes per second.
+    rate: u64,
+    started: Instant,
+}
+
+impl Budget {
+    fn new(rate: u64) -> Budget {
+        Budget { rate, started: Instant::now() }
+    }
+
+    /// How long to wait before writing `next` bytes after `written`, so that the average
+    /// rate since the start stays at or below the budget (zero: write now).
+    fn wait(&self, written: u64, next: u64) -> Duration {
+        let fits_at = Duration::try_from_secs_f64(written.saturating_add(next) as f64 / self.rate as f64).unwrap_or(Duration::MAX);
+        fits_at.saturating_sub(self.started.elapsed())
+    }
+
+    /// For the progress line: the average since the start, and the budget.
+    fn describe(&self, written: u64) -> String {
+        format!("average {}/s, budget {}/s", HumanBytes(rate(written, self.started.elapsed())), HumanBytes(self.rate))
+    }
 }
 
 /// What a run has done so far.
@@ -140,6 +185,8 @@ struct Disk {
 
 impl Disk {
     fn of(dir: &Path) -> Disk {
+        // The field types are u64 here, narrower on 32-bit targets.
+        #[allow(clippy::unnecessary_cast)]
         let free = nix::sys::statvfs::statvfs(dir).ok().map(|s| s.blocks_available() as u64 * s.fragment_size() as u64);
         Disk { used: checkpoint::directory_bytes(dir).ok(), free }
     }
@@ -186,20 +233,23 @@ impl Progress {
         }
     }
 
-    fn checkpoint(&self, w: &Written, skipped: u64, totals: &Totals, disk: &Disk) {
+    /// After checkpoint `w`: what it wrote, the run's totals, the directory's use and free
+    /// space, and under `--max-rate` the average rate against the budget.
+    fn checkpoint(&self, w: &Written, skipped: u64, totals: &Totals, disk: &Disk, budget: Option<&Budget>) {
+        let budget = budget.map_or(String::new(), |b| format!("; {}", b.describe(totals.bytes)));
         match self {
             Progress::Terminal(bar) => {
                 if w.parent.is_none() {
-                    bar.println(format!("{}; {disk}", describe(w, skipped)));
+                    bar.println(format!("{}; {disk}{budget}", describe(w, skipped)));
                 }
                 bar.set_message(format!(
-                    "{}, {} skipped, {}/s; {disk}",
+                    "{}, {} skipped, {}/s; {disk}{budget}",
                     crate::plural(totals.checkpoints, "checkpoint"),
                     totals.skipped,
                     HumanBytes(rate(totals.bytes, totals.busy))
                 ));
             }
-            Progress::Plain(label) => eprintln!("{label}{}; {disk}", describe(w, skipped)),
+            Progress::Plain(label) => eprintln!("{label}{}; {disk}{budget}", describe(w, skipped)),
         }
     }
 
@@ -218,11 +268,12 @@ impl Progress {
         }
     }
 
-    fn finish(&self, why: &str, totals: &Totals) {
+    fn finish(&self, why: &str, totals: &Totals, budget: Option<&Budget>) {
         if let Progress::Terminal(bar) = self {
             bar.finish_and_clear();
         }
-        eprintln!("{why}: {}", totals.summary());
+        let budget = budget.map_or(String::new(), |b| format!(" ({})", b.describe(totals.bytes)));
+        eprintln!("{why}: {}{budget}", totals.summary());
     }
 }
 
@@ -270,6 +321,9 @@ pub fn run(args: Args) -> crate::Result {
     }
 }
 
+/// A producer followed under `--all`: its name, its incarnation, and its checkpointer thread.
+type Following<'scope> = (String, u64, thread::ScopedJoinHandle<'scope, Result<(), String>>);
+
 /// `--all PATTERN`: a thread per producer matching, each into its own directory of both
 /// levels, started as producers appear (a producer relaunched under the same name is
 /// followed again).
@@ -281,7 +335,7 @@ fn run_all(args: &Args, pattern: &str) -> crate::Result {
     let mut failed = 0;
     let mut last_seen = Instant::now();
     thread::scope(|scope| -> crate::Result {
-        let mut running: Vec<(String, u64, thread::ScopedJoinHandle<Result<(), String>>)> = Vec::new();
+        let mut running: Vec<Following> = Vec::new();
         loop {
             for l in tcasm::endpoint::list()? {
                 // A producer relaunched under a name still followed waits for the follower of
@@ -357,6 +411,9 @@ fn follow(args: &Args, target: &Target, progress: Progress) -> crate::Result<End
     let mut full_since: Option<u64> = None;
     let mut due = Instant::now();
     let (mut base_bytes, mut warned) = (0, false);
+    let budget = args.max_rate.map(Budget::new);
+    // After waiting for the budget, the newest version is taken at once (its interval passed).
+    let (mut paced, mut said_paced) = (false, false);
     let why = loop {
         if let Some(l2) = &level2 {
             l2.take_events().iter().for_each(|line| progress.note(line));
@@ -365,7 +422,7 @@ fn follow(args: &Args, target: &Target, progress: Progress) -> crate::Result<End
                 writer.start_new_chain();
             }
         }
-        if !args.every_version {
+        if !std::mem::take(&mut paced) && !args.every_version {
             // Until the next is due, or the producer is gone (said at once, not an interval later).
             while Instant::now() < due && !observer.producer_gone() {
                 thread::sleep(due.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)));
@@ -386,6 +443,33 @@ fn follow(args: &Args, target: &Target, progress: Progress) -> crate::Result<End
             Err(ReadError::ProducerGone { .. }) => break format!("producer {:?} exited", target.name),
             Err(e) => return Err(e.into()),
         };
+        if let Some(budget) = &budget {
+            let next = writer.bytes_to_write(&snapshot);
+            let wait = budget.wait(totals.bytes, next);
+            if !wait.is_zero() {
+                if !said_paced && wait >= Duration::from_secs(1) {
+                    progress.note(&format!(
+                        "v{}: waiting {:.1} s to write {} within --max-rate {}/s; then the newest version is taken",
+                        snapshot.version(),
+                        wait.as_secs_f64(),
+                        HumanBytes(next),
+                        HumanBytes(budget.rate)
+                    ));
+                    said_paced = true;
+                }
+                // The pin goes while it waits: the producer's memory is not held for it.
+                drop(snapshot);
+                let until = Instant::now().checked_add(wait);
+                while let Some(left) = until.map_or(Some(Duration::MAX), |u| u.checked_duration_since(Instant::now())) {
+                    if left.is_zero() || observer.producer_gone() {
+                        break;
+                    }
+                    thread::sleep(left.min(Duration::from_millis(100)));
+                }
+                paced = true;
+                continue;
+            }
+        }
         // Versions published since the last checkpoint and not taken: the writer never
         // holds the producer back, it takes the newest.
         let skipped = writer.last().map_or(0, |l| snapshot.version() - l - 1);
@@ -414,18 +498,23 @@ fn follow(args: &Args, target: &Target, progress: Progress) -> crate::Result<End
         }
         totals.add(&written, skipped);
         let disk = Disk::of(&target.dir);
-        progress.checkpoint(&written, skipped, &totals, &disk);
+        progress.checkpoint(&written, skipped, &totals, &disk, budget.as_ref());
         if written.parent.is_none() {
             base_bytes = written.bytes;
         }
-        // Warn once while fewer than two bases fit, again after space came back.
-        let short = disk.free.is_some_and(|free| free < 2 * base_bytes);
+        // Warn once while less than --min-free (by default, two bases) is free, again after
+        // space came back.
+        let min_free = args.min_free.map_or(2 * base_bytes, |m| m as u64);
+        let short = disk.free.is_some_and(|free| free < min_free);
         if short && !warned {
+            let less_than = match args.min_free {
+                Some(m) => format!("less than --min-free {}", HumanBytes(m as u64)),
+                None => format!("less than two base checkpoints ({} each)", HumanBytes(base_bytes)),
+            };
             progress.note(&format!(
-                "warning: {} has {} free, less than two base checkpoints ({} each): retire chains with --full-every and --keep or --keep-bytes, or checkpoint less often (--interval)",
+                "warning: {} has {} free, {less_than}: retire chains with --full-every and --keep or --keep-bytes, or checkpoint less often (--interval, --max-rate)",
                 target.dir.display(),
                 HumanBytes(disk.free.unwrap_or(0)),
-                HumanBytes(base_bytes)
             ));
         }
         warned = short;
@@ -448,7 +537,7 @@ fn follow(args: &Args, target: &Target, progress: Progress) -> crate::Result<End
             break format!("{} taken", crate::plural(totals.checkpoints, "checkpoint"));
         }
     };
-    progress.finish(&why, &totals);
+    progress.finish(&why, &totals, budget.as_ref());
     if let Some(l2) = level2 {
         let (events, summary) = l2.finish(last);
         events.iter().for_each(|line| eprintln!("{line}"));
@@ -956,4 +1045,30 @@ pub fn bench_restart(args: RestartBenchArgs) -> crate::Result {
     println!("cp -r + sync of the same files: {:.1} ms ({}/s)", plain_copy.as_secs_f64() * 1e3, rate(bytes, plain_copy));
     println!("ratio flush rate / cp rate: {:.2}", plain_copy.as_secs_f64() / flushed.elapsed.as_secs_f64());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_as_sizes_per_second() {
+        assert_eq!(parse_rate("200MiB"), Ok(200 << 20));
+        assert_eq!(parse_rate("200MiB/s"), Ok(200 << 20));
+        assert_eq!(parse_rate("1GB"), Ok(1_000_000_000));
+        assert!(parse_rate("0").is_err());
+        assert!(parse_rate("fast").is_err());
+    }
+
+    /// A write waits until the bytes written, its own included, fit in the budget since the
+    /// start; a write that fits goes at once.
+    #[test]
+    fn the_budget_waits_for_what_does_not_fit() {
+        let budget = Budget { rate: 1000, started: Instant::now() - Duration::from_secs(2) };
+        assert_eq!(budget.wait(1000, 500), Duration::ZERO);
+        let wait = budget.wait(2000, 1000);
+        assert!(wait > Duration::from_millis(900) && wait <= Duration::from_secs(1), "{wait:?}");
+        assert!(budget.wait(u64::MAX, 1) > Duration::from_secs(1 << 40));
+        assert!(Budget { rate: 1, started: Instant::now() }.wait(u64::MAX, u64::MAX) > Duration::from_secs(1 << 40));
+    }
 }

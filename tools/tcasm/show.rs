@@ -6,8 +6,10 @@ use std::fs::File;
 use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use tcasm::checkpoint::restart;
-use tcasm::{Dtype, RegionInfo};
+use tcasm::{Dtype, Observer, RegionInfo, Snapshot};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -16,8 +18,10 @@ pub struct Args {
     source: String,
     /// One region (default: every region).
     region: Option<String>,
-    /// The version (default: the newest; a live producer shows only its newest).
-    #[arg(long)]
+    /// The version (default: the newest). A live producer holds only its newest version for
+    /// an observer: V must be that one (a V not published yet is waited for, up to --wait);
+    /// older versions are in checkpoint directories.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     version: Option<u64>,
     /// Write a heatmap of REGION (2-D, or a slice of a 3-D one) to this PNG file.
     #[arg(long, value_name = "FILE", requires = "region")]
@@ -113,20 +117,39 @@ fn load(args: &Args) -> crate::Result<(u64, Vec<Shown>, Vec<String>)> {
         return Ok((restore.manifest().version, shown, names));
     }
     let observer = args.wait.attach(&args.source)?;
-    let snap = observer.latest()?;
-    if let Some(v) = args.version.filter(|&v| v != snap.version()) {
-        return Err(format!(
-            "a live producer shows its newest version (v{}), not v{v}: show a checkpoint directory for older ones",
-            snap.version()
-        )
-        .into());
-    }
+    let snap = match args.version {
+        None => observer.latest()?,
+        Some(v) => live_version(&observer, v, args.wait.seconds())?,
+    };
     let names = snap.regions().iter().map(|r| r.name.clone()).collect();
     let mut shown = Vec::new();
     for r in snap.regions().iter().filter(|r| wanted(r, &args.region)) {
         shown.push(Shown { info: r.clone(), values: as_f64(r.dtype, snap.bytes(&r.name)?) });
     }
     Ok((snap.version(), shown, names))
+}
+
+/// Version `v` of a live producer: readable while it is the newest (an observer pins only
+/// the newest version), so a version not published yet is waited for, up to `wait`.
+fn live_version(observer: &Observer, v: u64, wait: Duration) -> crate::Result<Snapshot> {
+    let name = observer.name();
+    if observer.latest_version() < v && observer.wait_newer(v - 1, wait)?.is_none() {
+        return Err(format!(
+            "producer {name:?} has not published version {v} yet (latest is {}, waited {} s): try again later, or wait longer with --wait",
+            observer.latest_version(),
+            wait.as_secs_f64()
+        )
+        .into());
+    }
+    let snap = observer.latest()?;
+    if snap.version() != v {
+        return Err(format!(
+            "version {v} is no longer held by producer {name:?} (latest is {}): a live producer keeps only its newest version for observers; checkpoint directories keep older ones: tcasm show DIR --version {v}",
+            snap.version()
+        )
+        .into());
+    }
+    Ok(snap)
 }
 
 fn summarize<'a>(s: &'a Shown, first: usize) -> Summary<'a> {

@@ -24,12 +24,17 @@ fn parse_wait(s: &str) -> Result<f64, String> {
 }
 
 impl Wait {
+    /// How long `--wait` says to wait.
+    pub fn seconds(&self) -> Duration {
+        Duration::from_secs_f64(self.wait)
+    }
+
     /// Attaches to `name`, waiting as the rule says.
     pub fn attach(&self, name: &str) -> crate::Result<Observer> {
         let there = endpoint::list().map(|live| live.iter().any(|p| p.name == name)).unwrap_or(false);
         if !there && self.wait > 0.0 {
             eprintln!("tcasm: waiting up to {} s for producer {name:?} to appear (--wait)", self.wait);
         }
-        Ok(Observer::attach_timeout(name, Duration::from_secs_f64(self.wait))?)
+        Ok(Observer::attach_timeout(name, self.seconds())?)
     }
 }
