@@ -98,8 +98,6 @@ pub mod reader;
 pub mod slots;
 pub mod writer;
 
-pub use pagemap::PageMap;
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;

@@ -632,18 +632,9 @@ impl StoreWriter {
         self.free.reserve_slots() * self.layout().page_size as u64
     }
 
-    /// Pins currently held by live observers (as of the last publish).
-    pub fn live_pins(&self) -> usize {
-        self.live_pins.len()
-    }
-
     /// Observers attached now.
     pub fn observers(&self) -> usize {
         self.mapped.board.observers()
-    }
-
-    pub fn planes(&self) -> usize {
-        self.planes
     }
 
 }

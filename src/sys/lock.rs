@@ -30,12 +30,6 @@ pub fn try_lock(file: impl AsFd, start: u64, len: u64) -> nix::Result<bool> {
     }
 }
 
-/// Releases a lock taken with [`try_lock`].
-pub fn unlock(file: impl AsFd, start: u64, len: u64) -> nix::Result<()> {
-    let lock = flock(libc::F_UNLCK, start, len);
-    fcntl(file, FcntlArg::F_OFD_SETLK(&lock)).map(drop)
-}
-
 /// Whether another open file description holds a lock on `[start, start + len)`.
 pub fn is_locked_by_other(file: impl AsFd, start: u64, len: u64) -> nix::Result<bool> {
     let mut lock = flock(libc::F_WRLCK, start, len);

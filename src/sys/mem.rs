@@ -147,10 +147,6 @@ impl Mapping {
     pub fn len(&self) -> usize {
         self.len
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
 }
 
 impl Drop for Mapping {
@@ -243,16 +239,6 @@ impl Mapping {
         let _ = unsafe {
             mman::madvise(self.ptr.add(start).cast(), end - start, mman::MmapAdvise::MADV_POPULATE_WRITE)
         };
-    }
-
-    /// Copies `len` bytes from `from` to `to` inside this writable mapping; the ranges must
-    /// not overlap.
-    pub fn copy_within(&self, from: usize, to: usize, len: usize) {
-        let ok = |o: usize| o.checked_add(len).is_some_and(|e| e <= self.len);
-        assert!(ok(from) && ok(to) && (from + len <= to || to + len <= from), "copy_within out of bounds");
-        let base = self.ptr.as_ptr();
-        // SAFETY: both ranges were just checked to lie inside this mapping and not to overlap.
-        unsafe { std::ptr::copy_nonoverlapping(base.add(from), base.add(to), len) }
     }
 
     /// Zeroes `[at, at + len)` of this writable mapping.

@@ -20,7 +20,7 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tcasm::sys::monotonic_ns;
+use tcasm::monotonic_ns;
 use tcasm::{Observer, Producer, ProducerOptions, ProducerStats, ReadError, Snapshot, TrackerKind};
 
 use indicatif::HumanBytes;
@@ -172,7 +172,7 @@ pub fn run(args: Args) -> crate::Result {
         run.versions,
         elapsed.as_secs_f64(),
         run.pages,
-        HumanBytes(run.pages * tcasm::sys::page_size() as u64),
+        HumanBytes(run.pages * tcasm::page_size() as u64),
     );
     let full_copy_time = full_copy.median();
     // What tracking costs the producer per version: the publish, and the write faults its

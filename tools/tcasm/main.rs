@@ -116,8 +116,18 @@ pub fn parse_seconds(s: &str) -> std::result::Result<std::time::Duration, String
         .ok_or_else(|| format!("{s:?} is not a positive number of seconds"))
 }
 
+/// Makes a write to a closed pipe end the process quietly, as it ends `cat` or `ls`, instead
+/// of returning `EPIPE` (which Rust's runtime asks for, and `println!` turns into a panic):
+/// `tcasm inspect heat | head` stops when `head` has read enough.
+fn quiet_on_closed_pipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_DFL installs no handler of ours, so no code runs in signal context; the
+    // previous disposition (Rust's SIG_IGN) is not a handler anyone else relies on.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn main() -> ExitCode {
-    tcasm::sys::quiet_on_closed_pipe();
+    quiet_on_closed_pipe();
     tracing_subscriber::fmt().with_writer(std::io::stderr).without_time().init();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -34,7 +34,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tcasm::sys::page_size;
+use tcasm::page_size;
 use tcasm::{Freed, Observer, Producer, ProducerOptions, ReadError, Region, Snapshot, TrackerKind};
 
 /// The one region the producer shares.

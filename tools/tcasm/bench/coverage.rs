@@ -71,11 +71,9 @@ use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tcasm::sys::mem::{Access, Mapping};
-use tcasm::sys::memfd::SharedFile;
-use tcasm::sys::{futex, monotonic_ns, page_size};
-use tcasm::{Freed, Observer, Producer, ProducerOptions, ReadError, Region, TrackerKind};
+use tcasm::{monotonic_ns, page_size, Freed, Observer, Producer, ProducerOptions, ReadError, Region, TrackerKind};
 
+use super::shm::{allocated_bytes, futex_wait, futex_wake_all, memfd, SharedMap};
 use super::{machine, mean, median, micros, write_pages, Pages, Pattern, Plain, Write};
 
 /// The one region of the producer.
@@ -326,8 +324,8 @@ impl Subject for Tcasm {
 /// (`memcpy`) or two (`double-buffer`).
 struct Shared {
     memory: Plain,
-    file: SharedFile,
-    map: Mapping,
+    file: std::fs::File,
+    map: SharedMap,
     buffers: usize,
     version: u64,
     /// Pages written in the previous version (double buffer).
@@ -339,9 +337,8 @@ struct Shared {
 impl Shared {
     fn create(buffers: usize, size: usize) -> crate::Result<Shared> {
         let page = page_size();
-        let file = SharedFile::create("tcasm-bench-baseline")?;
-        file.set_len((page + buffers * size) as u64)?;
-        let map = Mapping::shared(&file, 0, page + buffers * size, Access::ReadWrite)?;
+        let file = memfd("tcasm-bench-baseline", page + buffers * size)?;
+        let map = SharedMap::new(&file, page + buffers * size, true)?;
         let mut shared =
             Shared { memory: Plain::new(size), file, map, buffers, version: 0, previous: Vec::new(), runs: Vec::new() };
         for b in 0..buffers {
@@ -359,7 +356,7 @@ impl Shared {
         assert!(base + size <= self.map.len(), "buffer {b} lies inside the shared mapping");
         for &(first, count) in runs {
             let (from, len) = (first * page, count * page);
-            copy_into(&self.map, base + from, &self.memory[from..from + len]);
+            self.map.copy_in(base + from, &self.memory[from..from + len]);
         }
     }
 
@@ -371,13 +368,13 @@ impl Shared {
         // SYNC: Release pairs with the observers' Acquire load of VERSION: the copy and FRONT
         // are visible before the version is.
         words[VERSION].store(self.version, Ordering::Release);
-        futex::wake_all(&words[VERSION]);
+        futex_wake_all(&words[VERSION]);
     }
 
     fn close(&self) {
         let words = self.map.words();
         words[CLOSED].store(1, Ordering::Release);
-        futex::wake_all(&words[VERSION]);
+        futex_wake_all(&words[VERSION]);
     }
 }
 
@@ -409,7 +406,7 @@ impl Subject for Shared {
     }
 
     fn memory_bytes(&self) -> crate::Result<u64> {
-        Ok(self.file.allocated_bytes()?)
+        Ok(allocated_bytes(&self.file)?)
     }
 
     fn observer_args(&self) -> Option<Vec<String>> {
@@ -432,35 +429,22 @@ impl Drop for Shared {
     }
 }
 
-/// Copies `source` to offset `at` of `map`, a writable shared mapping: the `memcpy` a user
-/// writes by hand.
-fn copy_into(map: &Mapping, at: usize, source: &[u8]) {
-    assert!(at.checked_add(source.len()).is_some_and(|end| end <= map.len()), "copy inside the mapping");
-    // SAFETY: the target `[at, at + len)` lies inside `map` (checked above), a live read-write
-    // mapping, and the source is a live slice of a different allocation (no Rust reference
-    // points into a shared mapping), so the ranges cannot overlap. Other processes only read
-    // the target (they may see a copy in progress: the baselines' documented lack of
-    // consistency).
-    unsafe { std::ptr::copy_nonoverlapping(source.as_ptr(), map.as_ptr().add(at), source.len()) };
-}
-
 /// The in-row reference: the producer's untracked buffer copied whole into a memfd.
 struct Reference {
-    map: Mapping,
+    map: SharedMap,
 }
 
 impl Reference {
     fn create(size: usize) -> crate::Result<Reference> {
-        let file = SharedFile::create("tcasm-bench-reference")?;
-        file.set_len(size as u64)?;
-        let map = Mapping::shared(&file, 0, size, Access::ReadWrite)?;
-        map.zero(0, size);
+        let file = memfd("tcasm-bench-reference", size)?;
+        let map = SharedMap::new(&file, size, true)?;
+        map.zero();
         Ok(Reference { map })
     }
 
     fn copy(&self, source: &[u8]) -> Duration {
         let started = Instant::now();
-        copy_into(&self.map, 0, source);
+        self.map.copy_in(0, source);
         started.elapsed()
     }
 }
@@ -686,7 +670,7 @@ pub fn run(args: Args) -> crate::Result {
         args.warmup,
         args.iterations
     );
-    if let Some(d) = tcasm::track::detect().reason {
+    if let Some(d) = tcasm::tracking_support().reason {
         eprintln!("bench coverage: async tracking unavailable here ({d}): auto runs as copy");
     }
     let mut plain = Plain::new(args.size);
@@ -1016,12 +1000,12 @@ fn observe_tcasm(name: &str, mut pace: Pace) -> crate::Result<Vec<(u64, u64)>> {
 
 fn observe_shared(path: &std::path::Path, buffers: usize, size: usize, mut pace: Pace) -> crate::Result<Vec<(u64, u64)>> {
     let page = page_size();
-    let file = SharedFile::from_file(std::fs::File::open(path)?);
+    let file = std::fs::File::open(path)?;
     let len = page + buffers * size;
-    if buffers == 0 || size == 0 || file.size()? < len as u64 {
+    if buffers == 0 || size == 0 || file.metadata()?.len() < len as u64 {
         return Err(format!("{} is not a baseline's shared file of {buffers} x {size} bytes", path.display()).into());
     }
-    let map = Mapping::shared(&file, 0, len, Access::ReadOnly)?;
+    let map = SharedMap::new(&file, len, false)?;
     let words = map.words();
     let read = |front: u64| {
         let b = (front as usize).min(buffers - 1);
@@ -1049,7 +1033,7 @@ fn observe_shared(path: &std::path::Path, buffers: usize, size: usize, mut pace:
         if closed() {
             break;
         }
-        futex::wait(&words[VERSION], v as u32, Duration::from_millis(100));
+        futex_wait(&words[VERSION], v as u32, Duration::from_millis(100));
     }
     Ok(taken)
 }

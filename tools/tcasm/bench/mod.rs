@@ -9,10 +9,11 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use tcasm::sys::page_size;
+use tcasm::page_size;
 
 pub mod coverage;
 mod plot;
+mod shm;
 
 /// Which pages an iteration writes, for a coverage `c` (share of the pages, 0–1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
