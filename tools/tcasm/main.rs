@@ -1,5 +1,11 @@
 //! `tcasm`: run the demo, list and inspect live producers, checkpoint them, and stress-test
 //! and benchmark the store.
+//!
+//! User commands: `demo`, `ls`, `inspect`, `show`, `top`, `checkpoint`, `restore`, `verify`,
+//! `completions` and `bench` (`checkpoint`, `export`, `restart`, `coverage`). Harnesses, for
+//! tcasm's own testing: `stress` (tests/stress.rs), and the hidden `demo-observer`,
+//! `stress-observer` and `bench-coverage-observer`, the child processes `demo`, `stress` and
+//! `bench coverage` start ([`harness`]: they report as JSON lines).
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -9,6 +15,7 @@ mod checkpoint;
 mod demo;
 mod export;
 mod flush;
+mod harness;
 mod inspect;
 mod show;
 mod stress;

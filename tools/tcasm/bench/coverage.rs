@@ -64,15 +64,14 @@
 //! its observers' pace, not of the cores and the bandwidth they share.
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tcasm::{monotonic_ns, page_size, Freed, Observer, Producer, ProducerOptions, ReadError, Region, TrackerKind};
 
+use crate::harness::{report, ChildProcess};
 use super::shm::{allocated_bytes, futex_wait, futex_wake_all, memfd, SharedMap};
 use super::{machine, mean, median, micros, write_pages, Pages, Pattern, Plain, Write};
 
@@ -553,9 +552,17 @@ impl Drop for Fork {
     }
 }
 
+/// What an observer process reports: that it has taken a first version, and at the end
+/// every (version, time it was taken) of the versions it took.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum ObserverReport {
+    Ready,
+    Taken(Vec<(u64, u64)>),
+}
+
 /// The observer processes of one producer.
 struct Observers {
-    children: Vec<(Child, BufReader<ChildStdout>)>,
+    children: Vec<ChildProcess<ObserverReport>>,
 }
 
 impl Observers {
@@ -563,22 +570,16 @@ impl Observers {
     fn start(n: usize, args: &[String], nice: i32, period: f64) -> crate::Result<Observers> {
         let mut observers = Observers { children: Vec::new() };
         for i in 0..n {
-            let mut child = Command::new(std::env::current_exe()?)
-                .arg("bench-coverage-observer")
-                .args(args)
-                .args(["--nice", &nice.to_string(), "--period", &period.to_string()])
-                .args(["--index", &i.to_string(), "--count", &n.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .spawn()?;
-            let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-            observers.children.push((child, BufReader::new(stdout)));
+            let own = ["--nice".into(), nice.to_string(), "--period".into(), period.to_string()]
+                .into_iter()
+                .chain(["--index".into(), i.to_string(), "--count".into(), n.to_string()]);
+            let args = std::iter::once("bench-coverage-observer".to_string()).chain(args.iter().cloned()).chain(own);
+            observers.children.push(ChildProcess::start(args, false, &format!("observer {i}"))?);
         }
-        for (i, (_, out)) in observers.children.iter_mut().enumerate() {
-            let mut line = String::new();
-            out.read_line(&mut line)?;
-            if line.trim() != "ready" {
-                return Err(format!("observer {i} did not start: {line:?}").into());
+        for (i, child) in observers.children.iter().enumerate() {
+            match child.reports().recv() {
+                Ok(ObserverReport::Ready) => {}
+                other => return Err(format!("observer {i} did not start: {other:?}").into()),
             }
         }
         Ok(observers)
@@ -586,26 +587,16 @@ impl Observers {
 
     /// Waits for the observers to end (the producer has), at most [`OBSERVER_GRACE`], and
     /// returns every (version, time it was taken) they report.
-    fn finish(self) -> crate::Result<Vec<(u64, u64)>> {
-        let mut readers = Vec::new();
-        let mut children = Vec::new();
-        for (child, mut out) in self.children {
-            readers.push(std::thread::spawn(move || {
-                let mut s = String::new();
-                out.read_to_string(&mut s).map(|_| s)
-            }));
-            children.push(child);
-        }
+    fn finish(mut self) -> crate::Result<Vec<(u64, u64)>> {
         let deadline = Instant::now() + OBSERVER_GRACE;
         let mut failed = Vec::new();
-        for (i, child) in children.iter_mut().enumerate() {
+        for (i, child) in self.children.iter_mut().enumerate() {
             let status = loop {
                 if let Some(status) = child.try_wait()? {
                     break Some(status);
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
-                    let _ = child.wait();
                     break None;
                 }
                 std::thread::sleep(Duration::from_millis(10));
@@ -617,12 +608,10 @@ impl Observers {
             }
         }
         let mut taken = Vec::new();
-        for reader in readers {
-            let out = reader.join().map_err(|_| "an observer's reader panicked")??;
-            for line in out.lines() {
-                let mut it = line.split_whitespace().map(str::parse::<u64>);
-                if let (Some(Ok(v)), Some(Ok(t))) = (it.next(), it.next()) {
-                    taken.push((v, t));
+        for child in self.children {
+            for r in child.remaining() {
+                if let ObserverReport::Taken(t) = r {
+                    taken.extend(t);
                 }
             }
         }
@@ -898,8 +887,8 @@ pub fn table(rows: &[Row]) -> String {
 }
 
 /// The observer process: takes the newest version (at most one per period), reads all of it,
-/// and again until the producer ends. It prints a `ready` line once it has taken a first
-/// version, and at the end one `VERSION TIME_NS` line per version taken.
+/// and again until the producer ends. It reports [`ObserverReport::Ready`] once it has taken
+/// a first version, and at the end [`ObserverReport::Taken`].
 pub fn observe(args: ObserverArgs) -> crate::Result {
     if args.nice != 0 {
         // SAFETY: setpriority takes no pointer; it changes only this process's priority
@@ -919,12 +908,7 @@ pub fn observe(args: ObserverArgs) -> crate::Result {
         (None, Some(file)) => observe_shared(file, args.buffers.unwrap_or(1), args.size.unwrap_or(0), pace)?,
         _ => return Err("give --name or --file".into()),
     };
-    let mut out = String::new();
-    for (v, t) in taken {
-        out += &format!("{v} {t}\n");
-    }
-    print!("{out}");
-    Ok(())
+    report(&ObserverReport::Taken(taken))
 }
 
 /// One word of every 64-byte line: every byte of `bytes` crosses the memory bus.
@@ -935,8 +919,8 @@ fn read_all(bytes: &[u8]) -> u64 {
         .fold(0, u64::wrapping_add)
 }
 
-fn ready() {
-    println!("ready");
+fn ready() -> crate::Result {
+    report(&ObserverReport::Ready)
 }
 
 /// When an observer may take its next version.
@@ -973,7 +957,7 @@ fn observe_tcasm(name: &str, mut pace: Pace) -> crate::Result<Vec<(u64, u64)>> {
     std::hint::black_box(read_all(first.bytes(REGION)?));
     let mut seen = first.version();
     drop(first);
-    ready();
+    ready()?;
     let mut taken = Vec::new();
     loop {
         if !pace.wait(|| observer.producer_gone()) {
@@ -1015,7 +999,7 @@ fn observe_shared(path: &std::path::Path, buffers: usize, size: usize, mut pace:
     // SYNC: Acquire pairs with the producer's Release store of VERSION in `Shared::release`.
     let mut seen = words[VERSION].load(Ordering::Acquire);
     std::hint::black_box(read(words[FRONT].load(Ordering::Acquire)));
-    ready();
+    ready()?;
     let mut taken = Vec::new();
     let closed = || words[CLOSED].load(Ordering::Acquire) != 0;
     loop {
