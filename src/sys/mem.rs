@@ -144,7 +144,7 @@ impl Mapping {
         self.ptr.as_ptr()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 }

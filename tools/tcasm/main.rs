@@ -17,6 +17,7 @@ mod export;
 mod flush;
 mod harness;
 mod inspect;
+mod rng;
 mod show;
 mod stress;
 mod top;

@@ -35,6 +35,7 @@ use tcasm::page_size;
 use tcasm::{Freed, Observer, Producer, ProducerOptions, ReadError, Region, Snapshot, TrackerKind};
 
 use crate::harness::{report, ChildProcess};
+use crate::rng::{mix, Rng};
 
 /// The one region the producer shares.
 const REGION: &str = "stress";
@@ -87,39 +88,6 @@ pub struct ObserverArgs {
     index: usize,
 }
 
-/// SplitMix64's finalizer: the source of every pseudo-random choice here.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// A SplitMix64 stream.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix(self.0)
-    }
-
-    /// Uniform in `0..n` (n > 0), close enough for a schedule.
-    fn below(&mut self, n: usize) -> usize {
-        (((self.next() >> 32) * n as u64) >> 32) as usize
-    }
-
-    /// Uniform in `ms` milliseconds.
-    fn millis(&mut self, ms: &Range<u64>) -> Duration {
-        Duration::from_millis(ms.start + self.below((ms.end - ms.start) as usize) as u64)
-    }
-
-    /// Uniform in [0, 1).
-    fn fraction(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Distance between consecutive words of a page: word `i` is `base + i * WORD_STEP`.
 const WORD_STEP: u64 = 0xD6E8_FEB8_6659_FD93;
 
@@ -135,7 +103,7 @@ impl Pattern {
     /// every page, so every page of every version has a known writer.
     fn schedule(&self, v: u64, out: &mut Vec<Range<usize>>) {
         out.clear();
-        let mut rng = Rng(mix(self.seed ^ mix(v)));
+        let mut rng = Rng::new(mix(self.seed ^ mix(v)));
         let coverage = rng.fraction();
         match if v == 1 { 1 } else { rng.below(8) } {
             0 => {}
@@ -501,7 +469,7 @@ impl Chaos {
 }
 
 fn chaos(mut observers: Vec<ObserverProcess>, name: &str, seed: u64, stop: &AtomicBool) -> (Vec<ObserverProcess>, Vec<Report>) {
-    let mut rng = Rng(mix(seed ^ 0xC4A0_5C4A_05C4_A05C));
+    let mut rng = Rng::new(mix(seed ^ 0xC4A0_5C4A_05C4_A05C));
     let (mut killed, mut stops, mut next) = (Vec::new(), 0, observers.len());
     loop {
         pause(rng.millis(&CHAOS_PAUSE_MS), stop);
