@@ -185,7 +185,7 @@ fn help_options(command: &[&str]) -> std::collections::BTreeSet<String> {
 /// rows name exactly the options its `--help` lists.
 #[test]
 fn the_readme_tools_table_names_every_command_and_option() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../README.md")).unwrap();
     let table = readme.split("\n## Tools\n").nth(1).unwrap().split("\n## ").next().unwrap();
     let mut rows: std::collections::BTreeMap<Vec<String>, std::collections::BTreeSet<String>> = Default::default();
     for usage in table.lines().filter_map(|l| l.strip_prefix("| `tcasm ")?.split("` |").next()) {

@@ -40,9 +40,6 @@ impl Run {
     }
 }
 
-/// The greatest version a run can name.
-pub const MAX_VERSION: u64 = (1 << 48) - 1;
-
 /// A version's complete page map.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PageMap {

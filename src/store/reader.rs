@@ -1,6 +1,5 @@
 //! The observer's side of the store: checking the control block, pinning versions in its
 //! own pin page, reading their page maps, and waiting for new ones.
-use std::ops::Range;
 use std::sync::atomic::{fence, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -278,12 +277,6 @@ impl StoreReader {
     /// Byte offset of slot `slot` in the pool.
     pub fn slot_offset(&self, slot: u64) -> u64 {
         slot * self.layout.page_size as u64
-    }
-
-    /// The pages of the page space a region covers.
-    pub fn region_pages(&self, region: usize) -> Range<usize> {
-        let r = &self.layout.regions[region];
-        r.first_page..r.first_page + r.pages
     }
 }
 

@@ -635,18 +635,9 @@ impl StoreWriter {
         self.free.reserve_slots() * self.layout().page_size as u64
     }
 
-    /// Pins currently held by live observers (as of the last publish).
-    pub fn live_pins(&self) -> usize {
-        self.live_pins.len()
-    }
-
     /// Observers attached now.
     pub fn observers(&self) -> usize {
         self.mapped.board.observers()
-    }
-
-    pub fn planes(&self) -> usize {
-        self.planes
     }
 
 }
@@ -858,8 +849,11 @@ mod tests {
                 vec![PageCopy { pages: 500..800, slot: 7, fresh: true }],
             ]
         );
-        let three = shares(&[0..900usize], 3).unwrap();
-        assert_eq!(three, [vec![0..300], vec![300..600], vec![600..900]]);
+        // One run of 900 pages, cut into three shares of one run each.
+        let one_run: &[Range<usize>] = std::slice::from_ref(&(0..900));
+        let three: Vec<Vec<Range<usize>>> = shares(one_run, 3).unwrap();
+        let firsts: Vec<(usize, usize)> = three.iter().flatten().map(|r| (r.start, r.end)).collect();
+        assert_eq!((three.iter().map(Vec::len).collect::<Vec<_>>(), firsts), (vec![1, 1, 1], vec![(0, 300), (300, 600), (600, 900)]));
         let cut = shares(&[PageCopy { pages: 10..610, slot: 40, fresh: false }], 2).unwrap();
         assert_eq!(cut[1], [PageCopy { pages: 310..610, slot: 340, fresh: false }]);
     }

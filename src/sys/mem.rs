@@ -93,12 +93,8 @@ impl Mapping {
         self.ptr.as_ptr()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     /// The mapping as 64-bit words shared with other processes.
@@ -311,17 +307,8 @@ impl PrivateMapping {
         self.0.as_ptr()
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.0.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
-    }
-
-    /// As [`Mapping::words`].
-    pub fn words(&self) -> &[AtomicU64] {
-        self.0.words()
     }
 }
 
@@ -374,12 +361,8 @@ impl RegionMemory {
         self.ptr as usize
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
     }
 
     pub fn as_mut_ptr(&self) -> *mut u8 {

@@ -45,16 +45,6 @@ pub fn monotonic_ns() -> u64 {
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
-/// Makes a write to a closed pipe end the process quietly, as it ends `cat` or `ls`, instead
-/// of returning `EPIPE` (which Rust's runtime asks for, and `println!` turns into a panic):
-/// `tcasm inspect heat | head` stops when `head` has read enough. For command-line tools only.
-pub fn quiet_on_closed_pipe() {
-    use nix::sys::signal::{signal, SigHandler, Signal};
-    // SAFETY: SIG_DFL installs no handler of ours, so no code runs in signal context; the
-    // previous disposition (Rust's SIG_IGN) is not a handler anyone else relies on.
-    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
-}
-
 /// `vm.max_map_count`: how many mappings one process may hold.
 pub fn max_map_count() -> usize {
     std::fs::read_to_string("/proc/sys/vm/max_map_count")

@@ -35,7 +35,10 @@ use std::time::Duration;
 pub use async_wp::AsyncTracker;
 pub use auto::AutoTracker;
 pub use copy::CopyTracker;
-pub use sync_wp::{kernel_faults_allowed, FirstWrite, SyncTracker};
+pub use sync_wp::{FirstWrite, SyncTracker};
+// For the tests (tests/common): whether a sync tracker can take the kernel's own writes.
+#[cfg(feature = "internals")]
+pub use sync_wp::kernel_faults_allowed;
 
 /// What changed since the previous publish, as page-aligned address runs.
 #[derive(Clone, Debug, Default)]

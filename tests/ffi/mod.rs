@@ -16,7 +16,8 @@ use tcasm::{Observer, ReadError};
 
 /// The repository root.
 pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // This test belongs to the package in tools/tcasm.
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."))
 }
 
 /// The target directory these tests were built into: builds made by the tests go there too.

@@ -337,7 +337,7 @@ fn run_all(args: &Args, pattern: &str) -> crate::Result {
     thread::scope(|scope| -> crate::Result {
         let mut running: Vec<Following> = Vec::new();
         loop {
-            for l in tcasm::endpoint::list()? {
+            for l in tcasm::list_producers()? {
                 // A producer relaunched under a name still followed waits for the follower of
                 // the one before to finish (it holds the name's directories).
                 let known = running.iter().any(|(n, _, _)| *n == l.name) || finished.contains(&(l.name.clone(), l.incarnation));
@@ -904,7 +904,7 @@ impl BenchProducer {
         let thread = thread::spawn(move || -> Result<(), String> {
             let mut p = Producer::create(&name, ProducerOptions::default()).map_err(|e| e.to_string())?;
             let mut field = p.region::<u64>("field", &[size / 8]).map_err(|e| e.to_string())?;
-            let per_page = tcasm::sys::page_size() / 8;
+            let per_page = tcasm::page_size() / 8;
             let mut version = 0;
             while stopped.try_recv().is_err() {
                 version += 1;
@@ -965,7 +965,7 @@ pub fn bench_restart(args: RestartBenchArgs) -> crate::Result {
         let observer = Observer::attach(&name)?;
         let mut writer = Writer::create(&local, PageSpace::of(&observer), WriterOptions::default())?;
         writer.write(&observer.latest()?, |_, _| {})?;
-        let per_page = tcasm::sys::page_size() / 8;
+        let per_page = tcasm::page_size() / 8;
         field.iter_mut().step_by(per_page * 10).for_each(|x| *x = !*x);
         p.publish()?;
         writer.write(&observer.latest()?, |_, _| {})?;
@@ -1006,7 +1006,7 @@ pub fn bench_restart(args: RestartBenchArgs) -> crate::Result {
     let started = Instant::now();
     let restarted = p.restore(&[&local], &mut [&mut field])?.ok_or("the checkpoint written just now is not there")?;
     let restore = started.elapsed();
-    let per_page = tcasm::sys::page_size() / 8;
+    let per_page = tcasm::page_size() / 8;
     let intact = field.iter().enumerate().all(|(i, &x)| if i % (per_page * 10) == 0 { x == !(i as u64) } else { x == i as u64 });
     if !intact {
         return Err("the restored region differs from what was checkpointed".into());

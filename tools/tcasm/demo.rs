@@ -10,21 +10,18 @@
 //!
 //! The observer checks every snapshot: the step counter (one region) says where the heater
 //! is, and the grid (another region) must have the heater exactly there. It prints its
-//! counters on stdout as one `key=value` line a second ([`Report`]), which the producer reads.
-use std::fmt;
-use std::io::{BufRead, BufReader, Write};
+//! counters once a second as a [`Report`] (a JSON line, `crate::harness`), which the producer
+//! reads.
 use std::ops::Range;
-use std::process::{Child, Command, Stdio};
-use std::str::FromStr;
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tcasm::sys::monotonic_ns;
+use tcasm::monotonic_ns;
 use tcasm::{Observer, Producer, ProducerOptions, ProducerStats, ReadError, Snapshot, TrackerKind};
 
 use indicatif::HumanBytes;
 
+use crate::harness::{report, ChildProcess};
 use crate::inspect::human_time;
 
 #[derive(clap::Args)]
@@ -172,7 +169,7 @@ pub fn run(args: Args) -> crate::Result {
         run.versions,
         elapsed.as_secs_f64(),
         run.pages,
-        HumanBytes(run.pages * tcasm::sys::page_size() as u64),
+        HumanBytes(run.pages * tcasm::page_size() as u64),
     );
     let full_copy_time = full_copy.median();
     // What tracking costs the producer per version: the publish, and the write faults its
@@ -346,8 +343,8 @@ impl Tally {
     }
 }
 
-/// What the observer has done so far: the counters of one line of its stdout.
-#[derive(Clone, Debug, Default, PartialEq)]
+/// What the observer has done so far: the counters of one of its reports.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Report {
     /// The newest version it took.
     version: u64,
@@ -383,38 +380,9 @@ impl Report {
     }
 }
 
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "version={} seen={} skipped={} lag_ns={} mean={}", self.version, self.seen, self.skipped, self.lag_ns, self.mean)
-    }
-}
-
-impl FromStr for Report {
-    type Err = String;
-    fn from_str(line: &str) -> Result<Report, String> {
-        fn value<T: FromStr>(pair: &str, v: &str) -> Result<T, String> {
-            v.parse().map_err(|_| format!("bad value in {pair:?}"))
-        }
-        let mut r = Report::default();
-        for pair in line.split_whitespace() {
-            let (key, v) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not key=value"))?;
-            match key {
-                "version" => r.version = value(pair, v)?,
-                "seen" => r.seen = value(pair, v)?,
-                "skipped" => r.skipped = value(pair, v)?,
-                "lag_ns" => r.lag_ns = value(pair, v)?,
-                "mean" => r.mean = value(pair, v)?,
-                _ => return Err(format!("unknown key {key:?}")),
-            }
-        }
-        Ok(r)
-    }
-}
-
 /// The observer: `tcasm demo-observer` in a child process, and its reports.
 struct ObserverProcess {
-    child: Child,
-    reports: mpsc::Receiver<Report>,
+    child: ChildProcess<Report>,
     /// The newest report, and the one the previous line showed.
     last: Report,
     shown: Report,
@@ -422,26 +390,9 @@ struct ObserverProcess {
 
 impl ObserverProcess {
     fn spawn(name: &str) -> crate::Result<ObserverProcess> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(["demo-observer", "--name", name])
-            .stdout(Stdio::piped())
-            .spawn()
+        let child = ChildProcess::start(["demo-observer", "--name", name], false, "observer")
             .map_err(|e| format!("starting the observer process: {e}"))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, reports) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                match line.parse::<Report>() {
-                    Ok(report) => {
-                        if tx.send(report).is_err() {
-                            break;
-                        }
-                    }
-                    Err(_) => eprintln!("observer: {line}"),
-                }
-            }
-        });
-        Ok(ObserverProcess { child, reports, last: Report::default(), shown: Report::default() })
+        Ok(ObserverProcess { child, last: Report::default(), shown: Report::default() })
     }
 
     /// What the observer did since the previous line, from its newest report. Fails if it
@@ -450,7 +401,7 @@ impl ObserverProcess {
         if let Some(status) = self.child.try_wait()? {
             return Err(format!("the observer exited early ({status})").into());
         }
-        if let Some(r) = self.reports.try_iter().last() {
+        if let Some(r) = self.child.reports().try_iter().last() {
             self.last = r;
         }
         let (now, then) = (&self.last, &self.shown);
@@ -478,7 +429,6 @@ impl ObserverProcess {
             }
             if Instant::now() >= deadline {
                 self.child.kill()?;
-                self.child.wait()?;
                 return Err(format!("the observer did not end within {OBSERVER_GRACE:?} of the producer: killed it").into());
             }
             thread::sleep(Duration::from_millis(20));
@@ -487,7 +437,8 @@ impl ObserverProcess {
             return Err(format!("the observer failed ({status})").into());
         }
         // The reader thread ends with the observer's stdout, so this sees every report.
-        Ok(self.reports.iter().last().unwrap_or(self.last))
+        let last = self.last;
+        Ok(self.child.remaining().into_iter().last().unwrap_or(last))
     }
 }
 
@@ -501,21 +452,21 @@ pub fn observe(args: ObserverArgs) -> crate::Result {
         .find(|r| r.name == TEMPERATURE && r.shape.len() == 2)
         .map(|r| r.shape[0])
         .ok_or_else(|| format!("producer {:?} has no {TEMPERATURE:?} grid: is it `tcasm demo`?", args.name))?;
-    let mut report = Report::default();
+    let mut counters = Report::default();
     let mut next_report = Instant::now() + REPORT_PERIOD;
     loop {
         if Instant::now() >= next_report {
-            writeln!(std::io::stdout(), "{report}")?;
+            report(&counters)?;
             next_report += REPORT_PERIOD;
         }
-        let Some(newer) = until_gone(observer.wait_newer(report.version, REPORT_PERIOD / 10))? else { break };
+        let Some(newer) = until_gone(observer.wait_newer(counters.version, REPORT_PERIOD / 10))? else { break };
         if newer.is_none() {
             continue;
         }
         let Some(snapshot) = until_gone(observer.latest())? else { break };
-        report.read(&snapshot, n)?;
+        counters.read(&snapshot, n)?;
     }
-    writeln!(std::io::stdout(), "{report}")?;
+    report(&counters)?;
     Ok(())
 }
 
@@ -535,8 +486,9 @@ mod tests {
     #[test]
     fn report_lines_round_trip() {
         let r = Report { version: 812, seen: 790, skipped: 21, lag_ns: 1_234_567, mean: 0.125 };
-        assert_eq!(r.to_string().parse::<Report>(), Ok(r));
-        assert!("version=1 speed=2".parse::<Report>().is_err());
+        let line = serde_json::to_string(&r).unwrap();
+        assert_eq!(serde_json::from_str::<Report>(&line).unwrap(), r);
+        assert!(serde_json::from_str::<Report>("version=1 seen=2").is_err());
     }
 
     #[test]

@@ -4,8 +4,7 @@
 use std::time::Duration;
 
 use indicatif::HumanBytes;
-use tcasm::sys::monotonic_ns;
-use tcasm::endpoint;
+use tcasm::monotonic_ns;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -29,8 +28,8 @@ pub struct LsArgs {
 }
 
 pub fn ls(args: LsArgs) -> crate::Result {
-    let dir = endpoint::directory()?;
-    let producers = endpoint::list()?;
+    let dir = tcasm::endpoint_directory()?;
+    let producers = tcasm::list_producers()?;
     if args.json {
         let list: Vec<_> = producers.iter().map(|p| serde_json::json!({ "name": p.name, "pid": p.pid })).collect();
         println!("{}", serde_json::to_string_pretty(&list)?);

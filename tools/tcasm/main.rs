@@ -1,5 +1,11 @@
 //! `tcasm`: run the demo, list and inspect live producers, checkpoint them, and stress-test
 //! and benchmark the store.
+//!
+//! User commands: `demo`, `ls`, `inspect`, `show`, `top`, `checkpoint`, `restore`, `verify`,
+//! `completions` and `bench` (`checkpoint`, `export`, `restart`, `coverage`). Harnesses, for
+//! tcasm's own testing: `stress` (tests/stress.rs), and the hidden `demo-observer`,
+//! `stress-observer` and `bench-coverage-observer`, the child processes `demo`, `stress` and
+//! `bench coverage` start ([`harness`]: they report as JSON lines).
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -9,7 +15,9 @@ mod checkpoint;
 mod demo;
 mod export;
 mod flush;
+mod harness;
 mod inspect;
+mod rng;
 mod show;
 mod stress;
 mod top;
@@ -116,8 +124,18 @@ pub fn parse_seconds(s: &str) -> std::result::Result<std::time::Duration, String
         .ok_or_else(|| format!("{s:?} is not a positive number of seconds"))
 }
 
+/// Makes a write to a closed pipe end the process quietly, as it ends `cat` or `ls`, instead
+/// of returning `EPIPE` (which Rust's runtime asks for, and `println!` turns into a panic):
+/// `tcasm inspect heat | head` stops when `head` has read enough.
+fn quiet_on_closed_pipe() {
+    use nix::sys::signal::{signal, SigHandler, Signal};
+    // SAFETY: SIG_DFL installs no handler of ours, so no code runs in signal context; the
+    // previous disposition (Rust's SIG_IGN) is not a handler anyone else relies on.
+    let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
+}
+
 fn main() -> ExitCode {
-    tcasm::sys::quiet_on_closed_pipe();
+    quiet_on_closed_pipe();
     tracing_subscriber::fmt().with_writer(std::io::stderr).without_time().init();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -10,9 +10,9 @@
 //! everything, at coverages spread over 0–100 %, so every publish path of the store is taken.
 //!
 //! The producer never waits for observers: it publishes as fast as it can for `--seconds`,
-//! then drops its endpoint; each observer then gets `ProducerGone` and exits. Observers print
-//! their running totals as one line on stdout after every snapshot; the producer collects the
-//! last line of each under a watchdog (stragglers are killed and count as failed), and its
+//! then drops its endpoint; each observer then gets `ProducerGone` and exits. Observers report
+//! their running totals after every snapshot (a JSON line, `crate::harness`); the producer
+//! keeps the last report of each under a watchdog (stragglers are killed and count as failed), and its
 //! last stdout line is `stress: versions=V acquisitions=A verified_pages=P torn=T`; it fails
 //! when a snapshot was torn or an observer failed. Progress goes to stderr.
 //!
@@ -23,10 +23,7 @@
 //! observers are told to exit (their stdin closes) while the producer lives, it publishes a
 //! few more versions, and whatever its store holds beyond the latest version is
 //! `leaked_bytes`, which must be 0; the last line then ends with `leaked_bytes=L`.
-use std::io::{BufRead, BufReader};
 use std::ops::Range;
-use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -34,8 +31,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tcasm::sys::page_size;
+use tcasm::page_size;
 use tcasm::{Freed, Observer, Producer, ProducerOptions, ReadError, Region, Snapshot, TrackerKind};
+
+use crate::harness::{report, ChildProcess};
+use crate::rng::{mix, Rng};
 
 /// The one region the producer shares.
 const REGION: &str = "stress";
@@ -88,39 +88,6 @@ pub struct ObserverArgs {
     index: usize,
 }
 
-/// SplitMix64's finalizer: the source of every pseudo-random choice here.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^ (x >> 31)
-}
-
-/// A SplitMix64 stream.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        mix(self.0)
-    }
-
-    /// Uniform in `0..n` (n > 0), close enough for a schedule.
-    fn below(&mut self, n: usize) -> usize {
-        (((self.next() >> 32) * n as u64) >> 32) as usize
-    }
-
-    /// Uniform in `ms` milliseconds.
-    fn millis(&mut self, ms: &Range<u64>) -> Duration {
-        Duration::from_millis(ms.start + self.below((ms.end - ms.start) as usize) as u64)
-    }
-
-    /// Uniform in [0, 1).
-    fn fraction(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 /// Distance between consecutive words of a page: word `i` is `base + i * WORD_STEP`.
 const WORD_STEP: u64 = 0xD6E8_FEB8_6659_FD93;
 
@@ -136,7 +103,7 @@ impl Pattern {
     /// every page, so every page of every version has a known writer.
     fn schedule(&self, v: u64, out: &mut Vec<Range<usize>>) {
         out.clear();
-        let mut rng = Rng(mix(self.seed ^ mix(v)));
+        let mut rng = Rng::new(mix(self.seed ^ mix(v)));
         let coverage = rng.fraction();
         match if v == 1 { 1 } else { rng.below(8) } {
             0 => {}
@@ -198,8 +165,8 @@ impl Pattern {
     }
 }
 
-/// What observers counted; one line of `key=value` pairs on an observer's stdout.
-#[derive(Clone, Copy, Debug, Default)]
+/// What observers counted: an observer's report.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Totals {
     acquisitions: u64,
     verified_pages: u64,
@@ -223,43 +190,6 @@ impl Totals {
         self.missing_changes += o.missing_changes;
         self.latest_us += o.latest_us;
         self.check_us += o.check_us;
-    }
-}
-
-impl std::fmt::Display for Totals {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "observer: acquisitions={} verified_pages={} torn={} bad_pages={} missing_changes={} latest_us={} check_us={}",
-            self.acquisitions,
-            self.verified_pages,
-            self.torn,
-            self.bad_pages,
-            self.missing_changes,
-            self.latest_us,
-            self.check_us
-        )
-    }
-}
-
-impl FromStr for Totals {
-    type Err = String;
-    fn from_str(line: &str) -> Result<Totals, String> {
-        let field = |key: &str| {
-            line.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| format!("no {key}= in {line:?}"))
-        };
-        Ok(Totals {
-            acquisitions: field("acquisitions")?,
-            verified_pages: field("verified_pages")?,
-            torn: field("torn")?,
-            bad_pages: field("bad_pages")?,
-            missing_changes: field("missing_changes")?,
-            latest_us: field("latest_us")?,
-            check_us: field("check_us")?,
-        })
     }
 }
 
@@ -439,27 +369,19 @@ impl Writer {
 /// An observer's totals, or why it failed.
 type Report = Result<Totals, String>;
 
-/// An observer process. It reports its totals after every snapshot, and a thread keeps its
-/// last report, so that what an observer killed by chaos verified still counts. Closing its
+/// An observer process. It reports its totals after every snapshot, and its last report
+/// is kept, so that what an observer killed by chaos verified still counts. Closing its
 /// stdin tells it to finish.
 struct ObserverProcess {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    reports: JoinHandle<Option<Totals>>,
+    child: ChildProcess<Totals>,
 }
 
 impl ObserverProcess {
     fn spawn(name: &str, seed: u64, index: usize) -> std::io::Result<ObserverProcess> {
-        let mut child = Command::new(std::env::current_exe()?)
-            .args(["stress-observer", "--name", name])
-            .args(["--seed", &seed.to_string(), "--index", &index.to_string()])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()?;
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let reports = std::thread::spawn(move || last_report(stdout));
-        Ok(ObserverProcess { child, stdin, reports })
+        let args = ["stress-observer".to_string(), "--name".into(), name.into()]
+            .into_iter()
+            .chain(["--seed".into(), seed.to_string(), "--index".into(), index.to_string()]);
+        Ok(ObserverProcess { child: ChildProcess::start(args, true, &format!("stress-observer {index}"))? })
     }
 
     fn signal(&self, signal: Signal) {
@@ -468,7 +390,7 @@ impl ObserverProcess {
 
     /// Its totals, once it has exited with `status`; chaos `killed` it, or it had to succeed.
     fn result(self, status: std::process::ExitStatus, killed: bool) -> Report {
-        let report = self.reports.join().map_err(|_| "its report reader panicked".to_string())?;
+        let report = self.child.remaining().pop();
         if !killed && !status.success() {
             return Err(format!("exited with {status}"));
         }
@@ -485,29 +407,15 @@ impl ObserverProcess {
         if let Ok(Some(status)) = self.child.try_wait() {
             return self.result(status, false);
         }
-        let _ = self.child.kill();
-        let status = self.child.wait().map_err(|e| format!("waiting for it: {e}"))?;
+        let status = self.child.kill().map_err(|e| format!("waiting for it: {e}"))?;
         self.result(status, true)
     }
-}
-
-/// The last complete totals line an observer printed (one cut short by SIGKILL is not).
-fn last_report(stdout: ChildStdout) -> Option<Totals> {
-    let mut reader = BufReader::new(stdout);
-    let (mut line, mut last) = (String::new(), None);
-    while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
-        if line.ends_with('\n') {
-            last = line.trim_end().parse().ok().or(last);
-        }
-        line.clear();
-    }
-    last
 }
 
 /// Closes every observer's stdin, waits for them all, at most `grace` in all, kills those
 /// still running then, and returns each one's totals or why it failed.
 fn collect(mut observers: Vec<ObserverProcess>, grace: Duration) -> Vec<Report> {
-    observers.iter_mut().for_each(|o| drop(o.stdin.take()));
+    observers.iter_mut().for_each(|o| o.child.close_stdin());
     let deadline = Instant::now() + grace;
     let mut results = Vec::new();
     while !observers.is_empty() {
@@ -561,7 +469,7 @@ impl Chaos {
 }
 
 fn chaos(mut observers: Vec<ObserverProcess>, name: &str, seed: u64, stop: &AtomicBool) -> (Vec<ObserverProcess>, Vec<Report>) {
-    let mut rng = Rng(mix(seed ^ 0xC4A0_5C4A_05C4_A05C));
+    let mut rng = Rng::new(mix(seed ^ 0xC4A0_5C4A_05C4_A05C));
     let (mut killed, mut stops, mut next) = (Vec::new(), 0, observers.len());
     loop {
         pause(rng.millis(&CHAOS_PAUSE_MS), stop);
@@ -633,13 +541,13 @@ pub fn observe(args: ObserverArgs) -> crate::Result {
             Ok(snapshot) => {
                 checker.totals.latest_us += asked.elapsed().as_micros() as u64;
                 checker.check(&snapshot)?;
-                println!("{}", checker.totals);
+                report(&checker.totals)?;
             }
             Err(ReadError::ProducerGone { .. }) => break,
             Err(e) => return Err(e.into()),
         }
     }
-    println!("{}", checker.totals);
+    report(&checker.totals)?;
     Ok(())
 }
 
@@ -761,8 +669,8 @@ mod tests {
     #[test]
     fn totals_round_trip() {
         let t = Totals { acquisitions: 3, torn: 1, bad_pages: 2, latest_us: 5, ..Totals::default() };
-        let back: Totals = t.to_string().parse().unwrap();
-        assert_eq!(back.to_string(), t.to_string());
-        assert!("observer: acquisitions=3".parse::<Totals>().is_err());
+        let back: Totals = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+        assert_eq!(back, t);
+        assert!(serde_json::from_str::<Totals>("observer: acquisitions=3").is_err());
     }
 }

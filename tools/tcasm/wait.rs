@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tcasm::observer::ATTACH_TIMEOUT;
-use tcasm::{endpoint, Observer};
+use tcasm::Observer;
 
 #[derive(clap::Args)]
 pub struct Wait {
@@ -31,7 +31,7 @@ impl Wait {
 
     /// Attaches to `name`, waiting as the rule says.
     pub fn attach(&self, name: &str) -> crate::Result<Observer> {
-        let there = endpoint::list().map(|live| live.iter().any(|p| p.name == name)).unwrap_or(false);
+        let there = tcasm::list_producers().map(|live| live.iter().any(|p| p.name == name)).unwrap_or(false);
         if !there && self.wait > 0.0 {
             eprintln!("tcasm: waiting up to {} s for producer {name:?} to appear (--wait)", self.wait);
         }

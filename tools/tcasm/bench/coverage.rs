@@ -64,18 +64,15 @@
 //! its observers' pace, not of the cores and the bandwidth they share.
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
 use std::str::FromStr;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tcasm::sys::mem::{Access, Mapping};
-use tcasm::sys::memfd::SharedFile;
-use tcasm::sys::{futex, monotonic_ns, page_size};
-use tcasm::{Freed, Observer, Producer, ProducerOptions, ReadError, Region, TrackerKind};
+use tcasm::{monotonic_ns, page_size, Freed, Observer, Producer, ProducerOptions, ReadError, Region, TrackerKind};
 
+use crate::harness::{report, ChildProcess};
+use super::shm::{allocated_bytes, futex_wait, futex_wake_all, memfd, SharedMap};
 use super::{machine, mean, median, micros, write_pages, Pages, Pattern, Plain, Write};
 
 /// The one region of the producer.
@@ -326,8 +323,8 @@ impl Subject for Tcasm {
 /// (`memcpy`) or two (`double-buffer`).
 struct Shared {
     memory: Plain,
-    file: SharedFile,
-    map: Mapping,
+    file: std::fs::File,
+    map: SharedMap,
     buffers: usize,
     version: u64,
     /// Pages written in the previous version (double buffer).
@@ -339,9 +336,8 @@ struct Shared {
 impl Shared {
     fn create(buffers: usize, size: usize) -> crate::Result<Shared> {
         let page = page_size();
-        let file = SharedFile::create("tcasm-bench-baseline")?;
-        file.set_len((page + buffers * size) as u64)?;
-        let map = Mapping::shared(&file, 0, page + buffers * size, Access::ReadWrite)?;
+        let file = memfd("tcasm-bench-baseline", page + buffers * size)?;
+        let map = SharedMap::new(&file, page + buffers * size, true)?;
         let mut shared =
             Shared { memory: Plain::new(size), file, map, buffers, version: 0, previous: Vec::new(), runs: Vec::new() };
         for b in 0..buffers {
@@ -359,7 +355,7 @@ impl Shared {
         assert!(base + size <= self.map.len(), "buffer {b} lies inside the shared mapping");
         for &(first, count) in runs {
             let (from, len) = (first * page, count * page);
-            copy_into(&self.map, base + from, &self.memory[from..from + len]);
+            self.map.copy_in(base + from, &self.memory[from..from + len]);
         }
     }
 
@@ -371,13 +367,13 @@ impl Shared {
         // SYNC: Release pairs with the observers' Acquire load of VERSION: the copy and FRONT
         // are visible before the version is.
         words[VERSION].store(self.version, Ordering::Release);
-        futex::wake_all(&words[VERSION]);
+        futex_wake_all(&words[VERSION]);
     }
 
     fn close(&self) {
         let words = self.map.words();
         words[CLOSED].store(1, Ordering::Release);
-        futex::wake_all(&words[VERSION]);
+        futex_wake_all(&words[VERSION]);
     }
 }
 
@@ -409,7 +405,7 @@ impl Subject for Shared {
     }
 
     fn memory_bytes(&self) -> crate::Result<u64> {
-        Ok(self.file.allocated_bytes()?)
+        Ok(allocated_bytes(&self.file)?)
     }
 
     fn observer_args(&self) -> Option<Vec<String>> {
@@ -432,36 +428,22 @@ impl Drop for Shared {
     }
 }
 
-/// Copies `source` to offset `at` of `map`, a writable shared mapping: the `memcpy` a user
-/// writes by hand.
-fn copy_into(map: &Mapping, at: usize, source: &[u8]) {
-    assert!(at.checked_add(source.len()).is_some_and(|end| end <= map.len()), "copy inside the mapping");
-    // SAFETY: the target `[at, at + len)` lies inside `map` (checked above), a live read-write
-    // mapping, and the source is a live slice of a different allocation (no Rust reference
-    // points into a shared mapping), so the ranges cannot overlap. Other processes only read
-    // the target (they may see a copy in progress: the baselines' documented lack of
-    // consistency).
-    unsafe { std::ptr::copy_nonoverlapping(source.as_ptr(), map.as_ptr().add(at), source.len()) };
-}
-
 /// The in-row reference: the producer's untracked buffer copied whole into a memfd.
 struct Reference {
-    map: Mapping,
+    map: SharedMap,
 }
 
 impl Reference {
     fn create(size: usize) -> crate::Result<Reference> {
-        let file = SharedFile::create("tcasm-bench-reference")?;
-        file.set_len(size as u64)?;
-        let map = Mapping::shared(&file, 0, size, Access::ReadWrite)?;
-        // SAFETY: the file was just created; no one else maps it yet.
-        unsafe { map.zero(0, size) };
+        let file = memfd("tcasm-bench-reference", size)?;
+        let map = SharedMap::new(&file, size, true)?;
+        map.zero();
         Ok(Reference { map })
     }
 
     fn copy(&self, source: &[u8]) -> Duration {
         let started = Instant::now();
-        copy_into(&self.map, 0, source);
+        self.map.copy_in(0, source);
         started.elapsed()
     }
 }
@@ -570,9 +552,17 @@ impl Drop for Fork {
     }
 }
 
+/// What an observer process reports: that it has taken a first version, and at the end
+/// every (version, time it was taken) of the versions it took.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+enum ObserverReport {
+    Ready,
+    Taken(Vec<(u64, u64)>),
+}
+
 /// The observer processes of one producer.
 struct Observers {
-    children: Vec<(Child, BufReader<ChildStdout>)>,
+    children: Vec<ChildProcess<ObserverReport>>,
 }
 
 impl Observers {
@@ -580,22 +570,16 @@ impl Observers {
     fn start(n: usize, args: &[String], nice: i32, period: f64) -> crate::Result<Observers> {
         let mut observers = Observers { children: Vec::new() };
         for i in 0..n {
-            let mut child = Command::new(std::env::current_exe()?)
-                .arg("bench-coverage-observer")
-                .args(args)
-                .args(["--nice", &nice.to_string(), "--period", &period.to_string()])
-                .args(["--index", &i.to_string(), "--count", &n.to_string()])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .spawn()?;
-            let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-            observers.children.push((child, BufReader::new(stdout)));
+            let own = ["--nice".into(), nice.to_string(), "--period".into(), period.to_string()]
+                .into_iter()
+                .chain(["--index".into(), i.to_string(), "--count".into(), n.to_string()]);
+            let args = std::iter::once("bench-coverage-observer".to_string()).chain(args.iter().cloned()).chain(own);
+            observers.children.push(ChildProcess::start(args, false, &format!("observer {i}"))?);
         }
-        for (i, (_, out)) in observers.children.iter_mut().enumerate() {
-            let mut line = String::new();
-            out.read_line(&mut line)?;
-            if line.trim() != "ready" {
-                return Err(format!("observer {i} did not start: {line:?}").into());
+        for (i, child) in observers.children.iter().enumerate() {
+            match child.reports().recv() {
+                Ok(ObserverReport::Ready) => {}
+                other => return Err(format!("observer {i} did not start: {other:?}").into()),
             }
         }
         Ok(observers)
@@ -603,26 +587,16 @@ impl Observers {
 
     /// Waits for the observers to end (the producer has), at most [`OBSERVER_GRACE`], and
     /// returns every (version, time it was taken) they report.
-    fn finish(self) -> crate::Result<Vec<(u64, u64)>> {
-        let mut readers = Vec::new();
-        let mut children = Vec::new();
-        for (child, mut out) in self.children {
-            readers.push(std::thread::spawn(move || {
-                let mut s = String::new();
-                out.read_to_string(&mut s).map(|_| s)
-            }));
-            children.push(child);
-        }
+    fn finish(mut self) -> crate::Result<Vec<(u64, u64)>> {
         let deadline = Instant::now() + OBSERVER_GRACE;
         let mut failed = Vec::new();
-        for (i, child) in children.iter_mut().enumerate() {
+        for (i, child) in self.children.iter_mut().enumerate() {
             let status = loop {
                 if let Some(status) = child.try_wait()? {
                     break Some(status);
                 }
                 if Instant::now() > deadline {
                     let _ = child.kill();
-                    let _ = child.wait();
                     break None;
                 }
                 std::thread::sleep(Duration::from_millis(10));
@@ -634,12 +608,10 @@ impl Observers {
             }
         }
         let mut taken = Vec::new();
-        for reader in readers {
-            let out = reader.join().map_err(|_| "an observer's reader panicked")??;
-            for line in out.lines() {
-                let mut it = line.split_whitespace().map(str::parse::<u64>);
-                if let (Some(Ok(v)), Some(Ok(t))) = (it.next(), it.next()) {
-                    taken.push((v, t));
+        for child in self.children {
+            for r in child.remaining() {
+                if let ObserverReport::Taken(t) = r {
+                    taken.extend(t);
                 }
             }
         }
@@ -687,7 +659,7 @@ pub fn run(args: Args) -> crate::Result {
         args.warmup,
         args.iterations
     );
-    if let Some(d) = tcasm::track::detect().reason {
+    if let Some(d) = tcasm::tracking_support().reason {
         eprintln!("bench coverage: async tracking unavailable here ({d}): auto runs as copy");
     }
     let mut plain = Plain::new(args.size);
@@ -915,8 +887,8 @@ pub fn table(rows: &[Row]) -> String {
 }
 
 /// The observer process: takes the newest version (at most one per period), reads all of it,
-/// and again until the producer ends. It prints a `ready` line once it has taken a first
-/// version, and at the end one `VERSION TIME_NS` line per version taken.
+/// and again until the producer ends. It reports [`ObserverReport::Ready`] once it has taken
+/// a first version, and at the end [`ObserverReport::Taken`].
 pub fn observe(args: ObserverArgs) -> crate::Result {
     if args.nice != 0 {
         // SAFETY: setpriority takes no pointer; it changes only this process's priority
@@ -936,12 +908,7 @@ pub fn observe(args: ObserverArgs) -> crate::Result {
         (None, Some(file)) => observe_shared(file, args.buffers.unwrap_or(1), args.size.unwrap_or(0), pace)?,
         _ => return Err("give --name or --file".into()),
     };
-    let mut out = String::new();
-    for (v, t) in taken {
-        out += &format!("{v} {t}\n");
-    }
-    print!("{out}");
-    Ok(())
+    report(&ObserverReport::Taken(taken))
 }
 
 /// One word of every 64-byte line: every byte of `bytes` crosses the memory bus.
@@ -952,8 +919,8 @@ fn read_all(bytes: &[u8]) -> u64 {
         .fold(0, u64::wrapping_add)
 }
 
-fn ready() {
-    println!("ready");
+fn ready() -> crate::Result {
+    report(&ObserverReport::Ready)
 }
 
 /// When an observer may take its next version.
@@ -990,7 +957,7 @@ fn observe_tcasm(name: &str, mut pace: Pace) -> crate::Result<Vec<(u64, u64)>> {
     std::hint::black_box(read_all(first.bytes(REGION)?));
     let mut seen = first.version();
     drop(first);
-    ready();
+    ready()?;
     let mut taken = Vec::new();
     loop {
         if !pace.wait(|| observer.producer_gone()) {
@@ -1017,12 +984,12 @@ fn observe_tcasm(name: &str, mut pace: Pace) -> crate::Result<Vec<(u64, u64)>> {
 
 fn observe_shared(path: &std::path::Path, buffers: usize, size: usize, mut pace: Pace) -> crate::Result<Vec<(u64, u64)>> {
     let page = page_size();
-    let file = SharedFile::from_file(std::fs::File::open(path)?);
+    let file = std::fs::File::open(path)?;
     let len = page + buffers * size;
-    if buffers == 0 || size == 0 || file.size()? < len as u64 {
+    if buffers == 0 || size == 0 || file.metadata()?.len() < len as u64 {
         return Err(format!("{} is not a baseline's shared file of {buffers} x {size} bytes", path.display()).into());
     }
-    let map = Mapping::shared(&file, 0, len, Access::ReadOnly)?;
+    let map = SharedMap::new(&file, len, false)?;
     let words = map.words();
     let read = |front: u64| {
         let b = (front as usize).min(buffers - 1);
@@ -1032,7 +999,7 @@ fn observe_shared(path: &std::path::Path, buffers: usize, size: usize, mut pace:
     // SYNC: Acquire pairs with the producer's Release store of VERSION in `Shared::release`.
     let mut seen = words[VERSION].load(Ordering::Acquire);
     std::hint::black_box(read(words[FRONT].load(Ordering::Acquire)));
-    ready();
+    ready()?;
     let mut taken = Vec::new();
     let closed = || words[CLOSED].load(Ordering::Acquire) != 0;
     loop {
@@ -1050,7 +1017,7 @@ fn observe_shared(path: &std::path::Path, buffers: usize, size: usize, mut pace:
         if closed() {
             break;
         }
-        futex::wait(&words[VERSION], v as u32, Duration::from_millis(100));
+        futex_wait(&words[VERSION], v as u32, Duration::from_millis(100));
     }
     Ok(taken)
 }

@@ -9,10 +9,13 @@
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use tcasm::sys::page_size;
+use tcasm::page_size;
+
+use crate::rng::Rng;
 
 pub mod coverage;
 mod plot;
+mod shm;
 
 /// Which pages an iteration writes, for a coverage `c` (share of the pages, 0–1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -38,28 +41,6 @@ impl fmt::Display for Pattern {
             Pattern::Contiguous => "contiguous",
             Pattern::Sweep => "sweep",
         })
-    }
-}
-
-/// SplitMix64: the source of the random patterns, so every tracker gets the same pages.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed)
-    }
-
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut x = self.0;
-        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        x ^ (x >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0), close enough for a schedule.
-    pub fn below(&mut self, n: usize) -> usize {
-        (((self.next() >> 32) * n as u64) >> 32) as usize
     }
 }
 
