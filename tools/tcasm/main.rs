@@ -17,10 +17,12 @@ mod export;
 mod flush;
 mod harness;
 mod inspect;
+mod restore;
 mod rng;
 mod show;
 mod stress;
 mod top;
+mod verify;
 mod wait;
 
 #[derive(Parser)]
@@ -47,9 +49,9 @@ enum Command {
     Checkpoint(checkpoint::Args),
     /// Rebuild a checkpointed version as one .npy file per region, or export versions to
     /// HDF5 + XDMF (--format hdf5).
-    Restore(checkpoint::RestoreArgs),
+    Restore(restore::RestoreArgs),
     /// Check every checksum and chain link of a checkpoint directory.
-    Verify(checkpoint::VerifyArgs),
+    Verify(verify::VerifyArgs),
     /// A live view of a producer: version rate, pages per version, memory, observers.
     Top(top::Args),
     /// Print a shell completion script: `tcasm completions bash > ~/.local/share/bash-completion/completions/tcasm`.
@@ -74,11 +76,11 @@ enum Command {
 #[derive(Subcommand)]
 enum Bench {
     /// Checkpoint drain rate against the directory's sequential write bandwidth.
-    Checkpoint(checkpoint::BenchArgs),
+    Checkpoint(bench::checkpoint::BenchArgs),
     /// HDF5 export rate against the .npy restore of the same version (--features hdf5).
     Export(export::BenchArgs),
     /// Restart and flush time against reading and copying the same files.
-    Restart(checkpoint::RestartBenchArgs),
+    Restart(bench::restart::RestartBenchArgs),
     /// Producer cost per version against the share of pages written, for each tracker and
     /// the hand-written baselines (memcpy, double buffer, fork), with observer processes.
     Coverage(bench::coverage::Args),
@@ -149,12 +151,12 @@ fn main() -> ExitCode {
         Command::Inspect(a) => inspect::run(a),
         Command::Stress(a) => stress::run(a),
         Command::Checkpoint(a) => checkpoint::run(a),
-        Command::Restore(a) => checkpoint::restore(a),
-        Command::Verify(a) => checkpoint::verify(a),
+        Command::Restore(a) => restore::restore(a),
+        Command::Verify(a) => verify::verify(a),
         Command::Top(a) => top::run(a),
-        Command::Bench(Bench::Checkpoint(a)) => checkpoint::bench(a),
+        Command::Bench(Bench::Checkpoint(a)) => bench::checkpoint::bench(a),
         Command::Bench(Bench::Export(a)) => export::bench(a),
-        Command::Bench(Bench::Restart(a)) => checkpoint::bench_restart(a),
+        Command::Bench(Bench::Restart(a)) => bench::restart::bench_restart(a),
         Command::Bench(Bench::Coverage(a)) => bench::coverage::run(a),
         Command::DemoObserver(a) => demo::observe(a),
         Command::StressObserver(a) => stress::observe(a),

@@ -13,8 +13,10 @@ use tcasm::page_size;
 
 use crate::rng::Rng;
 
+pub mod checkpoint;
 pub mod coverage;
 mod plot;
+pub mod restart;
 mod shm;
 
 /// Which pages an iteration writes, for a coverage `c` (share of the pages, 0–1).
