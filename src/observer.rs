@@ -299,7 +299,7 @@ fn update_view(reader: &StoreReader, pool: &mut Option<(usize, Mapping)>, view: 
             for (r, slot) in mapped {
                 let slots = slot..slot + r.len() as u64;
                 if !view.slot[r.clone()].iter().copied().eq(slots.clone()) {
-                    let at = reader.slot_offset(slot);
+                    let at = reader.layout().slot_offset(slot) as u64;
                     view.memory
                         .map_file_at(r.start * page, reader.pool_file(), at, r.len() * page)
                         .map_err(ReadError::Map)?;
@@ -322,7 +322,7 @@ fn update_view(reader: &StoreReader, pool: &mut Option<(usize, Mapping)>, view: 
         for (r, slot, written) in &clipped {
             for (p, s) in r.clone().zip(*slot..) {
                 if view.written[p] != *written {
-                    view.memory.copy_from(p * page, pool_map, reader.slot_offset(s) as usize, page);
+                    view.memory.copy_from(p * page, pool_map, reader.layout().slot_offset(s), page);
                     view.written[p] = *written;
                 }
             }

@@ -25,7 +25,8 @@ use std::time::{Duration, Instant};
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::{Gid, Pid, Uid};
-use tcasm::store::layout::{hdr, PINS_PER_SLOT};
+use tcasm::store::control::ControlHeader;
+use tcasm::store::layout::PINS_PER_SLOT;
 use tcasm::sys::max_map_count;
 use tcasm::sys::mem::{Access, Mapping, PrivateMapping};
 use tcasm::sys::memfd::SharedFile;
@@ -298,7 +299,7 @@ fn scribbling(name: &str) {
     let mut rng = common::Rng::seeded(u64::from(std::process::id()));
     println!("scribbling");
     loop {
-        let latest = control.words()[hdr::LATEST].load(Ordering::Relaxed);
+        let latest = ControlHeader::new(control.words()).latest();
         for w in pin_page.words() {
             let value = match rng.below(4) {
                 0 => rng.below(u64::MAX),

@@ -26,9 +26,8 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tcasm::endpoint::HELLO;
-use tcasm::store::layout::{
-    hdr, pins, ver, Layout, HEADER_WORDS, LAYOUT_VERSION, MAGIC, PINS_MAGIC, REGION_WORDS, STATE_LIVE, VERSION_WORDS,
-};
+use tcasm::store::control::{ControlHeader, PinPage, VersionEntry};
+use tcasm::store::layout::{Layout, HEADER_WORDS, LAYOUT_VERSION, MAGIC, PINS_MAGIC, REGION_WORDS, STATE_LIVE, VERSION_WORDS};
 use tcasm::store::pagemap::{PageMap, Run, RUN_WORDS};
 use tcasm::store::reader::StoreReader;
 use tcasm::sys::fdpass;
@@ -98,13 +97,13 @@ impl Forge {
         for (i, v) in layout.encode(1) {
             words[i] = v;
         }
-        words[hdr::STATE] = STATE_LIVE;
-        words[hdr::PLANES] = 2;
-        words[hdr::LATEST] = 1;
-        words[hdr::WAKE] = 1;
+        words[<ControlHeader>::STATE] = STATE_LIVE;
+        words[<ControlHeader>::PLANES] = 2;
+        words[<ControlHeader>::LATEST] = 1;
+        words[<ControlHeader>::WAKE] = 1;
         let mut forge = Forge { layout, words };
-        forge.set_entry(ver::VERSION, 1);
-        forge.set_entry(ver::RECORD, 0);
+        forge.set_entry(<VersionEntry>::VERSION, 1);
+        forge.set_entry(<VersionEntry>::RECORD, 0);
         forge.set_record(0, 1);
         forge.set_record(1, runs.len() as u64);
         for (i, r) in runs.iter().enumerate() {
@@ -154,8 +153,8 @@ fn pool(planes: u16) -> SharedFile {
 /// A pin page for observer slot `slot`.
 fn pin_page(slot: u64) -> SharedFile {
     let mut words = vec![0u64; page_size() / 8];
-    words[pins::MAGIC] = PINS_MAGIC;
-    words[pins::SLOT] = slot;
+    words[<PinPage>::MAGIC] = PINS_MAGIC;
+    words[<PinPage>::SLOT] = slot;
     memfd("forged-pins", &words.iter().flat_map(|w| w.to_le_bytes()).collect::<Vec<_>>())
 }
 
@@ -227,9 +226,9 @@ proptest! {
     #[test]
     fn decode_survives_random_words(words in prop::collection::vec(edgy(), 0..120), magic in any::<bool>()) {
         let mut words = words;
-        if magic && words.len() > hdr::LAYOUT {
-            words[hdr::MAGIC] = MAGIC;
-            words[hdr::LAYOUT] = LAYOUT_VERSION;
+        if magic && words.len() > <ControlHeader>::LAYOUT {
+            words[<ControlHeader>::MAGIC] = MAGIC;
+            words[<ControlHeader>::LAYOUT] = LAYOUT_VERSION;
         }
         if let Ok(l) = decode(&words, words.len()) {
             check_accepted(&l, words.len());
@@ -503,7 +502,7 @@ const CASES: &[Case] = &[
         offer: || Offer::of(Files::new(&Forge::new(&alternating(2)).bytes()[..page_size()], 2, true)),
         expect: CORRUPT,
     },
-    Case { name: "layout from a future release", offer: || Offer::forged(2, |f| f.words[hdr::LAYOUT] = LAYOUT_VERSION + 1), expect: CORRUPT },
+    Case { name: "layout from a future release", offer: || Offer::forged(2, |f| f.words[<ControlHeader>::LAYOUT] = LAYOUT_VERSION + 1), expect: CORRUPT },
     Case {
         name: "run past the page space",
         offer: || Offer::forged(2, |f| f.set_record(2 + RUN_WORDS, run(32, 33, 1, 1).encode()[0])),
@@ -524,7 +523,7 @@ const CASES: &[Case] = &[
         offer: || {
             Offer::forged(2, |f| {
                 let end = f.layout.log_words - 3;
-                f.set_entry(ver::RECORD, end as u64);
+                f.set_entry(<VersionEntry>::RECORD, end as u64);
                 f.set_record(end, 1);
                 f.set_record(end + 1, 2);
             })
@@ -533,16 +532,16 @@ const CASES: &[Case] = &[
     },
     Case {
         name: "record at the log's last word",
-        offer: || Offer::forged(2, |f| f.set_entry(ver::RECORD, f.layout.log_words as u64 - 1)),
+        offer: || Offer::forged(2, |f| f.set_entry(<VersionEntry>::RECORD, f.layout.log_words as u64 - 1)),
         expect: CORRUPT,
     },
     Case { name: "record of 2^64-1 runs", offer: || Offer::forged(2, |f| f.set_record(1, u64::MAX)), expect: CORRUPT },
     Case { name: "record of another version", offer: || Offer::forged(2, |f| f.set_record(0, 7)), expect: CORRUPT },
-    Case { name: "latest version absent from the ring", offer: || Offer::forged(2, |f| f.words[hdr::LATEST] = 7), expect: CORRUPT },
-    Case { name: "log mark past every record", offer: || Offer::forged(2, |f| f.words[hdr::LOG_MARK] = u64::MAX), expect: CORRUPT },
+    Case { name: "latest version absent from the ring", offer: || Offer::forged(2, |f| f.words[<ControlHeader>::LATEST] = 7), expect: CORRUPT },
+    Case { name: "log mark past every record", offer: || Offer::forged(2, |f| f.words[<ControlHeader>::LOG_MARK] = u64::MAX), expect: CORRUPT },
     Case {
         name: "2^52+1 planes, copied window",
-        offer: || Offer::forged(4, |f| f.words[hdr::PLANES] = (1 << 52) + 1),
+        offer: || Offer::forged(4, |f| f.words[<ControlHeader>::PLANES] = (1 << 52) + 1),
         expect: Expect::Error(&["Corrupt", "Endpoint::Protocol", "Map"]),
     },
     Case {

@@ -1,14 +1,18 @@
 //! Loom model checks of the store's concurrency protocol (see the module docs of
-//! `tcasm::store`), run on the crate's own functions in `tcasm::store::protocol`.
+//! `tcasm::store`), run on the crate's own code: the typed views of `tcasm::store::control`
+//! and the reclaim of `tcasm::store::protocol`, over loom's atomics.
 //!
 //! The shared memory of a real store is too big for a model checker, so the model keeps one
-//! page and the few words the protocol is about. What stays real: `pin_latest`, `unpin`,
-//! `publish`, `read_pin`, `retained` and the wake-up handshake (`wait_begin`, `wait_done`,
-//! `announce`, `is_waiting`), each run on loom's atomics, and the producer's
-//! reclaim loop as `StoreWriter` runs it (read every pin, free what no live version needs,
-//! write into a free plane, record, publish). The page's slots and the version records are
-//! loom `UnsafeCell`s, so loom fails the model on any read of a slot that is not ordered
-//! after its write, or any reuse of a slot not ordered after the last read of it.
+//! page, a version ring of two entries and a record log of two records (so that both wrap
+//! while observers read them), and the header and pin pages as they are. What is real: the
+//! pin handshake (`PinPage::pin_latest`, `unpin`, `pins`, `ControlHeader::publish`), the
+//! producer's `protocol::reclaim`, the version ring's seqlock (`VersionEntry::write`,
+//! `read`), the record log's seqlock (`RecordLog::append`, `read`) and the wake-up handshake
+//! (`PinPage::wait_begin`, `wait_done`, `is_waiting`, `ControlHeader::announce`). The
+//! page's slots are loom `UnsafeCell`s, so loom fails the model on any read of a slot that is
+//! not ordered after its write, or any reuse of a slot not ordered after the last read of
+//! it; an observer also checks every ring entry and record it reads against what the
+//! producer wrote for that version, so a torn seqlock read fails it.
 //!
 //! Loom treats a `SeqCst` load or store as `AcqRel` (its README), which loses the
 //! store-then-load ordering both handshakes rest on: run as they are, correct pins fail.
@@ -16,18 +20,22 @@
 //! store then `fence(SeqCst)`, and a `SeqCst` load as `fence(SeqCst)` then the load (the
 //! fence mapping of sequentially consistent accesses). Loom's fences order a little more
 //! than C11's (everything before one happens before everything after a later one), which
-//! could hide a race that only the weaker order shows; the value check on every read still
-//! catches a page overwritten under its reader, and the mutation tests at the end show that
-//! the model fails a pin without its re-check, or with acquire/release orderings only.
+//! could hide a race that only the weaker order shows; the value checks on every read still
+//! catch a page overwritten under its reader, and the mutation tests at the end show that
+//! the model fails a pin without its re-check, or with acquire/release orderings only, and
+//! seqlocks without their fences.
 use std::sync::atomic::Ordering;
 
 use loom::cell::UnsafeCell;
 use loom::sync::atomic::{fence, AtomicU64};
 use loom::sync::Arc;
 use loom::thread;
-use tcasm::store::protocol::{self, retained, Word, UNPINNED};
+use tcasm::store::control::{ControlHeader, PinPage, RecordError, RecordLog, VersionInfo, VersionRing};
+use tcasm::store::layout::{HEADER_WORDS, PINS_PER_SLOT, VERSION_WORDS};
+use tcasm::store::pagemap::Run;
+use tcasm::store::protocol::{self, Retired, Word, UNPINNED};
 
-/// A loom atomic standing in for a word of the control block or the pin table.
+/// A loom atomic standing in for a word of the control block or a pin page.
 struct LoomWord(AtomicU64);
 
 impl LoomWord {
@@ -64,62 +72,96 @@ impl Word for LoomWord {
             fence(Ordering::SeqCst);
         }
     }
+    fn fence(order: Ordering) {
+        fence(order)
+    }
+}
+
+fn words(n: usize) -> Vec<LoomWord> {
+    (0..n).map(|_| LoomWord::new(0)).collect()
 }
 
 /// Which of versions 1..=4 write the page. Version 2 keeps version 1's slot, so that slot
 /// lives from 1 until 3 and a pin of 2 (not only of 1) must keep it.
 const WRITES: [bool; 4] = [true, false, true, true];
 const VERSIONS: u64 = WRITES.len() as u64;
+/// Entries of the model's version ring, and words of its record log (two one-run records):
+/// versions 3 and 4 overwrite the entries and records of 1 and 2.
+const RING: usize = 2;
+const LOG_WORDS: usize = 10;
 
 /// The version whose write the page holds at version `v`.
 fn written_at(v: u64) -> u64 {
     (1..=v).rev().find(|&w| WRITES[w as usize - 1]).expect("version 1 writes the page")
 }
 
-/// A one-page store: `latest`, one pin word per observer, per version the plane of its page
-/// (written before `latest` names the version: the store's record log), and the page's slot
-/// in each plane, holding the version that wrote it.
-struct Store {
-    latest: LoomWord,
-    pins: Vec<LoomWord>,
-    records: Vec<UnsafeCell<usize>>,
+/// What the producer writes in version `v`'s ring entry: fields that differ per version,
+/// and the record's position (one-run records of 5 words, one per version, from 0).
+fn info_of(v: u64) -> VersionInfo {
+    VersionInfo {
+        version: v,
+        record: 5 * (v - 1),
+        time_ns: 100 + v,
+        dirty_pages: 200 + v,
+        reserve_bytes: 300 + v,
+        publish_ns: 400 + v,
+        mapping_runs: 500 + v,
+        store_bytes: 600 + v,
+    }
+}
+
+/// A one-page store: the control block's header, version ring and record log, one pin page
+/// per observer, and the page's slot in each plane, holding the version that wrote it.
+struct Store<W = LoomWord> {
+    header: Vec<W>,
+    ring: Vec<W>,
+    log: Vec<W>,
+    pins: Vec<Vec<W>>,
     slots: Vec<UnsafeCell<u64>>,
 }
 
 impl Store {
     fn new(observers: usize, planes: usize) -> Store {
         Store {
-            latest: LoomWord::new(UNPINNED),
-            pins: (0..observers).map(|_| LoomWord::new(UNPINNED)).collect(),
-            records: (0..VERSIONS).map(|_| UnsafeCell::new(0)).collect(),
+            header: words(HEADER_WORDS),
+            ring: words(RING * VERSION_WORDS),
+            log: words(LOG_WORDS),
+            pins: (0..observers).map(|_| words(<PinPage>::PIN0 + PINS_PER_SLOT)).collect(),
             slots: (0..planes).map(|_| UnsafeCell::new(0)).collect(),
         }
     }
 }
 
-/// A slot superseded at `until`, as in `StoreWriter`.
-struct Retired {
-    plane: usize,
-    since: u64,
-    until: u64,
+impl<W: Word> Store<W> {
+    fn header(&self) -> ControlHeader<'_, W> {
+        ControlHeader::new(&self.header)
+    }
+
+    fn ring(&self) -> VersionRing<'_, W> {
+        VersionRing::new(&self.ring)
+    }
+
+    fn log(&self) -> RecordLog<'_, W> {
+        RecordLog::new(&self.log, &self.header[ControlHeader::<W>::LOG_MARK])
+    }
+
+    fn pin_page(&self, observer: usize) -> PinPage<'_, W> {
+        PinPage::new(&self.pins[observer])
+    }
 }
 
-/// The producer: publishes every version, reclaiming as `StoreWriter::publish` does. Panics
-/// when no plane is free.
-fn produce(store: &Store) {
+/// The producer: publishes every version as `StoreWriter::publish` does (read every pin,
+/// reclaim, write the page into a free plane, append the record, fill the ring entry,
+/// publish). Panics when no plane is free.
+fn produce<W: Word>(store: &Store<W>) {
     let mut occupied = vec![false; store.slots.len()];
     let mut retired: Vec<Retired> = Vec::new();
-    // The plane of the latest version's page, and the version that wrote it.
-    let mut current: Option<(usize, u64)> = None;
+    // The slot (plane) of the latest version's page, and the version that wrote it.
+    let mut current: Option<(u64, u64)> = None;
+    let mut tail = 0;
     for n in 1..=VERSIONS {
-        let pins: Vec<u64> = store.pins.iter().map(protocol::read_pin).collect();
-        retired.retain(|r| {
-            let keep = retained(r.since, r.until, &pins);
-            if !keep {
-                occupied[r.plane] = false;
-            }
-            keep
-        });
+        let pins: Vec<u64> = (0..store.pins.len()).flat_map(|i| store.pin_page(i).pins()).collect();
+        protocol::reclaim(&mut retired, &pins, |r| occupied[r.slot as usize] = false);
         if WRITES[n as usize - 1] {
             let k = occupied
                 .iter()
@@ -127,46 +169,64 @@ fn produce(store: &Store) {
                 .unwrap_or_else(|| panic!("no free plane for version {n}: pins {pins:?}"));
             // SAFETY: loom checks this write against every read of the slot.
             store.slots[k].with_mut(|s| unsafe { *s = n });
-            if let Some((plane, since)) = current {
-                retired.push(Retired { plane, since, until: n });
+            if let Some((slot, since)) = current {
+                retired.push(Retired { slot, count: 1, since, until: n });
             }
             occupied[k] = true;
-            current = Some((k, n));
+            current = Some((k as u64, n));
         }
-        let (plane, _) = current.expect("version 1 writes the page");
-        // SAFETY: each record is written once, here; loom checks it against the reads.
-        store.records[n as usize - 1].with_mut(|r| unsafe { *r = plane });
-        protocol::publish(&store.latest, n);
+        let (slot, written) = current.expect("version 1 writes the page");
+        let record = store.log().append(&mut tail, n, &[Run { first: 0, count: 1, slot, written }]);
+        assert_eq!(record, info_of(n).record);
+        store.ring().entry(n).write(&info_of(n));
+        store.header().publish(n);
     }
 }
 
-/// An observer: takes `rounds` snapshots in pin word `pin` and checks that each shows its
-/// version's page as it was published.
-fn observe(store: &Store, pin: &LoomWord, rounds: usize, pin_latest: PinLatest) {
+/// How an observer pins the latest version in pin word 0 of its page.
+type PinLatest = fn(&Store, usize) -> u64;
+
+fn pin_latest(store: &Store, observer: usize) -> u64 {
+    store.pin_page(observer).pin_latest(0, &store.header())
+}
+
+/// An observer: takes `rounds` snapshots and checks that each shows its version's ring
+/// entry, record and page as they were published (an entry or record overwritten since is
+/// skipped, as an observer then takes a newer version).
+fn observe<W: Word>(store: &Store<W>, observer: usize, rounds: usize, pin: impl Fn() -> u64) {
+    let page = store.pin_page(observer);
     for _ in 0..rounds {
-        let v = pin_latest(&store.latest, pin);
+        let v = pin();
         if v == UNPINNED {
             continue;
         }
-        // SAFETY: loom checks that these reads are ordered after the producer's writes, and
-        // before any later write of the same slot.
-        let plane = store.records[v as usize - 1].with(|r| unsafe { *r });
-        // SAFETY: as above.
-        let page = store.slots[plane].with(|s| unsafe { *s });
-        assert_eq!(page, written_at(v), "version {v} shows the page written at {page}");
-        protocol::unpin(pin);
+        if let Some(info) = store.ring().entry(v).read(v) {
+            assert_eq!(info, info_of(v), "torn ring entry of version {v}");
+            match store.log().read(info.record, v, 1) {
+                Ok(runs) => {
+                    let [run] = runs[..] else { panic!("torn record of version {v}: {runs:?}") };
+                    assert_eq!(run.written, written_at(v), "torn record of version {v}: {run:?}");
+                    // SAFETY: loom checks that this read is ordered after the producer's
+                    // write, and before any later write of the same slot.
+                    let held = store.slots[run.slot as usize].with(|s| unsafe { *s });
+                    assert_eq!(held, written_at(v), "version {v} shows the page written at {held}");
+                }
+                Err(RecordError::Overwritten) => {}
+                Err(RecordError::Corrupt(what)) => panic!("torn record: {what}"),
+            }
+        }
+        page.unpin(0);
     }
 }
 
-type PinLatest = fn(&LoomWord, &LoomWord) -> u64;
-
 /// Runs the producer against `rounds.len()` observers (observer `i` takes `rounds[i]`
-/// snapshots) on a store of `planes` planes, in every interleaving loom explores: all of
-/// them for one observer (seconds), those with at most 3 preemptions for more (loom's docs:
-/// 2 or 3 find most bugs; two observers take seconds at 3, half a minute at 4).
-fn check(planes: usize, rounds: &'static [usize], pin_latest: PinLatest) {
+/// snapshots) on a store of `planes` planes, in every interleaving loom explores: those with
+/// at most 3 preemptions for one observer (loom's docs: 2 or 3 find most bugs; ~30 s here),
+/// at most 1 for more (2 takes a minute and a half with two observers, every seqlock word
+/// being a scheduling point).
+fn check(planes: usize, rounds: &'static [usize], pin: PinLatest) {
     let mut model = loom::model::Builder::new();
-    model.preemption_bound = (rounds.len() > 1).then_some(3);
+    model.preemption_bound = Some(if rounds.len() > 1 { 1 } else { 3 });
     model.check(move || {
         let store = Arc::new(Store::new(rounds.len(), planes));
         let observers: Vec<_> = rounds
@@ -174,10 +234,10 @@ fn check(planes: usize, rounds: &'static [usize], pin_latest: PinLatest) {
             .enumerate()
             .map(|(i, &n)| {
                 let store = store.clone();
-                thread::spawn(move || observe(&store, &store.pins[i], n, pin_latest))
+                thread::spawn(move || observe(&*store, i, n, || pin(&store, i)))
             })
             .collect();
-        produce(&store);
+        produce(&*store);
         for o in observers {
             o.join().unwrap();
         }
@@ -198,28 +258,28 @@ fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> String {
 /// always leave one free.
 #[test]
 fn one_observer_reads_every_snapshot_whole_with_three_planes() {
-    check(3, &[2], protocol::pin_latest);
+    check(3, &[2], pin_latest);
 }
 
 #[test]
 fn two_observers_read_every_snapshot_whole_with_four_planes() {
-    check(4, &[1, 1], protocol::pin_latest);
+    check(4, &[1, 1], pin_latest);
 }
 
 /// The bound is tight: with `O + 1` planes an observer pinning an old version leaves the
 /// producer without a free plane.
 #[test]
 fn one_observer_can_exhaust_two_planes() {
-    let message = panic_message(|| check(2, &[1], protocol::pin_latest));
+    let message = panic_message(|| check(2, &[1], pin_latest));
     assert!(message.contains("no free plane"), "{message}");
 }
 
 /// `pin_latest` without its re-check of `latest`: the pin may land after the producer read
 /// the pins, and the pinned version's slot is reused under the observer.
-fn pin_latest_unchecked(latest: &LoomWord, pin: &LoomWord) -> u64 {
-    let v = latest.load(Ordering::Acquire);
+fn pin_latest_unchecked(store: &Store, observer: usize) -> u64 {
+    let v = store.header().latest();
     if v != UNPINNED {
-        pin.store(v, Ordering::SeqCst);
+        store.pins[observer][<PinPage>::PIN0].store(v, Ordering::SeqCst);
     }
     v
 }
@@ -240,6 +300,19 @@ impl Word for AcquireRelease<'_> {
     fn fetch_sub(&self, value: u64, order: Ordering) -> u64 {
         self.0.fetch_sub(value, if order == Ordering::SeqCst { Ordering::AcqRel } else { order })
     }
+    fn fence(order: Ordering) {
+        fence(order)
+    }
+}
+
+fn acquire_release(words: &[LoomWord]) -> Vec<AcquireRelease<'_>> {
+    words.iter().map(AcquireRelease).collect()
+}
+
+/// `pin_latest` run on words whose `SeqCst` accesses are acquire/release only.
+fn pin_latest_acquire_release(store: &Store, observer: usize) -> u64 {
+    let (header, pins) = (acquire_release(&store.header), acquire_release(&store.pins[observer]));
+    PinPage::new(&pins).pin_latest(0, &ControlHeader::new(&header))
 }
 
 /// Whether a model failure is a snapshot read while its slot was reused.
@@ -257,46 +330,92 @@ fn model_catches_a_pin_without_recheck() {
 
 #[test]
 fn model_catches_a_pin_without_seqcst() {
-    let message = panic_message(|| {
-        check(3, &[2], |latest, pin| protocol::pin_latest(&AcquireRelease(latest), &AcquireRelease(pin)))
-    });
+    let message = panic_message(|| check(3, &[2], pin_latest_acquire_release));
     assert!(is_overwrite(&message), "{message}");
 }
 
+/// A word whose explicit fences do nothing (its `SeqCst` accesses keep theirs): the
+/// seqlocks of the version ring and the record log without their fences.
+struct Unfenced(LoomWord);
+
+impl Word for Unfenced {
+    fn load(&self, order: Ordering) -> u64 {
+        self.0.load(order)
+    }
+    fn store(&self, value: u64, order: Ordering) {
+        self.0.store(value, order)
+    }
+    fn fetch_add(&self, value: u64, order: Ordering) -> u64 {
+        self.0.fetch_add(value, order)
+    }
+    fn fetch_sub(&self, value: u64, order: Ordering) -> u64 {
+        self.0.fetch_sub(value, order)
+    }
+    fn fence(_: Ordering) {}
+}
+
+/// Mutation check: without their fences, the seqlocks let an observer read a ring entry or
+/// a record torn by the producer's overwrite of it.
+#[test]
+fn model_catches_seqlocks_without_fences() {
+    let message = panic_message(|| {
+        loom::model(|| {
+            let unfenced = |n: usize| (0..n).map(|_| Unfenced(LoomWord::new(0))).collect::<Vec<_>>();
+            let store = Arc::new(Store {
+                header: unfenced(HEADER_WORDS),
+                ring: unfenced(RING * VERSION_WORDS),
+                log: unfenced(LOG_WORDS),
+                pins: vec![unfenced(<PinPage>::PIN0 + PINS_PER_SLOT)],
+                slots: (0..3).map(|_| UnsafeCell::new(0)).collect(),
+            });
+            let s = store.clone();
+            let observer = thread::spawn(move || observe(&*s, 0, 1, || s.pin_page(0).pin_latest(0, &s.header())));
+            produce(&*store);
+            observer.join().unwrap();
+        })
+    });
+    assert!(message.contains("torn"), "{message}");
+}
+
 /// The waiter's side of the wake-up handshake: whether it sleeps, on which wake value.
-fn waiter(latest: &impl Word, wake: &impl Word, waiting: &impl Word) -> Option<u32> {
-    let seq = protocol::wait_begin(latest, wake, waiting, UNPINNED);
+fn waiter<W: Word>(header: &ControlHeader<'_, W>, page: &PinPage<'_, W>) -> Option<u32> {
+    let seq = page.wait_begin(header, UNPINNED);
     if seq.is_none() {
         // A sleeper stays counted until it is woken.
-        protocol::wait_done(waiting);
+        page.wait_done();
     }
     seq
 }
 
 /// The publisher's side: publishes version 1; whether it wakes the sleepers.
-fn publisher(latest: &impl Word, wake: &impl Word, waiting: &impl Word) -> bool {
-    protocol::publish(latest, 1);
-    protocol::announce(wake, 1);
-    protocol::is_waiting(waiting)
+fn publisher<W: Word>(header: &ControlHeader<'_, W>, page: &PinPage<'_, W>) -> bool {
+    header.publish(1);
+    header.announce(1);
+    page.is_waiting()
 }
 
-/// The futex wake-up handshake, as `StoreReader::wait_newer` and `StoreWriter::wake` run it
-/// (`protocol::wait_begin`, `announce`, `is_waiting`), without the futex: no wake-up is lost.
-/// A waiter that decides to sleep read the wake word's old value (so a futex wait with it
-/// returns at once, or is woken), and the publisher then sees it waiting and wakes it.
-/// `weakened`: with every `SeqCst` access made acquire/release.
+/// The futex wake-up handshake, as `StoreReader::wait_newer` and `Mapped::wake` run it
+/// (`PinPage::wait_begin`, `ControlHeader::announce`, `PinPage::is_waiting`), without the
+/// futex: no wake-up is lost. A waiter that decides to sleep read the wake word's old value
+/// (so a futex wait with it returns at once, or is woken), and the publisher then sees it
+/// waiting and wakes it. `weakened`: with every `SeqCst` access made acquire/release.
 fn wake_handshake(weakened: bool) {
     loom::model(move || {
-        let words = Arc::new([LoomWord::new(UNPINNED), LoomWord::new(0), LoomWord::new(0)]);
-        let w = words.clone();
+        let store = Arc::new(Store::new(1, 0));
+        let s = store.clone();
         let sleeps = thread::spawn(move || match weakened {
-            false => waiter(&w[0], &w[1], &w[2]),
-            true => waiter(&AcquireRelease(&w[0]), &AcquireRelease(&w[1]), &AcquireRelease(&w[2])),
+            false => waiter(&s.header(), &s.pin_page(0)),
+            true => {
+                let (header, pins) = (acquire_release(&s.header), acquire_release(&s.pins[0]));
+                waiter(&ControlHeader::new(&header), &PinPage::new(&pins))
+            }
         });
-        let w = &words;
         let wakes = match weakened {
-            false => publisher(&w[0], &w[1], &w[2]),
-            true => publisher(&AcquireRelease(&w[0]), &AcquireRelease(&w[1]), &AcquireRelease(&w[2])),
+            false => publisher(&store.header(), &store.pin_page(0)),
+            true => {
+                let (header, pins) = (acquire_release(&store.header), acquire_release(&store.pins[0]));
+                publisher(&ControlHeader::new(&header), &PinPage::new(&pins))
+            }
         };
         if let Some(seq) = sleeps.join().unwrap() {
             assert!(seq != 1, "the waiter sleeps on the new wake value");

@@ -1,33 +1,33 @@
-//! The shared-memory layout of the control block and the pin table, as word offsets.
+//! The shared-memory layout of the control block and the pin table: where each table of
+//! the control block starts, and the checks an observer makes of it.
 //!
-//! Both files are arrays of little-endian 64-bit words accessed only through atomics. The
-//! control block (written by the producer, read-only for observers):
+//! Both files are arrays of little-endian 64-bit words accessed only through atomics, and
+//! only through the typed views of [`super::control`], which own the offsets of their
+//! fields. The control block (written by the producer, read-only for observers):
 //!
 //! ```text
-//! word 0                 header (HEADER_WORDS words, fields below)
+//! word 0                 header (HEADER_WORDS words, ControlHeader)
 //! regions_at             region table: REGION_WORDS words per region
 //! versions_at            version ring: VERSION_WORDS words per entry, entry = version % ring
-//! observers_at           observer rows: OBSERVER_WORDS words per observer slot
+//!                        (VersionEntry)
+//! observers_at           observer rows: OBSERVER_WORDS words per observer slot (ObserverRow)
 //! log_at .. +log_words   record log: one page-map record per version, written round-robin
+//!                        (RecordLog)
 //! ```
 //!
 //! A region entry (REGION_WORDS words, fields in [`reg`]): 8 words of name (NUL-padded
 //! UTF-8), dtype code, ndim, MAX_DIMS shape words (unused ones 0), first page, and
-//! `pages | offset << 48`.
-//!
-//! A version entry: version (seqlock word, 0 while being written), record position, publish
-//! time (CLOCK_MONOTONIC ns), pages changed, bytes of the free-slot reserve, publish duration
-//! ns, mapping runs, store bytes when the version was released.
-//!
-//! An observer row (OBSERVER_WORDS words, one per observer slot, for tools to show): pid
-//! (0 for a free slot), then the PINS_PER_SLOT pins it held at the last publish.
-//!
-//! A record: version, run count, then `RUN_WORDS` words per run (see [`super::pagemap`]).
+//! `pages | offset << 48`. Regions are written once, before any observer gets the file.
 //!
 //! A pin page (one page, one per attached observer, writable by that observer only; see
-//! [`super::pins`]): magic, slot, waiting count, then PINS_PER_SLOT pin words from word
-//! `pins::PIN0`.
+//! [`super::pins`] and [`super::control::PinPage`]): magic, slot, waiting count, then
+//! PINS_PER_SLOT pin words.
+use super::control::{ControlHeader, ObserverRow, RecordLog, VersionRing};
+use super::protocol::Word;
 use crate::region::{check_name, check_shape, Dtype, RegionInfo, MAX_DIMS};
+
+/// The header's word offsets.
+type Header = ControlHeader<'static>;
 
 pub const MAGIC: u64 = u64::from_le_bytes(*b"TCASM\0CB");
 pub const PINS_MAGIC: u64 = u64::from_le_bytes(*b"TCASM\0PT");
@@ -43,38 +43,6 @@ pub const OBSERVER_WORDS: usize = 16;
 /// Snapshots one observer may hold at once.
 pub const PINS_PER_SLOT: usize = 8;
 
-/// Header fields (word indices). Fields up to `PIN_SLOTS` are set once, before any observer
-/// gets the file; the rest change while the producer runs.
-pub mod hdr {
-    pub const MAGIC: usize = 0;
-    pub const LAYOUT: usize = 1;
-    pub const PAGE_SIZE: usize = 2;
-    pub const PAGE_COUNT: usize = 3;
-    pub const REGION_COUNT: usize = 4;
-    pub const VERSION_RING: usize = 5;
-    pub const REGIONS_AT: usize = 6;
-    pub const VERSIONS_AT: usize = 7;
-    pub const LOG_AT: usize = 8;
-    pub const LOG_WORDS: usize = 9;
-    pub const PRODUCER_PID: usize = 10;
-    pub const PIN_SLOTS: usize = 11;
-    pub const OBSERVERS_AT: usize = 12;
-    /// The MPI job the producer is a rank of ([`crate::job::Job::to_word`]; 0: none).
-    pub const JOB: usize = 13;
-    /// Which launch of the job (0: none known).
-    pub const JOB_LAUNCH: usize = 14;
-    /// Planes the pool holds now; grows.
-    pub const PLANES: usize = 16;
-    /// [`super::STATE_LIVE`] or [`super::STATE_CLOSED`].
-    pub const STATE: usize = 17;
-    /// Futex word: the low 32 bits of the latest version.
-    pub const WAKE: usize = 18;
-    /// The newest published version; 0 before the first.
-    pub const LATEST: usize = 19;
-    /// Log positions below this mark may be overwritten (the log's seqlock word).
-    pub const LOG_MARK: usize = 21;
-}
-
 /// Words of a region entry, relative to its first.
 pub mod reg {
     use crate::region::MAX_DIMS;
@@ -87,32 +55,6 @@ pub mod reg {
     pub const FIRST_PAGE: usize = SHAPE + MAX_DIMS;
     /// `pages | offset << 48`.
     pub const PLACEMENT: usize = FIRST_PAGE + 1;
-}
-
-/// Words of a pin page.
-pub mod pins {
-    pub const MAGIC: usize = 0;
-    pub const SLOT: usize = 1;
-    /// Threads of this observer sleeping in `wait_newer`.
-    pub const WAITING: usize = 2;
-    pub const PIN0: usize = 8;
-}
-
-/// Words of an observer row, relative to its first.
-pub mod obs {
-    pub const PID: usize = 0;
-    pub const PIN0: usize = 1;
-}
-
-pub mod ver {
-    pub const VERSION: usize = 0;
-    pub const RECORD: usize = 1;
-    pub const TIME_NS: usize = 2;
-    pub const DIRTY_PAGES: usize = 3;
-    pub const RESERVE_BYTES: usize = 4;
-    pub const PUBLISH_NS: usize = 5;
-    pub const RUNS: usize = 6;
-    pub const STORE_BYTES: usize = 7;
 }
 
 pub const STATE_LIVE: u64 = 1;
@@ -167,9 +109,34 @@ impl Layout {
         self.log_at() + self.log_words
     }
 
+    /// Bytes of a plane: one slot per page of the page space.
+    pub fn plane_bytes(&self) -> usize {
+        self.page_count * self.page_size
+    }
+
+    /// Byte offset of slot `slot` in the pool.
+    pub fn slot_offset(&self, slot: u64) -> usize {
+        slot as usize * self.page_size
+    }
+
+    /// The version ring of the control block `block` of this layout.
+    pub fn version_ring<'a, W: Word>(&self, block: &'a [W]) -> VersionRing<'a, W> {
+        VersionRing::new(&block[self.versions_at()..self.observers_at()])
+    }
+
+    /// The record log of the control block `block` of this layout.
+    pub fn record_log<'a, W: Word>(&self, block: &'a [W]) -> RecordLog<'a, W> {
+        RecordLog::new(&block[self.log_at()..self.control_words()], &block[ControlHeader::<W>::LOG_MARK])
+    }
+
+    /// The row of observer slot `slot` in the control block `block` of this layout.
+    pub fn observer_row<'a, W: Word>(&self, block: &'a [W], slot: usize) -> ObserverRow<'a, W> {
+        ObserverRow::new(&block[self.observers_at() + slot * OBSERVER_WORDS..])
+    }
+
     /// Words of the largest possible record: one run per page.
     pub fn max_record_words(page_count: usize) -> usize {
-        2 + super::pagemap::RUN_WORDS * page_count
+        RecordLog::<std::sync::atomic::AtomicU64>::record_words(page_count)
     }
 
     /// A log that holds at least four largest records and 1 MiB.
@@ -180,21 +147,21 @@ impl Layout {
     /// The header and region table as words, for the producer to write.
     pub fn encode(&self, producer_pid: u32) -> Vec<(usize, u64)> {
         let mut w = vec![
-            (hdr::MAGIC, MAGIC),
-            (hdr::LAYOUT, LAYOUT_VERSION),
-            (hdr::PAGE_SIZE, self.page_size as u64),
-            (hdr::PAGE_COUNT, self.page_count as u64),
-            (hdr::REGION_COUNT, self.regions.len() as u64),
-            (hdr::VERSION_RING, VERSION_RING as u64),
-            (hdr::REGIONS_AT, self.regions_at() as u64),
-            (hdr::VERSIONS_AT, self.versions_at() as u64),
-            (hdr::LOG_AT, self.log_at() as u64),
-            (hdr::LOG_WORDS, self.log_words as u64),
-            (hdr::PRODUCER_PID, producer_pid as u64),
-            (hdr::PIN_SLOTS, self.pin_slots as u64),
-            (hdr::OBSERVERS_AT, self.observers_at() as u64),
-            (hdr::JOB, crate::job::Job::to_words(self.job)[0]),
-            (hdr::JOB_LAUNCH, crate::job::Job::to_words(self.job)[1]),
+            (Header::MAGIC, MAGIC),
+            (Header::LAYOUT, LAYOUT_VERSION),
+            (Header::PAGE_SIZE, self.page_size as u64),
+            (Header::PAGE_COUNT, self.page_count as u64),
+            (Header::REGION_COUNT, self.regions.len() as u64),
+            (Header::VERSION_RING, VERSION_RING as u64),
+            (Header::REGIONS_AT, self.regions_at() as u64),
+            (Header::VERSIONS_AT, self.versions_at() as u64),
+            (Header::LOG_AT, self.log_at() as u64),
+            (Header::LOG_WORDS, self.log_words as u64),
+            (Header::PRODUCER_PID, producer_pid as u64),
+            (Header::PIN_SLOTS, self.pin_slots as u64),
+            (Header::OBSERVERS_AT, self.observers_at() as u64),
+            (Header::JOB, crate::job::Job::to_words(self.job)[0]),
+            (Header::JOB_LAUNCH, crate::job::Job::to_words(self.job)[1]),
         ];
         for (i, r) in self.regions.iter().enumerate() {
             let at = self.regions_at() + i * REGION_WORDS;
@@ -221,50 +188,50 @@ impl Layout {
         if len < HEADER_WORDS {
             return Err(format!("{len} words is too short for a header"));
         }
-        if read(hdr::MAGIC) != MAGIC {
-            return Err(format!("bad magic {:#x}: not a tcasm control block", read(hdr::MAGIC)));
+        if read(Header::MAGIC) != MAGIC {
+            return Err(format!("bad magic {:#x}: not a tcasm control block", read(Header::MAGIC)));
         }
-        let layout = read(hdr::LAYOUT);
+        let layout = read(Header::LAYOUT);
         if layout != LAYOUT_VERSION {
             return Err(format!(
                 "layout version {layout}, this build reads {LAYOUT_VERSION}: use the same tcasm release on both sides"
             ));
         }
-        let page_size = read(hdr::PAGE_SIZE);
+        let page_size = read(Header::PAGE_SIZE);
         if page_size != crate::sys::page_size() as u64 {
             return Err(format!("page size {page_size} differs from this machine's"));
         }
-        let page_count = read(hdr::PAGE_COUNT);
+        let page_count = read(Header::PAGE_COUNT);
         if page_count == 0 || page_count > MAX_PAGES {
             return Err(format!("page count {page_count} out of range"));
         }
-        let region_count = read(hdr::REGION_COUNT) as usize;
+        let region_count = read(Header::REGION_COUNT) as usize;
         if region_count == 0 || region_count > MAX_REGIONS {
             return Err(format!("region count {region_count} out of range"));
         }
-        if read(hdr::VERSION_RING) != VERSION_RING as u64 {
-            return Err(format!("version ring of {} entries, expected {VERSION_RING}", read(hdr::VERSION_RING)));
+        if read(Header::VERSION_RING) != VERSION_RING as u64 {
+            return Err(format!("version ring of {} entries, expected {VERSION_RING}", read(Header::VERSION_RING)));
         }
-        let pin_slots = read(hdr::PIN_SLOTS) as usize;
+        let pin_slots = read(Header::PIN_SLOTS) as usize;
         if pin_slots == 0 || pin_slots > MAX_PIN_SLOTS {
             return Err(format!("pin slot count {pin_slots} out of range"));
         }
         let page_count = page_count as usize;
         let page_size = page_size as usize;
-        let log_words = read(hdr::LOG_WORDS) as usize;
+        let log_words = read(Header::LOG_WORDS) as usize;
         if log_words < Self::log_words_for(page_count) || log_words > 4 * Self::log_words_for(page_count) {
             return Err(format!("record log of {log_words} words does not fit {page_count} pages"));
         }
         let mut regions = Vec::with_capacity(region_count);
-        let job = crate::job::Job::from_words([read(hdr::JOB), read(hdr::JOB_LAUNCH)])?;
+        let job = crate::job::Job::from_words([read(Header::JOB), read(Header::JOB_LAUNCH)])?;
         let mut l = Layout { page_size, page_count, regions: Vec::new(), log_words, pin_slots, job };
         // The table sizes depend on the region count; check offsets before reading entries.
         l.regions = vec![dummy_region(); region_count];
         for (field, want) in [
-            (hdr::REGIONS_AT, l.regions_at()),
-            (hdr::VERSIONS_AT, l.versions_at()),
-            (hdr::OBSERVERS_AT, l.observers_at()),
-            (hdr::LOG_AT, l.log_at()),
+            (Header::REGIONS_AT, l.regions_at()),
+            (Header::VERSIONS_AT, l.versions_at()),
+            (Header::OBSERVERS_AT, l.observers_at()),
+            (Header::LOG_AT, l.log_at()),
         ] {
             if read(field) != want as u64 {
                 return Err(format!("header word {field} is {}, expected {want}", read(field)));
@@ -363,9 +330,9 @@ mod tests {
     #[test]
     fn every_header_field_is_checked() {
         let l = sample();
-        for field in [hdr::MAGIC, hdr::LAYOUT, hdr::PAGE_SIZE, hdr::PAGE_COUNT, hdr::REGION_COUNT,
-                      hdr::VERSION_RING, hdr::REGIONS_AT, hdr::VERSIONS_AT, hdr::OBSERVERS_AT, hdr::LOG_AT,
-                      hdr::LOG_WORDS, hdr::PIN_SLOTS] {
+        for field in [Header::MAGIC, Header::LAYOUT, Header::PAGE_SIZE, Header::PAGE_COUNT, Header::REGION_COUNT,
+                      Header::VERSION_RING, Header::REGIONS_AT, Header::VERSIONS_AT, Header::OBSERVERS_AT, Header::LOG_AT,
+                      Header::LOG_WORDS, Header::PIN_SLOTS] {
             let mut w = words_of(&l);
             w[field] = w[field].wrapping_add(1 << 40);
             assert!(Layout::decode(&|i| w[i], w.len()).is_err(), "field {field} not checked");

@@ -45,7 +45,7 @@
 //!
 //! Taking a snapshot (observer, [`reader::StoreReader`]): load `latest` (Acquire), store it in
 //! a pin word (SeqCst), reload `latest` (SeqCst) and retry until both agree
-//! ([`protocol::pin_latest`]); then read the version's record, map its pages read-only. The
+//! ([`control::PinPage::pin_latest`]); then read the version's record, map its pages read-only. The
 //! store/load pairs make it impossible for the producer's reclaim to miss a pin that the
 //! observer's re-check accepted: the observer's re-check precedes the store of `n + 1`,
 //! which precedes the reclaim after the release of `n + 1`, the first that could free a
@@ -57,7 +57,8 @@
 //! changed since its pinned version). Observers never trust the control block: every field,
 //! run and version number is checked before it is used.
 //!
-//! The protocol's atomics go through [`protocol`], which `tests/model.rs` runs under loom.
+//! The protocol's atomics go through the typed views of [`control`], generic over the
+//! atomic word ([`protocol::Word`]), which `tests/model.rs` runs under loom.
 //!
 //! # Fragmentation
 //! Scattered writes scatter a version's pages over the pool, and a view needs one mapping
@@ -90,6 +91,7 @@
 //! buggy observer fault instead of corrupting snapshots. An observer writes only its own pin
 //! page: by scribbling on it, it can delay reclamation (memory, at most one copy of the page
 //! space per pin word), not change another observer's snapshot or stop the producer.
+pub mod control;
 pub mod layout;
 pub mod pagemap;
 pub mod pins;
@@ -142,7 +144,7 @@ mod tests {
         let page = page_size();
         let mut bytes = Vec::new();
         for (p, slot) in map.slots().into_iter().enumerate() {
-            let at = reader.slot_offset(slot) as usize / 8;
+            let at = reader.layout().slot_offset(slot) / 8;
             let words = &pool.words()[at..at + page / 8];
             let first = words[0].load(std::sync::atomic::Ordering::Relaxed);
             assert!(words.iter().all(|w| w.load(std::sync::atomic::Ordering::Relaxed) == first), "page {p} of version {v} is torn");

@@ -12,23 +12,29 @@
 //! A stopped observer (SIGSTOP) keeps its connection and its pins: it holds memory, at most
 //! one copy of the page space per version it pins, never more planes than
 //! [`super::layout::max_planes`].
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use super::layout::{pins, PINS_MAGIC, PINS_PER_SLOT};
-use super::protocol;
+use super::control::PinPage;
+use super::layout::PINS_PER_SLOT;
 use crate::sys::mem::{Access, Mapping};
 use crate::sys::memfd::SharedFile;
 use crate::sys::page_size;
 
-struct PinPage {
+/// An attached observer: its pin page, mapped, and its process.
+struct Attached {
     mapping: Mapping,
     pid: u32,
 }
 
+impl Attached {
+    fn page(&self) -> PinPage<'_> {
+        PinPage::new(self.mapping.words())
+    }
+}
+
 /// The pin pages of the attached observers, by slot.
 pub struct PinBoard {
-    pages: Mutex<Vec<Option<PinPage>>>,
+    pages: Mutex<Vec<Option<Attached>>>,
 }
 
 impl PinBoard {
@@ -36,7 +42,7 @@ impl PinBoard {
         PinBoard { pages: Mutex::new((0..slots).map(|_| None).collect()) }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<PinPage>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Option<Attached>>> {
         self.pages.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -49,10 +55,8 @@ impl PinBoard {
         file.set_len(page_size() as u64)?;
         let mapping = Mapping::shared(&file, 0, page_size(), Access::ReadWrite).map_err(std::io::Error::from)?;
         file.seal_size()?;
-        let words = mapping.words();
-        words[pins::MAGIC].store(PINS_MAGIC, Ordering::Relaxed);
-        words[pins::SLOT].store(slot as u64, Ordering::Relaxed);
-        pages[slot] = Some(PinPage { mapping, pid });
+        PinPage::new(mapping.words()).init(slot);
+        pages[slot] = Some(Attached { mapping, pid });
         Ok(Some((slot, file)))
     }
 
@@ -64,28 +68,22 @@ impl PinBoard {
     }
 
     /// Calls `row(slot, pid, pins)` for every attached observer, `pins` being its pinned
-    /// versions (0 for a free pin word), each read with the protocol's SeqCst load.
+    /// versions (0 for a free pin word), read as [`PinPage::pins`] reads them.
     pub fn read(&self, row: &mut dyn FnMut(usize, u32, &[u64; PINS_PER_SLOT])) {
-        for (slot, page) in self.lock().iter().enumerate() {
-            let Some(page) = page else { continue };
-            let words = page.mapping.words();
-            let held: [u64; PINS_PER_SLOT] = std::array::from_fn(|k| protocol::read_pin(&words[pins::PIN0 + k]));
-            row(slot, page.pid, &held);
+        for (slot, attached) in self.lock().iter().enumerate() {
+            let Some(attached) = attached else { continue };
+            row(slot, attached.pid, &attached.page().pins());
         }
     }
 
     /// Whether some observer sleeps in `wait_newer`.
     pub fn any_waiting(&self) -> bool {
-        // The wake-up handshake with StoreReader::wait_newer (module docs of `protocol`).
-        self.lock().iter().flatten().any(|p| protocol::is_waiting(waiting(p.mapping.words())))
+        // The wake-up handshake with StoreReader::wait_newer (PinPage::wait_begin).
+        self.lock().iter().flatten().any(|a| a.page().is_waiting())
     }
 
     /// Observers attached now.
     pub fn observers(&self) -> usize {
         self.lock().iter().flatten().count()
     }
-}
-
-fn waiting(words: &[AtomicU64]) -> &AtomicU64 {
-    &words[pins::WAITING]
 }

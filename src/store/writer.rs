@@ -2,15 +2,16 @@
 //! reclaiming slots no live version needs, and giving memory back to the kernel.
 use std::collections::VecDeque;
 use std::ops::Range;
-use std::sync::atomic::{fence, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::layout::{self, hdr, obs, ver, Layout, OBSERVER_WORDS};
-use super::pagemap::{PageMap, Run, RUN_WORDS};
+use super::control::{ControlHeader, VersionInfo};
+use super::layout::{self, Layout};
+use super::pagemap::{PageMap, Run};
 use super::pins::PinBoard;
 use super::slots::{FreeSlots, Stretch};
-use super::protocol::{self, retained, UNPINNED};
+use super::protocol::{self, Retired, UNPINNED};
 use crate::error::PublishError;
 use crate::sys::futex;
 use crate::sys::mem::{store_fence, Access, Mapping, RegionMemory};
@@ -25,24 +26,23 @@ pub struct Source {
     pub memory: Arc<RegionMemory>,
 }
 
-impl Source {
-    /// Page `j` of the region: its bytes `[from, to)` of the region's memory, which sit at
-    /// byte `at` of the page (a region that does not start on a page boundary has its first
-    /// page's bytes at its offset, and every later page's at 0).
-    fn page_bytes(&self, j: usize, page: usize) -> (usize, usize, usize) {
-        let from = (j * page).saturating_sub(self.offset);
-        let to = ((j + 1) * page - self.offset).min(self.bytes);
-        (from, to, from + self.offset - j * page)
-    }
+/// Where a region's bytes in one of its pages are: bytes `[from, to)` of the region's
+/// memory, at byte `at` of the page.
+#[derive(Clone, Copy, Debug)]
+struct PageBytes {
+    from: usize,
+    to: usize,
+    at: usize,
 }
 
-/// Consecutive slots that held pages `since` wrote and that version `until` superseded.
-#[derive(Clone, Copy, Debug)]
-struct Retired {
-    slot: u64,
-    count: u64,
-    since: u64,
-    until: u64,
+impl Source {
+    /// Page `j` of the region (a region that does not start on a page boundary has its first
+    /// page's bytes at its offset, and every later page's at 0).
+    fn page_bytes(&self, j: usize, page: usize) -> PageBytes {
+        let from = (j * page).saturating_sub(self.offset);
+        let to = ((j + 1) * page - self.offset).min(self.bytes);
+        PageBytes { from, to, at: from + self.offset - j * page }
+    }
 }
 
 /// What the store does with a slot no live version needs any more.
@@ -273,7 +273,6 @@ impl StoreWriter {
     /// Creates the control block and the pool for `layout`. Under [`Freed::Reuse`] at most
     /// `max_reserve` of the page space (0 to 1) stays allocated in free slots.
     pub fn create(layout: Layout, sources: Vec<Source>, freed: Freed, max_reserve: f64) -> Result<StoreWriter, PublishError> {
-        let page = layout.page_size;
         let control_file = SharedFile::create("tcasm-control").map_err(|e| store_err("create the control block")(io_errno(e)))?;
         let control_bytes = layout.control_words() * 8;
         control_file.set_len(control_bytes as u64).map_err(|e| store_err("size the control block")(io_errno(e)))?;
@@ -287,9 +286,8 @@ impl StoreWriter {
         let pool_file = SharedFile::create("tcasm-pool").map_err(|e| store_err("create the pool")(io_errno(e)))?;
         // Map every plane the pool may ever have now: growing it is then only an ftruncate.
         // Pages past the file's end are never touched until it grows over them.
-        let plane_bytes = layout.page_count * page;
         let max_planes = layout::max_planes(layout.pin_slots);
-        let pool = Mapping::shared(&pool_file, 0, plane_bytes * max_planes, Access::ReadWrite)
+        let pool = Mapping::shared(&pool_file, 0, layout.plane_bytes() * max_planes, Access::ReadWrite)
             .map_err(store_err("map address space for the pool"))?;
         pool_file.seal_for_observers(true).map_err(|e| store_err("seal the pool")(io_errno(e)))?;
 
@@ -298,7 +296,7 @@ impl StoreWriter {
         for (i, v) in layout.encode(std::process::id()) {
             words[i].store(v, Ordering::Relaxed);
         }
-        words[hdr::STATE].store(layout::STATE_LIVE, Ordering::Relaxed);
+        ControlHeader::new(words).mark_live();
         let max_reserve = match freed {
             Freed::Reuse => (max_reserve.clamp(0.0, 1.0) * n as f64).ceil() as u64,
             Freed::Release => 0,
@@ -365,10 +363,6 @@ impl StoreWriter {
         self.mapped.board.clone()
     }
 
-    fn plane_bytes(&self) -> usize {
-        self.layout().page_count * self.layout().page_size
-    }
-
     /// Grows the pool by a plane of holes.
     fn add_plane(&mut self) -> Result<(), PublishError> {
         if self.planes == self.max_planes {
@@ -380,7 +374,7 @@ impl StoreWriter {
             });
         }
         let k = self.planes;
-        let needed = ((k + 1) * self.plane_bytes()) as u64;
+        let needed = ((k + 1) * self.layout().plane_bytes()) as u64;
         // Only ever grow: the file may already be longer (an observer may grow it; shrinking
         // is sealed), and the pool is mapped in full from the start.
         if self.pool_file.size().map_err(|e| store_err("read the pool's size")(io_errno(e)))? < needed {
@@ -389,30 +383,24 @@ impl StoreWriter {
         self.planes += 1;
         let per_plane = self.layout().page_count as u64;
         self.free.add_holes(k as u64 * per_plane, per_plane);
-        // SYNC: Release pairs with the Acquire load in StoreReader::planes: an observer that
-        // sees a record naming a slot of plane k sees a pool large enough to map it.
-        self.mapped.control.words()[hdr::PLANES].store(self.planes as u64, Ordering::Release);
+        // After the pool grew: see ControlHeader::set_planes.
+        self.mapped.header().set_planes(self.planes as u64);
         Ok(())
     }
 
     /// The pins of attached observers, and their rows in the control block for tools.
     fn read_live_pins(&mut self) {
         self.live_pins.clear();
-        let words = self.mapped.control.words();
-        let rows = self.mapped.layout.observers_at();
-        let mut attached = vec![false; self.mapped.layout.pin_slots];
+        let (layout, words) = (&self.mapped.layout, self.mapped.control.words());
+        let mut attached = vec![false; layout.pin_slots];
         let live_pins = &mut self.live_pins;
         self.mapped.board.read(&mut |slot, pid, held| {
             live_pins.extend(held.iter().copied().filter(|&v| v != UNPINNED));
-            let row = rows + slot * OBSERVER_WORDS;
-            words[row + obs::PID].store(pid.max(1) as u64, Ordering::Relaxed);
-            for (k, &v) in held.iter().enumerate() {
-                words[row + obs::PIN0 + k].store(v, Ordering::Relaxed);
-            }
+            layout.observer_row(words, slot).show(pid, held);
             attached[slot] = true;
         });
         for (slot, _) in attached.iter().enumerate().filter(|(_, a)| !**a) {
-            words[rows + slot * OBSERVER_WORDS + obs::PID].store(0, Ordering::Relaxed);
+            layout.observer_row(words, slot).clear();
         }
     }
 
@@ -423,15 +411,8 @@ impl StoreWriter {
         // The latest version is live too. After a complete publish no retired slot can hold
         // one of its pages, but after a publish that failed midway some can.
         self.live_pins.push(self.version);
-        let mut retired = std::mem::take(&mut self.retired);
-        retired.retain(|r| {
-            if retained(r.since, r.until, &self.live_pins) {
-                return true;
-            }
-            self.free.free(r.slot, r.count);
-            false
-        });
-        self.retired = retired;
+        let free = &mut self.free;
+        protocol::reclaim(&mut self.retired, &self.live_pins, |r| free.free(r.slot, r.count));
         self.live_pins.truncate(pins_held);
     }
 
@@ -593,31 +574,8 @@ impl StoreWriter {
 
     /// Appends version `n`'s record to the log and returns its position.
     fn write_record(&mut self, n: u64, map: &PageMap) -> u64 {
-        let cap = self.layout().log_words as u64;
-        let len = 2 + (RUN_WORDS * map.runs.len()) as u64;
-        let mut pos = self.log_pos;
-        if pos % cap + len > cap {
-            pos += cap - pos % cap;
-        }
-        let words = self.mapped.control.words();
-        let base = self.layout().log_at();
-        if pos + len > cap {
-            // SYNC: seqlock writer. The mark says which positions are about to be overwritten;
-            // the Release fence orders it before the overwriting stores, and pairs with the
-            // Acquire fence in StoreReader::record, which re-reads the mark after copying.
-            words[hdr::LOG_MARK].store(pos + len - cap, Ordering::Relaxed);
-            fence(Ordering::Release);
-        }
-        let at = base + (pos % cap) as usize;
-        words[at].store(n, Ordering::Relaxed);
-        words[at + 1].store(map.runs.len() as u64, Ordering::Relaxed);
-        for (i, r) in map.runs.iter().enumerate() {
-            for (j, w) in r.encode().into_iter().enumerate() {
-                words[at + 2 + RUN_WORDS * i + j].store(w, Ordering::Relaxed);
-            }
-        }
-        self.log_pos = pos + len;
-        pos
+        let log = self.mapped.layout.record_log(self.mapped.control.words());
+        log.append(&mut self.log_pos, n, &map.runs)
     }
 
     /// Marks the store closed and wakes every waiting observer.
@@ -639,12 +597,11 @@ impl StoreWriter {
     pub fn observers(&self) -> usize {
         self.mapped.board.observers()
     }
-
 }
 
 impl Mapped {
-    fn slot_offset(&self, slot: u64) -> usize {
-        slot as usize * self.layout.page_size
+    fn header(&self) -> ControlHeader<'_> {
+        ControlHeader::new(self.control.words())
     }
 
     /// Copies pages `copy.pages` of the page space from their region(s) into consecutive
@@ -675,9 +632,10 @@ impl Mapped {
     unsafe fn copy_unfenced(&self, copy: &PageCopy) {
         let page = self.layout.page_size;
         for (s, own) in self.sources_of(copy.pages.clone()) {
-            let (from, _, at) = s.page_bytes(own.start, page);
-            let (last_from, to, last_at) = s.page_bytes(own.end - 1, page);
-            let start = self.slot_offset(copy.slot_of(s.first_page + own.start));
+            let PageBytes { from, at, .. } = s.page_bytes(own.start, page);
+            let last = s.page_bytes(own.end - 1, page);
+            let to = last.to;
+            let start = self.layout.slot_offset(copy.slot_of(s.first_page + own.start));
             let dst = start + at;
             if copy.fresh && own.len() >= POPULATE_PAGES {
                 // Allocating fresh slots in one call costs a third of a fault each.
@@ -689,7 +647,7 @@ impl Mapped {
             if !copy.fresh {
                 // A reused slot still holds an old page: clear what the region does not cover
                 // (nothing, for the whole pages of a page-aligned region).
-                let end = self.slot_offset(copy.slot_of(s.first_page + own.end - 1)) + last_at + (to - last_from);
+                let end = self.layout.slot_offset(copy.slot_of(s.first_page + own.end - 1)) + last.at + (last.to - last.from);
                 for (offset, len) in [(start, at), (end, start + own.len() * page - end)] {
                     if len > 0 {
                         // SAFETY: inside the first or last slot of `copy`, as above.
@@ -704,7 +662,7 @@ impl Mapped {
     fn prefetch_source(&self, p: usize) {
         let page = self.layout.page_size;
         if let Some((s, own)) = self.sources_of(p..p + 1).next() {
-            s.memory.prefetch(s.page_bytes(own.start, page).0);
+            s.memory.prefetch(s.page_bytes(own.start, page).from);
         }
     }
 
@@ -767,11 +725,11 @@ impl Mapped {
                 let ahead = j + PREFETCH_PAGES;
                 if ahead < own.end {
                     s.memory.prefetch(ahead * page);
-                    self.pool.prefetch(self.slot_offset(slot[s.first_page + ahead]));
+                    self.pool.prefetch(self.layout.slot_offset(slot[s.first_page + ahead]));
                 }
-                let (from, to, at) = s.page_bytes(j, page);
+                let PageBytes { from, to, at } = s.page_bytes(j, page);
                 let p = s.first_page + j;
-                if !self.pool.equals(self.slot_offset(slot[p]) + at, &s.memory, from, to - from) {
+                if !self.pool.equals(self.layout.slot_offset(slot[p]) + at, &s.memory, from, to - from) {
                     match out.last_mut() {
                         Some(r) if r.end == p => r.end = p + 1,
                         _ => out.push(p..p + 1),
@@ -785,50 +743,36 @@ impl Mapped {
     /// `spent` is what publishing it cost the producer.
     pub fn release(&self, prepared: &Prepared, spent: Duration) {
         let n = prepared.version;
-        self.write_version_entry(n, &[
-            (ver::RECORD, prepared.record),
-            (ver::TIME_NS, crate::sys::monotonic_ns()),
-            (ver::DIRTY_PAGES, prepared.dirty_pages as u64),
-            (ver::RESERVE_BYTES, prepared.reserve_bytes),
-            (ver::PUBLISH_NS, spent.as_nanos() as u64),
-            (ver::RUNS, prepared.mapping_runs as u64),
-            (ver::STORE_BYTES, self.pool_file.allocated_bytes().unwrap_or(0)),
-        ]);
-        protocol::publish(&self.control.words()[hdr::LATEST], n);
+        let entry = self.layout.version_ring(self.control.words()).entry(n);
+        entry.write(&VersionInfo {
+            version: n,
+            record: prepared.record,
+            time_ns: crate::sys::monotonic_ns(),
+            dirty_pages: prepared.dirty_pages as u64,
+            reserve_bytes: prepared.reserve_bytes,
+            publish_ns: spent.as_nanos() as u64,
+            mapping_runs: prepared.mapping_runs as u64,
+            store_bytes: self.pool_file.allocated_bytes().unwrap_or(0),
+        });
+        self.header().publish(n);
         self.wake(n);
     }
 
-    fn write_version_entry(&self, n: u64, fields: &[(usize, u64)]) {
-        let words = self.control.words();
-        let at = self.layout.versions_at() + (n as usize % layout::VERSION_RING) * layout::VERSION_WORDS;
-        // SYNC: seqlock writer: 0 marks the entry as changing; pairs with the Acquire fence in
-        // StoreReader::version_entry.
-        words[at + ver::VERSION].store(0, Ordering::Relaxed);
-        fence(Ordering::Release);
-        for &(f, v) in fields {
-            words[at + f].store(v, Ordering::Relaxed);
-        }
-        // SYNC: Release pairs with the Acquire load of the entry's version word.
-        words[at + ver::VERSION].store(n, Ordering::Release);
-    }
-
     fn wake(&self, n: u64) {
-        let words = self.control.words();
-        // The wake-up handshake with StoreReader::wait_newer (module docs of `protocol`).
-        protocol::announce(&words[hdr::WAKE], n);
+        let header = self.header();
+        // The wake-up handshake with StoreReader::wait_newer (PinPage::wait_begin).
+        header.announce(n);
         if self.board.any_waiting() {
-            futex::wake_all(&words[hdr::WAKE]);
+            futex::wake_all(header.wake());
         }
     }
 
     /// Marks the store closed and wakes every waiting observer.
     pub fn close(&self) {
-        let words = self.control.words();
-        words[hdr::STATE].store(layout::STATE_CLOSED, Ordering::SeqCst);
-        words[hdr::WAKE].fetch_add(1, Ordering::SeqCst);
-        futex::wake_all(&words[hdr::WAKE]);
+        let header = self.header();
+        header.close();
+        futex::wake_all(header.wake());
     }
-
 }
 
 
