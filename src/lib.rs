@@ -23,6 +23,13 @@ pub mod producer;
 pub mod region;
 mod view;
 
+/// The tools' generator (SplitMix64, `tools/tcasm/rng.rs`) for the unit tests' pseudo-random
+/// cases: one generator in the repository.
+#[cfg(test)]
+#[path = "../tools/tcasm/rng.rs"]
+#[allow(dead_code)]
+mod test_rng;
+
 // The layers under the API: public only for tcasm's own tests (the feature `internals`).
 #[cfg(feature = "internals")]
 pub mod endpoint;

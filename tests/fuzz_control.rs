@@ -481,15 +481,8 @@ impl Offer {
 
 /// The words of a control block, pseudo-random.
 fn random_block() -> Vec<u8> {
-    let mut x = 0x2545_f491_4f6c_dd1du64;
-    (0..layout().control_words())
-        .flat_map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x.to_le_bytes()
-        })
-        .collect()
+    let mut rng = common::Rng::seeded(0x2545_f491_4f6c_dd1d);
+    (0..layout().control_words()).flat_map(|_| rng.below(u64::MAX).to_le_bytes()).collect()
 }
 
 const CASES: &[Case] = &[

@@ -112,15 +112,7 @@ mod tests {
     use crate::sys::mem::RegionMemory;
     use crate::sys::page_size;
 
-    struct Rng(u64);
-    impl Rng {
-        fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 % n as u64) as usize
-        }
-    }
+    use crate::test_rng::Rng;
 
     fn store(pages: usize, freed: Freed) -> (StoreWriter, Region<u8>) {
         let page = page_size();
@@ -170,7 +162,7 @@ mod tests {
         let (slot, pins) = writer.board().admit(1).unwrap().expect("a free observer slot");
         let [control, pool]: [SharedFile; 2] = writer.observer_files().unwrap();
         let reader = StoreReader::open([control, pool, pins], slot).unwrap();
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
         let mut expected: Vec<Vec<u8>> = vec![Vec::new()];
         let mut held: [Option<u64>; PINS_PER_SLOT] = [None; PINS_PER_SLOT];
         let mut current = vec![0u8; pages];

@@ -187,13 +187,8 @@ mod tests {
     /// random pieces.
     #[test]
     fn overwrite_equals_building_from_pages() {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut rng = crate::test_rng::Rng::new(0x2545_f491_4f6c_dd1d);
+        let mut next = |n: u64| rng.next() % n;
         for _ in 0..500 {
             let pages = 1 + next(60) as usize;
             let mut slot: Vec<u64> = (0..pages as u64).map(|p| if next(3) == 0 { next(200) } else { p }).collect();

@@ -142,28 +142,27 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    /// Disjoint extents (gaps between some of them), in a random order.
+    fn shuffled_extents() -> impl Strategy<Value = Vec<(u64, u64)>> {
+        prop::collection::vec((1u64..5, any::<bool>()), 1..60)
+            .prop_map(|lengths| {
+                let mut at = 0;
+                let mut extents = Vec::new();
+                for (len, gap) in lengths {
+                    at += u64::from(gap);
+                    extents.push((at, len));
+                    at += len;
+                }
+                extents
+            })
+            .prop_shuffle()
+    }
+
     proptest! {
         /// Extents freed in any order merge into exactly the slots freed, and trimming and
         /// taking give each slot back once.
         #[test]
-        fn extents_hold_exactly_the_slots_freed(lengths in prop::collection::vec((1u64..5, any::<bool>()), 1..60), order in any::<u64>(), keep in 0u64..40) {
-            let mut extents = Vec::new();
-            let mut at = 0;
-            for (len, gap) in lengths {
-                if gap {
-                    at += 1;
-                }
-                extents.push((at, len));
-                at += len;
-            }
-            let n = extents.len();
-            let mut state = order | 1;
-            for i in (1..n).rev() {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                extents.swap(i, (state % (i as u64 + 1)) as usize);
-            }
+        fn extents_hold_exactly_the_slots_freed(extents in shuffled_extents(), keep in 0u64..40) {
             let mut f = FreeSlots::default();
             for &(start, count) in &extents {
                 f.free(start, count);

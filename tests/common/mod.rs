@@ -178,13 +178,18 @@ pub fn runnable_by_anyone(test: &str) -> PathBuf {
     exe
 }
 
-/// xorshift64: deterministic from a seed, or seeded from the clock (unless `TCASM_TEST_SEED`
-/// says) with the seed printed, so that a failing run can be repeated.
-pub struct Rng(u64);
+/// The tools' generator (SplitMix64), shared so that tests and tools draw the same way.
+#[path = "../../tools/tcasm/rng.rs"]
+#[allow(dead_code)]
+mod rng;
+
+/// Deterministic from a seed, or seeded from the clock (unless `TCASM_TEST_SEED` says) with
+/// the seed printed, so that a failing run can be repeated.
+pub struct Rng(rng::Rng);
 
 impl Rng {
     pub fn seeded(seed: u64) -> Rng {
-        Rng(seed | 1)
+        Rng(rng::Rng::new(seed))
     }
 
     pub fn from_clock(test: &str) -> Rng {
@@ -198,10 +203,7 @@ impl Rng {
 
     /// A number below `n`.
     pub fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n
+        self.0.next() % n
     }
 
     /// An index below `n`.
