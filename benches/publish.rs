@@ -30,8 +30,8 @@ const COVERAGES: [(&str, usize); 2] = [("1%", 100), ("100%", 1)];
 
 /// A producer of one 64 MiB region, every page written and published once.
 fn producer(kind: TrackerKind) -> (Producer, Region<u8>) {
-    let mut p = Producer::create(&format!("bench-{kind}"), ProducerOptions { tracker: kind, ..Default::default() })
-        .unwrap();
+    let mut p =
+        Producer::create(&format!("bench-{kind}"), ProducerOptions { tracker: kind, ..Default::default() }).unwrap();
     let mut region = p.region::<u8>("data", &[REGION_BYTES]).unwrap();
     region.fill(1);
     p.publish().unwrap();

@@ -99,7 +99,10 @@ pub fn directory() -> Result<PathBuf, EndpointError> {
         },
     };
     if let Err(e) = DirBuilder::new().recursive(true).mode(0o700).create(&dir) {
-        return Err(EndpointError::Directory { dir, what: format!("cannot create it: {e}; set TCASM_DIR to a writable directory") });
+        return Err(EndpointError::Directory {
+            dir,
+            what: format!("cannot create it: {e}; set TCASM_DIR to a writable directory"),
+        });
     }
     let meta = std::fs::metadata(&dir).map_err(io(format!("reading {}", dir.display())))?;
     if named.is_none() {
@@ -247,7 +250,9 @@ fn still_at(file: &File, path: &Path) -> bool {
 /// holding its lock, nothing can take the name meanwhile, and a producer that opened the
 /// file before the unlink finds it gone ([`Server::bind`] checks) and starts over.
 fn tidy_dead(lock_path: &Path, socket_path: &Path) {
-    let Ok(file) = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open(lock_path) else { return };
+    let Ok(file) = OpenOptions::new().read(true).write(true).custom_flags(libc::O_CLOEXEC).open(lock_path) else {
+        return;
+    };
     if lock::try_lock(&file, 0, 0) == Ok(true) && still_at(&file, lock_path) {
         let _ = std::fs::remove_file(socket_path);
         let _ = std::fs::remove_file(lock_path);
@@ -323,7 +328,9 @@ impl Server {
             // An earlier producer of this name may have shared the file with another group.
             match &group {
                 Some(g) => g.share(&lock_path, 0o640)?,
-                None => lock_file.set_permissions(Permissions::from_mode(0o600)).map_err(io("restricting the lock file"))?,
+                None => {
+                    lock_file.set_permissions(Permissions::from_mode(0o600)).map_err(io("restricting the lock file"))?
+                }
             }
             let locked = lock::try_lock(&lock_file, 0, 0)
                 .map_err(|e| io(format!("locking {}", lock_path.display()))(e.into()))?;
@@ -423,7 +430,11 @@ fn serve(listener: UnixListener, admission: &Admission, stop: &AtomicBool, store
                             offer.board.leave(slot);
                         }
                     }
-                    Ok(None) => refuse(&stream, STATUS_FULL, "every observer slot is taken; raise ProducerOptions::max_observers"),
+                    Ok(None) => refuse(
+                        &stream,
+                        STATUS_FULL,
+                        "every observer slot is taken; raise ProducerOptions::max_observers",
+                    ),
                     Err(e) => refuse(&stream, STATUS_REFUSED, &format!("cannot create a pin page: {e}")),
                 }
             }
@@ -475,7 +486,8 @@ pub fn attach(name: &str, timeout: Duration) -> Result<Attached, EndpointError> 
     let dir = directory()?;
     let (socket_path, _) = paths(&dir, name);
     let waiting = Instant::now();
-    let absent = |e: &std::io::Error| matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused);
+    let absent =
+        |e: &std::io::Error| matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused);
     let connected = loop {
         match UnixStream::connect(&socket_path) {
             Err(e) if absent(&e) && waiting.elapsed() < timeout => {
@@ -500,7 +512,9 @@ pub fn attach(name: &str, timeout: Duration) -> Result<Attached, EndpointError> 
     stream.set_read_timeout(Some(timeout.max(HANDSHAKE_GRACE))).map_err(io("configuring the socket"))?;
     let mut buf = [0u8; 512];
     let (n, fds) = fdpass::recv(&stream, &mut buf).map_err(|e| match e {
-        nix::Error::EAGAIN => EndpointError::NotReady { name: name.to_string(), waited_ms: started.elapsed().as_millis() as u64 },
+        nix::Error::EAGAIN => {
+            EndpointError::NotReady { name: name.to_string(), waited_ms: started.elapsed().as_millis() as u64 }
+        }
         e => EndpointError::Protocol { name: name.to_string(), what: format!("receiving the handshake: {e}") },
     })?;
     let protocol = |what: &str| EndpointError::Protocol { name: name.to_string(), what: what.to_string() };

@@ -8,7 +8,9 @@ use crate::track::TrackerKind;
 /// Errors of naming and reaching an endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
-    #[error("endpoint name {name:?} is not valid: use 1 to 64 letters, digits, '_', '-' or '.', not starting with '.'")]
+    #[error(
+        "endpoint name {name:?} is not valid: use 1 to 64 letters, digits, '_', '-' or '.', not starting with '.'"
+    )]
     BadName { name: String },
     #[error("endpoint directory {dir}: {what}")]
     Directory { dir: PathBuf, what: String },
@@ -27,7 +29,11 @@ pub enum EndpointError {
     #[error("talking to producer {name:?}: {what}")]
     Protocol { name: String, what: String },
     #[error("{what}: {source}")]
-    Io { what: String, #[source] source: std::io::Error },
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Errors of `Producer::create`.
@@ -40,7 +46,11 @@ pub enum CreateError {
     #[error("tracker {kind} is not available here: {reason}")]
     Tracker { kind: TrackerKind, reason: String },
     #[error("{what}: {source}")]
-    Io { what: String, #[source] source: std::io::Error },
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Errors of adding a region to a producer.
@@ -56,19 +66,25 @@ pub enum RegionError {
     Misaligned { name: String, addr: usize, dtype: Dtype, align: usize },
     #[error("region {name:?}: {bytes} bytes do not hold shape {shape:?} of {dtype}")]
     WrongLength { name: String, bytes: usize, shape: Vec<usize>, dtype: Dtype },
-    #[error("region {name:?}: the {tracker} tracker cannot track the buffer at {addr:#x} ({errno}); \
+    #[error(
+        "region {name:?}: the {tracker} tracker cannot track the buffer at {addr:#x} ({errno}); \
              userfaultfd tracks anonymous and shared memory (malloc, mmap, a Vec, static arrays), \
-             not memory mapped from a file. Allocate it with Producer::region, or use the copy tracker")]
+             not memory mapped from a file. Allocate it with Producer::region, or use the copy tracker"
+    )]
     CannotTrack { name: String, addr: usize, tracker: TrackerKind, errno: nix::Error },
-    #[error("region {name:?}: the buffer at {addr:#x} is already tracked by another producer (or \
+    #[error(
+        "region {name:?}: the buffer at {addr:#x} is already tracked by another producer (or \
              another userfaultfd user) in this process (EBUSY): a buffer belongs to one producer at \
-             a time. Destroy the other producer first, share the buffer through it, or wrap a copy")]
+             a time. Destroy the other producer first, share the buffer through it, or wrap a copy"
+    )]
     AlreadyTracked { name: String, addr: usize },
-    #[error("region {name:?}: the {tracker} tracker stops every write to a protected page until \
+    #[error(
+        "region {name:?}: the {tracker} tracker stops every write to a protected page until \
              its handler thread lets it through, so it protects only pages a region owns whole; the \
              buffer at {addr:#x} ({bytes} bytes) shares its first or last page with other data \
              (heap metadata, other objects), whose writes could block forever. Use page-aligned \
-             buffers of whole pages (Producer::region, posix_memalign), or the async tracker")]
+             buffers of whole pages (Producer::region, posix_memalign), or the async tracker"
+    )]
     SharesPages { name: String, addr: usize, bytes: usize, tracker: TrackerKind },
     #[error("region {name:?}: allocating {bytes} bytes failed: {errno}")]
     Alloc { name: String, bytes: usize, errno: nix::Error },
@@ -114,5 +130,9 @@ pub enum ReadError {
     #[error("mapping the snapshot failed: {0}; raise vm.max_map_count or free address space")]
     Map(nix::Error),
     #[error("{what}: {source}")]
-    Io { what: String, #[source] source: std::io::Error },
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
 }

@@ -69,7 +69,10 @@ impl Job {
 }
 
 /// The first of `vars` that is set, with its value parsed.
-fn first_set(vars: &[&'static str], get: &impl Fn(&str) -> Option<String>) -> Result<Option<(&'static str, u32)>, JobError> {
+fn first_set(
+    vars: &[&'static str],
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<(&'static str, u32)>, JobError> {
     let Some((var, value)) = vars.iter().find_map(|v| get(v).map(|value| (*v, value))) else { return Ok(None) };
     match value.trim().parse::<u32>() {
         Ok(n) if (n as u64) < MAX_RANKS => Ok(Some((var, n))),
@@ -84,14 +87,20 @@ pub fn expand_name_with(name: &str, get: impl Fn(&str) -> Option<String>) -> Res
     if !name.contains(RANK_PLACEHOLDER) {
         return Ok((name.to_string(), None));
     }
-    let Some((rank_var, rank)) = first_set(&RANK_VARS, &get)? else { return Err(JobError::NoRank { name: name.into() }) };
-    let Some((size_var, size)) = first_set(&SIZE_VARS, &get)? else { return Err(JobError::NoSize { name: name.into() }) };
+    let Some((rank_var, rank)) = first_set(&RANK_VARS, &get)? else {
+        return Err(JobError::NoRank { name: name.into() });
+    };
+    let Some((size_var, size)) = first_set(&SIZE_VARS, &get)? else {
+        return Err(JobError::NoSize { name: name.into() });
+    };
     if rank >= size {
         return Err(JobError::RankOutOfRange { rank, size, rank_var, size_var });
     }
     let launch = match LAUNCH_VARS.iter().find_map(|v| get(v)) {
         // Slurm: the job and its step.
-        Some(id) => crc32fast::hash(format!("{id}.{}", get("SLURM_STEP_ID").unwrap_or_default()).as_bytes()) as u64 | 1 << 32,
+        Some(id) => {
+            crc32fast::hash(format!("{id}.{}", get("SLURM_STEP_ID").unwrap_or_default()).as_bytes()) as u64 | 1 << 32
+        }
         None => 0,
     };
     let job = Job { rank, size, launch };

@@ -48,8 +48,8 @@ pub mod track;
 #[cfg(not(feature = "internals"))]
 pub(crate) mod track;
 
-pub use job::Job;
 pub use error::{CreateError, EndpointError, PublishError, ReadError, RegionError};
+pub use job::Job;
 pub use observer::{Observer, Snapshot};
 pub use producer::{Freed, Producer, ProducerOptions, ProducerStats};
 pub use region::{Dtype, Element, Region, RegionHandle, RegionInfo};

@@ -98,7 +98,8 @@ impl Observer {
     /// its first version: for observers started alongside their producer.
     pub fn attach_timeout(name: &str, timeout: Duration) -> Result<Observer, ReadError> {
         let endpoint::Attached { stream, files, slot } = endpoint::attach(name, timeout)?;
-        let reader = StoreReader::open(files, slot).map_err(|what| ReadError::Corrupt { name: name.to_string(), what })?;
+        let reader =
+            StoreReader::open(files, slot).map_err(|what| ReadError::Corrupt { name: name.to_string(), what })?;
         Ok(Observer {
             inner: Arc::new(Inner {
                 name: name.to_string(),
@@ -171,11 +172,7 @@ impl Observer {
         }
         let inner = &self.inner;
         let mut state = inner.state.lock().unwrap_or_else(|e| e.into_inner());
-        let pin = state
-            .pins_used
-            .iter()
-            .position(|u| !u)
-            .ok_or(ReadError::TooManySnapshots { held: PINS_PER_SLOT })?;
+        let pin = state.pins_used.iter().position(|u| !u).ok_or(ReadError::TooManySnapshots { held: PINS_PER_SLOT })?;
         // A record overwritten while we read it means the producer has published newer
         // versions since: take the newest. The same version overwritten twice cannot happen
         // with an honest producer, and is corruption, not a reason to spin.
@@ -191,7 +188,9 @@ impl Observer {
                     overwritten = v;
                     continue;
                 }
-                Err(RecordError::Overwritten) => format!("the record of version {v} is overwritten while it is the latest"),
+                Err(RecordError::Overwritten) => {
+                    format!("the record of version {v} is overwritten while it is the latest")
+                }
                 Err(RecordError::Corrupt(what)) => what,
             };
             inner.reader.unpin(pin);
@@ -210,7 +209,9 @@ impl Observer {
             },
         };
         let planes = inner.reader.planes().map_err(|what| ReadError::Corrupt { name: inner.name.clone(), what });
-        if let Err(e) = planes.and_then(|planes| update_view(&inner.reader, &mut state.pool, &mut view, version, map, planes)) {
+        if let Err(e) =
+            planes.and_then(|planes| update_view(&inner.reader, &mut state.pool, &mut view, version, map, planes))
+        {
             inner.reader.unpin(pin);
             state.pins_used[pin] = false;
             return Err(e);
@@ -264,7 +265,14 @@ pub fn runs_per_window(pages: usize) -> usize {
 
 /// Brings `view` to show version `version`, whose page map is `map`.
 /// `planes` is the pool's checked plane count ([`StoreReader::planes`]).
-fn update_view(reader: &StoreReader, pool: &mut Option<(usize, Mapping)>, view: &mut View, version: u64, map: PageMap, planes: usize) -> Result<(), ReadError> {
+fn update_view(
+    reader: &StoreReader,
+    pool: &mut Option<(usize, Mapping)>,
+    view: &mut View,
+    version: u64,
+    map: PageMap,
+    planes: usize,
+) -> Result<(), ReadError> {
     if view.version == version {
         return Ok(());
     }

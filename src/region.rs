@@ -100,16 +100,46 @@ impl fmt::Display for Dtype {
 macro_rules! with_element {
     ($dtype:expr, $t:ident => $body:expr) => {
         match $dtype {
-            $crate::Dtype::U8 => { type $t = u8; $body }
-            $crate::Dtype::I8 => { type $t = i8; $body }
-            $crate::Dtype::U16 => { type $t = u16; $body }
-            $crate::Dtype::I16 => { type $t = i16; $body }
-            $crate::Dtype::U32 => { type $t = u32; $body }
-            $crate::Dtype::I32 => { type $t = i32; $body }
-            $crate::Dtype::U64 => { type $t = u64; $body }
-            $crate::Dtype::I64 => { type $t = i64; $body }
-            $crate::Dtype::F32 => { type $t = f32; $body }
-            $crate::Dtype::F64 => { type $t = f64; $body }
+            $crate::Dtype::U8 => {
+                type $t = u8;
+                $body
+            }
+            $crate::Dtype::I8 => {
+                type $t = i8;
+                $body
+            }
+            $crate::Dtype::U16 => {
+                type $t = u16;
+                $body
+            }
+            $crate::Dtype::I16 => {
+                type $t = i16;
+                $body
+            }
+            $crate::Dtype::U32 => {
+                type $t = u32;
+                $body
+            }
+            $crate::Dtype::I32 => {
+                type $t = i32;
+                $body
+            }
+            $crate::Dtype::U64 => {
+                type $t = u64;
+                $body
+            }
+            $crate::Dtype::I64 => {
+                type $t = i64;
+                $body
+            }
+            $crate::Dtype::F32 => {
+                type $t = f32;
+                $body
+            }
+            $crate::Dtype::F64 => {
+                type $t = f64;
+                $body
+            }
         }
     };
 }
@@ -171,13 +201,8 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if name.is_empty() || name.len() > MAX_NAME {
         return Err(format!("region name {name:?} must be 1 to {MAX_NAME} bytes long"));
     }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/')))
-    {
-        return Err(format!(
-            "region name {name:?} has the character {c:?}; use letters, digits, '_', '-', '.', '/'"
-        ));
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/'))) {
+        return Err(format!("region name {name:?} has the character {c:?}; use letters, digits, '_', '-', '.', '/'"));
     }
     Ok(())
 }
@@ -185,10 +210,7 @@ pub fn check_name(name: &str) -> Result<(), String> {
 /// Checks a shape and returns its number of elements.
 pub fn check_shape(name: &str, shape: &[usize]) -> Result<usize, String> {
     if shape.is_empty() || shape.len() > MAX_DIMS {
-        return Err(format!(
-            "region {name:?}: a shape has 1 to {MAX_DIMS} dimensions, not {}",
-            shape.len()
-        ));
+        return Err(format!("region {name:?}: a shape has 1 to {MAX_DIMS} dimensions, not {}", shape.len()));
     }
     shape
         .iter()

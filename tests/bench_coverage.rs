@@ -57,7 +57,13 @@ fn coverage_json_has_a_row_per_tracker_coverage_and_observer_count() {
     }
     let mut seen: Vec<(String, f64, u64)> = rows
         .iter()
-        .map(|r| (r["tracker"].as_str().unwrap().to_string(), r["coverage"].as_f64().unwrap(), r["observers"].as_u64().unwrap()))
+        .map(|r| {
+            (
+                r["tracker"].as_str().unwrap().to_string(),
+                r["coverage"].as_f64().unwrap(),
+                r["observers"].as_u64().unwrap(),
+            )
+        })
         .collect();
     seen.sort_by(|a, b| a.partial_cmp(b).unwrap());
     seen.dedup();

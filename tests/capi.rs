@@ -44,7 +44,10 @@ fn shared_link(lib: &Path) -> Vec<String> {
 /// good for destroy only.
 #[test]
 fn header_is_current_and_panics_are_internal() {
-    let out = ffi::run(ffi::cargo().args(["test", "--release", "-p", "tcasm-capi", "--", "--nocapture"]), "tcasm-capi's tests");
+    let out = ffi::run(
+        ffi::cargo().args(["test", "--release", "-p", "tcasm-capi", "--", "--nocapture"]),
+        "tcasm-capi's tests",
+    );
     let said = String::from_utf8_lossy(&out.stdout);
     for test in ["header_is_current", "a_caught_panic_is_internal_and_only_destroy_works_after"] {
         assert!(said.contains(&format!("{test} ... ok")), "tcasm-capi's test {test} did not run:\n{said}");
@@ -59,13 +62,17 @@ fn header_compiles_as_c_and_cpp() {
     let include = ffi::root().join("include/tcasm.h");
     for std in ["-std=c99", "-std=c11"] {
         ffi::run(
-            Command::new("cc").args([std, "-pedantic", "-Wall", "-Wextra", "-Werror", "-fsyntax-only", "-x", "c"]).arg(&include),
+            Command::new("cc")
+                .args([std, "-pedantic", "-Wall", "-Wextra", "-Werror", "-fsyntax-only", "-x", "c"])
+                .arg(&include),
             &format!("tcasm.h with cc {std}"),
         );
     }
     if ffi::tool_available("header_compiles_as_c_and_cpp", "c++", &[]) {
         ffi::run(
-            Command::new("c++").args(["-std=c++11", "-Wall", "-Wextra", "-Werror", "-fsyntax-only", "-x", "c++"]).arg(&include),
+            Command::new("c++")
+                .args(["-std=c++11", "-Wall", "-Wextra", "-Werror", "-fsyntax-only", "-x", "c++"])
+                .arg(&include),
             "tcasm.h with c++",
         );
     }
@@ -94,11 +101,8 @@ fn heat_example_publishes_every_step() {
 
     let bin = compile(&[&source], &scratch.join("heat"), &shared_link(lib));
     let steps: u64 = 120;
-    let mut child = Command::new(&bin)
-        .args([&steps.to_string(), "15", "heat-c"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child =
+        Command::new(&bin).args([&steps.to_string(), "15", "heat-c"]).stdout(Stdio::piped()).spawn().unwrap();
     let checked = ffi::follow_heat("heat-c", &mut child, LIMIT);
     let status = common::wait_with_watchdog(&mut child, LIMIT, "examples/heat.c");
     assert!(status.success(), "heat exited with {status}");
@@ -163,27 +167,41 @@ fn checks(tracker: &str) {
     let bin = compile(&[&ffi::root().join("tests/ffi/checks.c")], &scratch.join("checks"), &shared_link(lib));
     let name = format!("capi-checks-{tracker}");
     // checks.c provokes TCASM_ERR_IO through the deferred tracker, where it works.
-    let deferred = Producer::create(&format!("{name}-probe"), ProducerOptions { tracker: TrackerKind::Deferred, ..Default::default() })
-        .map_err(|e| common::skip(&test, &format!("the deferred tracker does not work here ({e}), so TCASM_ERR_IO is not provoked"), common::Lacks::Kernel))
-        .is_ok();
+    let deferred = Producer::create(
+        &format!("{name}-probe"),
+        ProducerOptions { tracker: TrackerKind::Deferred, ..Default::default() },
+    )
+    .map_err(|e| {
+        common::skip(
+            &test,
+            &format!("the deferred tracker does not work here ({e}), so TCASM_ERR_IO is not provoked"),
+            common::Lacks::Kernel,
+        )
+    })
+    .is_ok();
     let mut command = Command::new(&bin);
     if deferred {
         // Its threads' stacks are the 2 MiB Rust gives them by default, which checks.c counts on.
         command.env("TCASM_CHECKS_DEFERRED", "1").env_remove("RUST_MIN_STACK");
     }
-    let (mut child, mut stdout, fields) = ffi::start_checks_with(command, &name, tracker, &format!("checks.c ({tracker})"));
+    let (mut child, mut stdout, fields) =
+        ffi::start_checks_with(command, &name, tracker, &format!("checks.c ({tracker})"));
     let version: u64 = fields[0].parse().unwrap();
     let with_table = fields[2] == "table";
     // The copy tracker never refuses memory (checks.c fails if it does).
     assert!(with_table || fields[1] != "copy", "the copy tracker refused initialised static data");
-    eprintln!("checks.c ({tracker}): version {version}, tracker {}, initialised static data wrapped: {with_table}", fields[1]);
+    eprintln!(
+        "checks.c ({tracker}): version {version}, tracker {}, initialised static data wrapped: {with_table}",
+        fields[1]
+    );
 
     let observer: Observer = ffi::attach(&name, LIMIT);
     let snap = observer.latest().unwrap();
     assert_eq!(snap.version(), version);
     let regions: Vec<(String, Dtype, Vec<usize>)> =
         snap.regions().iter().map(|r| (r.name.clone(), r.dtype, r.shape.clone())).collect();
-    let mut want = vec![("heap".to_string(), Dtype::F64, vec![30, 50]), ("static/counters".into(), Dtype::U32, vec![64, 64])];
+    let mut want =
+        vec![("heap".to_string(), Dtype::F64, vec![30, 50]), ("static/counters".into(), Dtype::U32, vec![64, 64])];
     if with_table {
         want.push(("static/table".into(), Dtype::I16, vec![100]));
     }
@@ -243,8 +261,17 @@ fn wrapping_what_another_producer_wraps_names_the_cause_in_c() {
     common::endpoint_dir("capi");
     let lib = ffi::capi_lib();
     let scratch = ffi::scratch("already-wrapped");
-    let bin = compile(&[&ffi::root().join("tests/ffi/already_wrapped.c")], &scratch.join("already_wrapped"), &shared_link(lib));
-    let mut child = Command::new(&bin).args(["capi-already-wrapped", "async"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let bin = compile(
+        &[&ffi::root().join("tests/ffi/already_wrapped.c")],
+        &scratch.join("already_wrapped"),
+        &shared_link(lib),
+    );
+    let mut child = Command::new(&bin)
+        .args(["capi-already-wrapped", "async"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
     let status = common::wait_with_watchdog(&mut child, LIMIT, "already_wrapped.c");
     let mut out = String::new();
     std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut out).unwrap();

@@ -106,7 +106,11 @@ fn run(kind: TrackerKind) {
 
         let snap = observer.latest().unwrap();
         assert_eq!(snap.version(), v as u64);
-        assert_eq!(producer.stats().last_pages_copied, pages_of(&snap.changed_since(v as u64 - 1)).len(), "{kind}: v{v}: the stats count what the page map names");
+        assert_eq!(
+            producer.stats().last_pages_copied,
+            pages_of(&snap.changed_since(v as u64 - 1)).len(),
+            "{kind}: v{v}: the stats count what the page map names"
+        );
         // Against every earlier version the ring still holds.
         for since in (v.saturating_sub(6).max(1)..v).rev() {
             let got = pages_of(&snap.changed_since(since as u64));
@@ -114,13 +118,25 @@ fn run(kind: TrackerKind) {
             // Pages that changed in some version after `since` (a page changed and changed
             // back differs from none, and is still named: the map records each version's
             // changes, not a comparison with every older version).
-            let changed_after: BTreeSet<usize> =
-                (since + 1..=v).flat_map(|u| (0..PAGES).filter(|&p| hashes[u - 1][p] != hashes[u][p]).collect::<Vec<_>>()).collect();
+            let changed_after: BTreeSet<usize> = (since + 1..=v)
+                .flat_map(|u| (0..PAGES).filter(|&p| hashes[u - 1][p] != hashes[u][p]).collect::<Vec<_>>())
+                .collect();
             let written: BTreeSet<usize> = touched[since + 1..=v].iter().flatten().copied().collect();
-            assert!(differ.is_subset(&got), "{kind}: v{v} since v{since}: pages {:?} differ but are not named", differ.difference(&got).take(5).collect::<Vec<_>>());
-            assert!(got.is_subset(&written), "{kind}: v{v} since v{since}: pages {:?} named but never written", got.difference(&written).take(5).collect::<Vec<_>>());
+            assert!(
+                differ.is_subset(&got),
+                "{kind}: v{v} since v{since}: pages {:?} differ but are not named",
+                differ.difference(&got).take(5).collect::<Vec<_>>()
+            );
+            assert!(
+                got.is_subset(&written),
+                "{kind}: v{v} since v{since}: pages {:?} named but never written",
+                got.difference(&written).take(5).collect::<Vec<_>>()
+            );
             if compares_all {
-                assert_eq!(got, changed_after, "{kind}: v{v} since v{since}: compared pages must name exactly the changed ones");
+                assert_eq!(
+                    got, changed_after,
+                    "{kind}: v{v} since v{since}: compared pages must name exactly the changed ones"
+                );
             }
             if tracks_all {
                 assert!(got == written, "{kind}: v{v} since v{since}: tracked pages name every page written: named, not written {:?}; written, not named {:?}", got.difference(&written).take(8).collect::<Vec<_>>(), written.difference(&got).take(8).collect::<Vec<_>>());
@@ -133,8 +149,14 @@ fn run(kind: TrackerKind) {
     // are compared away; copy compares them all away; tracked pages always count.
     let chunk = tcasm::track::auto::CHUNK_PAGES;
     match kind {
-        TrackerKind::Copy => assert!(identical_skipped >= 4 * chunk, "{kind}: only {identical_skipped} identical rewrites were found unchanged"),
-        TrackerKind::Auto => assert!(identical_skipped >= chunk, "{kind}: only {identical_skipped} identical rewrites were found unchanged"),
+        TrackerKind::Copy => assert!(
+            identical_skipped >= 4 * chunk,
+            "{kind}: only {identical_skipped} identical rewrites were found unchanged"
+        ),
+        TrackerKind::Auto => assert!(
+            identical_skipped >= chunk,
+            "{kind}: only {identical_skipped} identical rewrites were found unchanged"
+        ),
         _ => assert_eq!(identical_skipped, 0, "{kind}: a tracked page written counts as changed"),
     }
 }

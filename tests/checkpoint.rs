@@ -185,7 +185,14 @@ impl ProducerChild {
 
     /// With `hold`, the producer stays once its versions are published, and publishes one
     /// more per [`ProducerChild::publish_one`].
-    fn start_with(name: &str, rows: usize, versions: u64, period_us: u64, tracker: TrackerKind, hold: bool) -> ProducerChild {
+    fn start_with(
+        name: &str,
+        rows: usize,
+        versions: u64,
+        period_us: u64,
+        tracker: TrackerKind,
+        hold: bool,
+    ) -> ProducerChild {
         endpoint();
         let mut command = Command::new(std::env::current_exe().unwrap());
         if hold {
@@ -224,7 +231,8 @@ impl ProducerChild {
 
     /// Waits for the producer to say `published V`; returns V.
     fn published(&self) -> u64 {
-        let line = self.said.recv_timeout(LIMIT).unwrap_or_else(|e| panic!("producer {}: nothing published ({e})", self.name));
+        let line =
+            self.said.recv_timeout(LIMIT).unwrap_or_else(|e| panic!("producer {}: nothing published ({e})", self.name));
         line.strip_prefix("published ").and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("producer said {line:?}"))
     }
 
@@ -274,13 +282,15 @@ fn npy_data(path: &Path, descr: &str, shape: &[usize]) -> Vec<u8> {
 /// what the producer published; returns the version restored.
 fn assert_restores(dir: &Path, version: Option<u64>, regions: &[RegionInfo]) -> u64 {
     let out_dir = dir.with_extension(format!("restore-{}", version.map_or("newest".into(), |v| v.to_string())));
-    let mut args = vec!["restore".to_string(), dir.display().to_string(), "--out".into(), out_dir.display().to_string()];
+    let mut args =
+        vec!["restore".to_string(), dir.display().to_string(), "--out".into(), out_dir.display().to_string()];
     if let Some(v) = version {
         args.extend(["--version".into(), v.to_string()]);
     }
     let out = run(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "restore {version:?} failed: {}", text(&out));
-    let manifest: serde_json::Value = serde_json::from_slice(&fs::read(out_dir.join("manifest.json")).unwrap()).unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(out_dir.join("manifest.json")).unwrap()).unwrap();
     let v = manifest["version"].as_u64().unwrap();
     assert!(version.is_none_or(|asked| asked == v));
     for (info, bytes) in regions.iter().zip(expected(regions, v)) {
@@ -312,7 +322,8 @@ fn follow_and_restore(tracker: TrackerKind) {
         args.extend(how);
         tcasm(&args).stderr(Stdio::piped()).spawn().unwrap()
     };
-    let checkpointers = [follow(&every, &["--every-version", "--full-every", "5"]), follow(&interval, &["--interval", "0.2"])];
+    let checkpointers =
+        [follow(&every, &["--every-version", "--full-every", "5"]), follow(&interval, &["--interval", "0.2"])];
     let mut logs = Vec::new();
     for mut c in checkpointers {
         let status = common::wait_with_watchdog(&mut c, LIMIT, "checkpointer");
@@ -368,10 +379,20 @@ fn sigkilled_checkpointers_leave_every_complete_checkpoint_restorable() {
     // Kills that left a new unfinished checkpoint behind: they landed inside a write.
     let (mut inside_a_write, mut unfinished) = (0, std::collections::HashSet::new());
     for kill in 0..KILLS {
-        let mut c = tcasm(&["checkpoint", &producer.name, "--dir", dir.to_str().unwrap(), "--full-every", "4", "--keep", "2", "--every-version"])
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut c = tcasm(&[
+            "checkpoint",
+            &producer.name,
+            "--dir",
+            dir.to_str().unwrap(),
+            "--full-every",
+            "4",
+            "--keep",
+            "2",
+            "--every-version",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
         std::thread::sleep(Duration::from_millis(rng.below(400)));
         c.kill().unwrap();
         let status = c.wait().unwrap();
@@ -382,7 +403,11 @@ fn sigkilled_checkpointers_leave_every_complete_checkpoint_restorable() {
             assert!(out.status.success(), "kill {kill}: verify failed:\n{}", text(&out));
         } else {
             // Killed before its first checkpoint was complete: nothing to restore, said.
-            assert!(!out.status.success() && text(&out).contains("no complete checkpoint"), "kill {kill}: {}", text(&out));
+            assert!(
+                !out.status.success() && text(&out).contains("no complete checkpoint"),
+                "kill {kill}: {}",
+                text(&out)
+            );
         }
         let left: Vec<PathBuf> = catalog.chains.into_iter().flat_map(|c| c.incomplete).collect();
         if left.iter().any(|p| !unfinished.contains(p)) {
@@ -399,7 +424,10 @@ fn sigkilled_checkpointers_leave_every_complete_checkpoint_restorable() {
         "{test}: {KILLS} kills, {inside_a_write} left an unfinished checkpoint, {completed} followed a new complete checkpoint; newest complete after each: {restored:?}"
     );
     assert!(inside_a_write > 0, "no kill landed inside a checkpoint");
-    assert!(completed >= KILLS / 2, "only {completed} of {KILLS} runs completed a checkpoint before their kill: {restored:?}");
+    assert!(
+        completed >= KILLS / 2,
+        "only {completed} of {KILLS} runs completed a checkpoint before their kill: {restored:?}"
+    );
     // --keep 2 leaves two chains with a base, three when a kill fell inside a retirement.
     let kept = complete(&dir).iter().map(|&(c, _)| c).collect::<std::collections::BTreeSet<_>>();
     assert!(kept.len() <= 3, "--keep 2 retired old chains: {kept:?}");
@@ -428,7 +456,14 @@ fn assert_restore_agrees_with_verify(dir: &Path, regions: &[RegionInfo]) {
         if report.restorable.iter().any(|&(_, r)| r == v) {
             assert_restores(dir, Some(v), regions);
         } else {
-            let out = run(&["restore", dir.to_str().unwrap(), "--version", &v.to_string(), "--out", dir.with_extension("out").to_str().unwrap()]);
+            let out = run(&[
+                "restore",
+                dir.to_str().unwrap(),
+                "--version",
+                &v.to_string(),
+                "--out",
+                dir.with_extension("out").to_str().unwrap(),
+            ]);
             assert!(!out.status.success(), "verify calls v{v} unrestorable, yet it restores");
         }
     }
@@ -456,7 +491,8 @@ fn damage_is_named_by_verify_and_restore_and_nothing_panics() {
         let verify = run(&["verify", dir.to_str().unwrap()]);
         assert!(!verify.status.success(), "{what}: verify passed:\n{}", text(&verify));
         let out = scratch.join("out");
-        let restore = run(&["restore", dir.to_str().unwrap(), "--version", &version.to_string(), "--out", out.to_str().unwrap()]);
+        let restore =
+            run(&["restore", dir.to_str().unwrap(), "--version", &version.to_string(), "--out", out.to_str().unwrap()]);
         assert!(!restore.status.success(), "{what}: restore of v{version} passed");
         assert!(!out.join("manifest.json").exists(), "{what}: a failed restore left a manifest.json");
         (dir, text(&verify), text(&restore))
@@ -489,12 +525,14 @@ fn damage_is_named_by_verify_and_restore_and_nothing_panics() {
         assert_restores(&dir, Some(last), &producer.regions);
     }
 
-    let (dir, verify, restore) = damaged("manifest", last, &|chain| fs::remove_file(chain.join(name(second, "manifest"))).unwrap());
+    let (dir, verify, restore) =
+        damaged("manifest", last, &|chain| fs::remove_file(chain.join(name(second, "manifest"))).unwrap());
     assert!(verify.contains(&format!("v{second} has no manifest")), "{verify}");
     assert!(restore.contains(&format!("v{second} has no manifest")), "{restore}");
     assert_restore_agrees_with_verify(&dir, &producer.regions);
 
-    let (_, verify, restore) = damaged("base", last, &|chain| fs::remove_file(chain.join(name(base, "manifest"))).unwrap());
+    let (_, verify, restore) =
+        damaged("base", last, &|chain| fs::remove_file(chain.join(name(base, "manifest"))).unwrap());
     assert!(verify.contains(&format!("the base v{base} has no manifest")), "{verify}");
     assert!(restore.contains(&format!("the base v{base} has no manifest")), "{restore}");
 
@@ -504,7 +542,10 @@ fn damage_is_named_by_verify_and_restore_and_nothing_panics() {
         b[20] ^= 1;
         fs::write(&path, b).unwrap();
     });
-    assert!(verify.contains("manifest checksum mismatch") && restore.contains("manifest checksum mismatch"), "{verify}");
+    assert!(
+        verify.contains("manifest checksum mismatch") && restore.contains("manifest checksum mismatch"),
+        "{verify}"
+    );
     fs::remove_dir_all(&scratch).unwrap();
 }
 
@@ -524,10 +565,11 @@ fn top_prints_plain_lines_with_rates_and_observers() {
     let scratch = common::scratch("ckpt", test);
     let tracker = if common::async_tracking_available(test) { TrackerKind::Async } else { TrackerKind::Copy };
     let producer = ProducerChild::start(test, 16, 1 << 40, 10_000, tracker);
-    let mut checkpointer = tcasm(&["checkpoint", &producer.name, "--dir", scratch.join("ckpt").to_str().unwrap(), "--every-version"])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut checkpointer =
+        tcasm(&["checkpoint", &producer.name, "--dir", scratch.join("ckpt").to_str().unwrap(), "--every-version"])
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
     let observer = Observer::attach(&producer.name).unwrap();
     let deadline = std::time::Instant::now() + LIMIT;
     while !attached(&observer).contains(&u64::from(checkpointer.id())) {
@@ -552,7 +594,10 @@ fn top_prints_plain_lines_with_rates_and_observers() {
     for line in &lines[1..] {
         let number = |after: &str| -> f64 {
             let head = line.split(after).next().unwrap();
-            head.rsplit([' ', ',']).find(|w| !w.is_empty()).and_then(|w| w.parse().ok()).unwrap_or_else(|| panic!("no number before {after:?}: {line}"))
+            head.rsplit([' ', ','])
+                .find(|w| !w.is_empty())
+                .and_then(|w| w.parse().ok())
+                .unwrap_or_else(|| panic!("no number before {after:?}: {line}"))
         };
         let (rate, per_version) = (number(" versions/s"), number(" pages/version"));
         assert!((2.0..=150.0).contains(&rate), "{rate} versions/s from a producer of at most 100: {line}");
@@ -591,7 +636,8 @@ fn ls_and_inspect_show_the_producer_as_it_is() {
     assert!(inspect.contains(&format!("regions ({pages} pages, ")), "{inspect}");
     let want = [("grid/t", "f64", "16 x 1024"), ("flags", "u8", "5000"), ("counts", "i32", "3001")];
     for ((name, dtype, shape), info) in want.iter().zip(&producer.regions) {
-        let row = rows.iter().find(|r| r.first() == Some(name)).unwrap_or_else(|| panic!("no region {name}:\n{inspect}"));
+        let row =
+            rows.iter().find(|r| r.first() == Some(name)).unwrap_or_else(|| panic!("no region {name}:\n{inspect}"));
         let line = row.join(" ");
         assert!(line.starts_with(&format!("{name} {dtype} {shape} ")), "{line}");
         assert!(line.ends_with(&format!("{} (from {})", info.pages, info.first_page)), "{line}");
@@ -606,7 +652,11 @@ fn ls_and_inspect_show_the_producer_as_it_is() {
     assert_eq!(versions, [6, 5, 4, 3, 2, 1], "{inspect}");
     for v in 1..=6 {
         let info = observer.version_info(v).unwrap();
-        let row = rows.iter().skip_while(|r| r.first() != Some(&"VERSION")).find(|r| r.first() == Some(&v.to_string().as_str())).unwrap();
+        let row = rows
+            .iter()
+            .skip_while(|r| r.first() != Some(&"VERSION"))
+            .find(|r| r.first() == Some(&v.to_string().as_str()))
+            .unwrap();
         // VERSION AGE(2 words) CHANGED: what the producer recorded; every page at v1.
         assert_eq!(row[3], info.dirty_pages.to_string(), "v{v}: {info:?}");
         assert!(v > 1 || info.dirty_pages == pages as u64, "v1 holds every page: {info:?}");
@@ -614,9 +664,13 @@ fn ls_and_inspect_show_the_producer_as_it_is() {
     // Observers as of the last publish: this process, pinning 5 (the inspect attached after;
     // the observer that read the regions at the start may not have been seen gone yet).
     let me = std::process::id().to_string();
-    let observers: Vec<&Vec<&str>> = rows.iter().skip_while(|r| r.first() != Some(&"SLOT")).skip(1).take_while(|r| !r.is_empty()).collect();
+    let observers: Vec<&Vec<&str>> =
+        rows.iter().skip_while(|r| r.first() != Some(&"SLOT")).skip(1).take_while(|r| !r.is_empty()).collect();
     assert!(observers.iter().any(|r| r[1..] == [me.as_str(), "5"]), "this process pins v5:\n{inspect}");
-    assert!(observers.iter().all(|r| r[1] == me && (r[2] == "5" || r[2] == "-")), "only this process observes:\n{inspect}");
+    assert!(
+        observers.iter().all(|r| r[1] == me && (r[2] == "5" || r[2] == "-")),
+        "only this process observes:\n{inspect}"
+    );
     let store = observer.version_info(6).unwrap().store_bytes;
     assert!(inspect.contains(&format!("store memory: {} at version 6", indicatif::HumanBytes(store))), "{inspect}");
     drop(held);
@@ -632,11 +686,18 @@ fn cli_errors_say_what_to_do() {
 
     let out = run(&["checkpoint", "no-such-producer", "--dir", dir.to_str().unwrap(), "--wait", "0"]);
     assert!(!out.status.success());
-    assert!(text(&out).contains("no producer named \"no-such-producer\"") && text(&out).contains("tcasm ls"), "{}", text(&out));
+    assert!(
+        text(&out).contains("no producer named \"no-such-producer\"") && text(&out).contains("tcasm ls"),
+        "{}",
+        text(&out)
+    );
     assert!(!dir.exists(), "a checkpoint of nothing made its directory");
 
     let producer = ProducerChild::start(test, 16, 1 << 40, 5_000, TrackerKind::Auto);
-    let mut first = tcasm(&["checkpoint", &producer.name, "--dir", dir.to_str().unwrap(), "--every-version"]).stderr(Stdio::null()).spawn().unwrap();
+    let mut first = tcasm(&["checkpoint", &producer.name, "--dir", dir.to_str().unwrap(), "--every-version"])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let deadline = std::time::Instant::now() + LIMIT;
     while !dir.join(".lock").exists() || complete(&dir).is_empty() {
         assert!(std::time::Instant::now() < deadline, "the first checkpointer wrote nothing");
@@ -644,16 +705,24 @@ fn cli_errors_say_what_to_do() {
     }
     let out = run(&["checkpoint", &producer.name, "--dir", dir.to_str().unwrap(), "--every-version"]);
     assert!(!out.status.success(), "a second checkpointer ran on a directory in use");
-    assert!(text(&out).contains("being written by another checkpointer; give each its own directory"), "{}", text(&out));
+    assert!(
+        text(&out).contains("being written by another checkpointer; give each its own directory"),
+        "{}",
+        text(&out)
+    );
     first.kill().unwrap();
     first.wait().unwrap();
 
     let absent = complete(&dir).iter().map(|&(_, v)| v).max().unwrap() + 1_000_000;
     let out_dir = scratch.join("restored");
-    let out = run(&["restore", dir.to_str().unwrap(), "--version", &absent.to_string(), "--out", out_dir.to_str().unwrap()]);
+    let out =
+        run(&["restore", dir.to_str().unwrap(), "--version", &absent.to_string(), "--out", out_dir.to_str().unwrap()]);
     assert!(!out.status.success());
     let said = text(&out);
-    assert!(said.contains(&format!("no complete checkpoint of version {absent}")) && said.contains("complete ones:"), "{said}");
+    assert!(
+        said.contains(&format!("no complete checkpoint of version {absent}")) && said.contains("complete ones:"),
+        "{said}"
+    );
     assert!(!out_dir.join("manifest.json").exists(), "a failed restore left a manifest.json");
     fs::remove_dir_all(&scratch).unwrap();
 }
@@ -666,7 +735,9 @@ fn bench_checkpoint_runs() {
     let out = run(&["bench", "checkpoint", "--dir", scratch.to_str().unwrap(), "--size", "2MiB", "--checkpoints", "2"]);
     assert!(out.status.success(), "{}", text(&out));
     let said = String::from_utf8_lossy(&out.stdout);
-    for line in ["round 1:", "round 2:", "sequential write:", "checkpoint drain:", "drain / sequential:", "MiB/s (rounds "] {
+    for line in
+        ["round 1:", "round 2:", "sequential write:", "checkpoint drain:", "drain / sequential:", "MiB/s (rounds "]
+    {
         assert!(said.contains(line), "no {line:?} in:\n{said}");
     }
     assert!(!said.contains("goal"), "a user's output holds no goals:\n{said}");

@@ -87,7 +87,8 @@ fn a_file_where_a_directory_belongs_is_not_a_directory() {
     let file = common::scratch("cli", "not-a-dir").join("file");
     std::fs::write(&file, "x").unwrap();
     let file = file.to_str().unwrap();
-    let runs: [&[&str]; 2] = [&["checkpoint", "nobody", "--dir", file, "--wait", "0"], &["restore", "/nonexistent", "--out", file]];
+    let runs: [&[&str]; 2] =
+        [&["checkpoint", "nobody", "--dir", file, "--wait", "0"], &["restore", "/nonexistent", "--out", file]];
     for args in runs {
         let out = common::run_tcasm(&endpoint(), args);
         let text = common::output_text(&out);
@@ -102,12 +103,17 @@ fn a_file_where_a_directory_belongs_is_not_a_directory() {
 fn a_killed_producer_is_reported_as_died() {
     let dir = common::scratch("cli", "killed");
     let mut producer = start_producer("killed");
-    let mut top = common::tcasm(&endpoint(), &["top", "killed", "--interval", "0.2"]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let mut checkpoint = common::tcasm(&endpoint(), &["checkpoint", "killed", "--dir", dir.join("ckpt").to_str().unwrap()])
+    let mut top = common::tcasm(&endpoint(), &["top", "killed", "--interval", "0.2"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let mut checkpoint =
+        common::tcasm(&endpoint(), &["checkpoint", "killed", "--dir", dir.join("ckpt").to_str().unwrap()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
     let started = Instant::now();
     while tcasm::checkpoint::verify(&dir.join("ckpt")).map_or(true, |r| r.restorable.is_empty()) {
         assert!(started.elapsed() < LIMIT, "no checkpoint was written");
@@ -144,7 +150,8 @@ fn commands_wait_for_a_producer_started_after_them() {
     let children: Vec<(Vec<&str>, Child)> = runs
         .into_iter()
         .map(|args| {
-            let child = common::tcasm(&endpoint(), &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+            let child =
+                common::tcasm(&endpoint(), &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
             (args, child)
         })
         .collect();
@@ -189,8 +196,15 @@ fn the_readme_tools_table_names_every_command_and_option() {
     let table = readme.split("\n## Tools\n").nth(1).unwrap().split("\n## ").next().unwrap();
     let mut rows: std::collections::BTreeMap<Vec<String>, std::collections::BTreeSet<String>> = Default::default();
     for usage in table.lines().filter_map(|l| l.strip_prefix("| `tcasm ")?.split("` |").next()) {
-        let path: Vec<String> = usage.split(' ').take_while(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase())).map(String::from).collect();
-        let flags = usage.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).filter(|w| w.starts_with("--")).map(String::from);
+        let path: Vec<String> = usage
+            .split(' ')
+            .take_while(|w| !w.is_empty() && w.chars().all(|c| c.is_ascii_lowercase()))
+            .map(String::from)
+            .collect();
+        let flags = usage
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '-'))
+            .filter(|w| w.starts_with("--"))
+            .map(String::from);
         rows.entry(path).or_default().extend(flags);
     }
     // The commands `tcasm --help` lists, and those of `tcasm bench --help`.
@@ -216,7 +230,12 @@ fn the_readme_tools_table_names_every_command_and_option() {
     assert_eq!(documented, sorted, "the Tools table's commands (left) and `tcasm --help`'s (right)");
     for path in expected {
         let args: Vec<&str> = path.iter().map(String::as_str).collect();
-        assert_eq!(rows[&path], help_options(&args), "options of `tcasm {}`: the README's Tools table (left), --help (right)", path.join(" "));
+        assert_eq!(
+            rows[&path],
+            help_options(&args),
+            "options of `tcasm {}`: the README's Tools table (left), --help (right)",
+            path.join(" ")
+        );
     }
 }
 
@@ -229,9 +248,15 @@ fn show_prints_statistics_json_and_a_heatmap() {
     let out = common::run_tcasm(&endpoint(), &["show", "show"]);
     let text = common::output_text(&out);
     assert!(out.status.success(), "{text}");
-    assert!(text.contains("temperature") && text.contains("f64") && text.contains("64 x 64") && text.contains("MEAN"), "{text}");
+    assert!(
+        text.contains("temperature") && text.contains("f64") && text.contains("64 x 64") && text.contains("MEAN"),
+        "{text}"
+    );
 
-    let out = common::run_tcasm(&endpoint(), &["show", "show", "temperature", "--json", "--png", dir.join("t.png").to_str().unwrap()]);
+    let out = common::run_tcasm(
+        &endpoint(),
+        &["show", "show", "temperature", "--json", "--png", dir.join("t.png").to_str().unwrap()],
+    );
     assert!(out.status.success(), "{}", common::output_text(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let version = json["version"].as_u64().unwrap();
@@ -294,7 +319,9 @@ fn the_endpoint_directory_keeps_nothing_of_producers_that_are_gone() {
     let dir = endpoint();
     let files = |name: &str| ["sock", "lock"].map(|ext| dir.join(format!("{name}.{ext}")).exists());
     {
-        let mut p = Producer::create("tidy-exits", ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
+        let mut p =
+            Producer::create("tidy-exits", ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() })
+                .unwrap();
         let _r = p.region::<u8>("r", &[10]).unwrap();
         p.publish().unwrap();
         assert_eq!(files("tidy-exits"), [true, true]);
@@ -305,7 +332,11 @@ fn the_endpoint_directory_keeps_nothing_of_producers_that_are_gone() {
     killed.wait().unwrap();
     assert_eq!(files("tidy-killed"), [true, true]);
     let out = common::run_tcasm(&dir, &["ls"]);
-    assert!(out.status.success() && !common::output_text(&out).contains("tidy-killed"), "{}", common::output_text(&out));
+    assert!(
+        out.status.success() && !common::output_text(&out).contains("tidy-killed"),
+        "{}",
+        common::output_text(&out)
+    );
     assert_eq!(files("tidy-killed"), [false, false], "left by a killed producer after `tcasm ls`");
 }
 
@@ -326,13 +357,18 @@ fn two_producers_never_hold_one_name_while_the_directory_is_tidied() {
         let takers: Vec<_> = (0..2)
             .map(|_| {
                 s.spawn(|| {
-                for _ in 0..200 {
-                    let Ok(p) = Producer::create("tidy-race", ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }) else { continue };
-                    assert_eq!(holders.fetch_add(1, Ordering::SeqCst), 0, "two producers hold \"tidy-race\"");
-                    std::thread::yield_now();
-                    holders.fetch_sub(1, Ordering::SeqCst);
-                    drop(p);
-                }
+                    for _ in 0..200 {
+                        let Ok(p) = Producer::create(
+                            "tidy-race",
+                            ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() },
+                        ) else {
+                            continue;
+                        };
+                        assert_eq!(holders.fetch_add(1, Ordering::SeqCst), 0, "two producers hold \"tidy-race\"");
+                        std::thread::yield_now();
+                        holders.fetch_sub(1, Ordering::SeqCst);
+                        drop(p);
+                    }
                 })
             })
             .collect();
@@ -431,11 +467,14 @@ fn max_rate_keeps_the_bytes_written_within_the_budget() {
     for (run, pacing) in [("every", "--every-version"), ("interval", "--interval=0.1")] {
         let dir = common::scratch("cli", &format!("max-rate-{run}"));
         let started = Instant::now();
-        let mut child = common::tcasm(&endpoint(), &["checkpoint", name, "--dir", dir.to_str().unwrap(), pacing, "--max-rate", "2MiB", "--count", "4"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = common::tcasm(
+            &endpoint(),
+            &["checkpoint", name, "--dir", dir.to_str().unwrap(), pacing, "--max-rate", "2MiB", "--count", "4"],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
         let status = loop {
             if let Some(status) = child.try_wait().unwrap() {
                 break status;
@@ -473,9 +512,12 @@ fn the_low_disk_warning_fires_below_min_free_only() {
         }
     }
     let _producer = Killed(start_producer("min-free"));
-    for (run, min_free, warns) in [("default", None, false), ("small", Some("1MiB"), false), ("huge", Some("100000000GiB"), true)] {
+    for (run, min_free, warns) in
+        [("default", None, false), ("small", Some("1MiB"), false), ("huge", Some("100000000GiB"), true)]
+    {
         let dir = common::scratch("cli", &format!("min-free-{run}"));
-        let mut args = vec!["checkpoint", "min-free", "--dir", dir.to_str().unwrap(), "--count", "2", "--interval", "0.1"];
+        let mut args =
+            vec!["checkpoint", "min-free", "--dir", dir.to_str().unwrap(), "--count", "2", "--interval", "0.1"];
         args.extend(min_free.iter().flat_map(|m| ["--min-free", *m]));
         let out = common::run_tcasm(&endpoint(), &args);
         let text = common::output_text(&out);
@@ -483,7 +525,10 @@ fn the_low_disk_warning_fires_below_min_free_only() {
         let warned = text.matches("warning: ").count();
         if warns {
             assert_eq!(warned, 1, "warned once while short of space: {text}");
-            assert!(text.contains(&format!("{} has ", dir.display())) && text.contains(" free, less than --min-free "), "{text}");
+            assert!(
+                text.contains(&format!("{} has ", dir.display())) && text.contains(" free, less than --min-free "),
+                "{text}"
+            );
             assert!(text.contains("--keep-bytes"), "the warning says what to do: {text}");
         } else {
             assert_eq!(warned, 0, "{args:?} warned with ample free space: {text}");

@@ -31,7 +31,10 @@ use tcasm::sys::max_map_count;
 use tcasm::sys::mem::{Access, Mapping, PrivateMapping};
 use tcasm::sys::memfd::SharedFile;
 use tcasm::sys::page_size;
-use tcasm::{CreateError, EndpointError, Freed, Observer, Producer, ProducerOptions, PublishError, ReadError, Region, TrackerKind};
+use tcasm::{
+    CreateError, EndpointError, Freed, Observer, Producer, ProducerOptions, PublishError, ReadError, Region,
+    TrackerKind,
+};
 
 const ROLE: &str = "TCASM_TEST_ROLE";
 const NAME: &str = "TCASM_TEST_NAME";
@@ -124,7 +127,11 @@ impl Source {
     fn settle(&mut self, n: usize) {
         let deadline = Instant::now() + LIMIT;
         while self.producer.observers() != n {
-            assert!(Instant::now() < deadline, "{} observers still attached after {LIMIT:?}, expected {n}", self.producer.observers());
+            assert!(
+                Instant::now() < deadline,
+                "{} observers still attached after {LIMIT:?}, expected {n}",
+                self.producer.observers()
+            );
             self.publish(0..PAGES);
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -166,9 +173,7 @@ impl Player {
 
     /// Its next line on stdout.
     fn line(&self) -> String {
-        self.lines
-            .recv_timeout(LIMIT)
-            .unwrap_or_else(|e| panic!("{}: no answer within {LIMIT:?} ({e})", self.what))
+        self.lines.recv_timeout(LIMIT).unwrap_or_else(|e| panic!("{}: no answer within {LIMIT:?} ({e})", self.what))
     }
 
     /// The rest of its next line that has `mark` in it.
@@ -379,7 +384,8 @@ fn set_limit(resource: Resource, soft: Option<u64>) {
 /// This process's address space in bytes.
 fn address_space() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    let kb: u64 = status.lines().find_map(|l| l.strip_prefix("VmSize:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap();
+    let kb: u64 =
+        status.lines().find_map(|l| l.strip_prefix("VmSize:")).unwrap().trim().trim_end_matches(" kB").parse().unwrap();
     kb << 10
 }
 
@@ -438,9 +444,9 @@ fn group_observer(name: &str) {
             check_field(snapshot.view(REGION).unwrap(), snapshot.version()).unwrap();
             let files = tcasm::endpoint::attach(name, LIMIT).unwrap().files;
             let reopened = files[..2].iter().any(|f| f.reopen(true).is_ok());
-            let chmod = files[..2]
-                .iter()
-                .any(|f| f.try_clone().unwrap().into_file().set_permissions(std::fs::Permissions::from_mode(0o666)).is_ok());
+            let chmod = files[..2].iter().any(|f| {
+                f.try_clone().unwrap().into_file().set_permissions(std::fs::Permissions::from_mode(0o666)).is_ok()
+            });
             format!("admitted; reopened for writing: {reopened}; mode changed: {chmod}")
         }
     };
@@ -481,7 +487,9 @@ fn observers_killed_at_random_points_cost_the_producer_nothing() {
 
     // Each observer is killed at a random moment up to 60 ms after it was started: most
     // while they loop over snapshots, some while they start or attach.
-    let spawn = |rng: &mut common::Rng| (Player::spawn(TEST, "looping", name), Instant::now() + Duration::from_micros(rng.below(60_000)));
+    let spawn = |rng: &mut common::Rng| {
+        (Player::spawn(TEST, "looping", name), Instant::now() + Duration::from_micros(rng.below(60_000)))
+    };
     let mut players: Vec<(Player, Instant)> = (0..3).map(|_| spawn(&mut rng)).collect();
     let (mut kills, mut pinned, mut publishes, mut busy, mut slowest) = (0, 0, 0u32, Duration::ZERO, Duration::ZERO);
     while kills < KILLS {
@@ -537,7 +545,10 @@ fn a_stopped_observer_holds_at_most_one_region() {
     holder.signal(Signal::SIGCONT);
     assert!(most <= baseline + region_bytes(), "{most} bytes with a stopped observer, baseline {baseline}");
     let during = busy / PUBLISHES;
-    eprintln!("{TEST}: {PUBLISHES} publishes, {during:?} each ({:.1}x the {quiet:?} before), slowest {slowest:?}", during.as_secs_f64() / quiet.as_secs_f64());
+    eprintln!(
+        "{TEST}: {PUBLISHES} publishes, {during:?} each ({:.1}x the {quiet:?} before), slowest {slowest:?}",
+        during.as_secs_f64() / quiet.as_secs_f64()
+    );
     // Publishes kept completing (speed is for benchmarks): none hung on the stopped observer.
     assert!(slowest < LIMIT, "a publish hung for {slowest:?} with a stopped observer");
     holder.say("check");
@@ -639,7 +650,10 @@ fn a_pool_that_cannot_grow_fails_publish_cleanly() {
     let reserve = producer.expect("no address space:");
     assert!(reserve.contains("map address space for the pool"), "{reserve}");
     let grow = producer.expect("pool cannot grow:");
-    assert!(grow.contains("grow the pool") && grow.contains("too large") && grow.contains("raise the file size limit"), "{grow}");
+    assert!(
+        grow.contains("grow the pool") && grow.contains("too large") && grow.contains("raise the file size limit"),
+        "{grow}"
+    );
     assert_eq!(producer.expect("recovered:"), "version 3");
     producer.finish();
 }
@@ -709,7 +723,10 @@ fn a_producer_killed_while_publishing_leaves_snapshots_readable() {
             Err(e) => panic!("round {round}: expected ProducerGone, got {e}"),
             Ok(s) => panic!("round {round}: a snapshot of version {} from a dead producer", s.version()),
         }
-        assert!(snapshot.view::<u64>(REGION).unwrap() == &held[..], "round {round}: the snapshot changed when its producer died");
+        assert!(
+            snapshot.view::<u64>(REGION).unwrap() == &held[..],
+            "round {round}: the snapshot changed when its producer died"
+        );
         match waiter.join().unwrap() {
             Err(ReadError::ProducerGone { .. }) => {}
             other => panic!("round {round}: wait_newer gave {other:?}"),
@@ -735,22 +752,38 @@ fn only_the_producers_user_or_group_may_observe() {
         common::skip(TEST, "no group 100 here (.ci/run creates one)", common::Lacks::Kernel);
         return;
     };
-    match Producer::create("no-group", ProducerOptions { group: Some("no-such-group-tcasm".into()), ..Source::options() }) {
+    match Producer::create(
+        "no-group",
+        ProducerOptions { group: Some("no-such-group-tcasm".into()), ..Source::options() },
+    ) {
         Err(CreateError::Endpoint(EndpointError::NoSuchGroup { .. })) => {}
         other => panic!("expected NoSuchGroup, got {:?}", other.err()),
     }
     let exe = common::runnable_by_anyone(TEST);
     const ADMITTED: &str = "admitted; reopened for writing: false; mode changed: false";
     let visits = [
-        Visit { admit_group: false, gid: 65534, groups: &[], opened: false, outcome: "refused: no permission to connect" },
-        Visit { admit_group: false, gid: 65534, groups: &[], opened: true, outcome: "refused: uid 65534 may not observe" },
+        Visit {
+            admit_group: false,
+            gid: 65534,
+            groups: &[],
+            opened: false,
+            outcome: "refused: no permission to connect",
+        },
+        Visit {
+            admit_group: false,
+            gid: 65534,
+            groups: &[],
+            opened: true,
+            outcome: "refused: uid 65534 may not observe",
+        },
         Visit { admit_group: true, gid: 65534, groups: &[100], opened: false, outcome: ADMITTED },
         Visit { admit_group: true, gid: 100, groups: &[], opened: false, outcome: ADMITTED },
         Visit { admit_group: true, gid: 65534, groups: &[65534], opened: true, outcome: "refused: uid 65534" },
     ];
     for (i, visit) in visits.iter().enumerate() {
         let group = visit.admit_group.then(|| member.clone());
-        let what = format!("case {i}: producer admits {group:?}, observer of gid {} and groups {:?}", visit.gid, visit.groups);
+        let what =
+            format!("case {i}: producer admits {group:?}, observer of gid {} and groups {:?}", visit.gid, visit.groups);
         let dir = common::private_dir(&format!("group-{i}"));
         let name = format!("group-{i}");
         let mut command = Player::command(&std::env::current_exe().unwrap(), TEST, "group-producer", &name);
@@ -848,7 +881,10 @@ fn endpoint_directories_others_could_write_are_refused() {
     std::fs::create_dir_all(runtime.join("tcasm")).unwrap();
     std::fs::set_permissions(&runtime, std::fs::Permissions::from_mode(0o755)).unwrap();
     let outcome = producer(&exe, &[("XDG_RUNTIME_DIR", &runtime)], None, true);
-    assert!(outcome.contains("owned by uid 0, not by you (uid 65534); set TCASM_DIR to a directory of yours"), "{outcome}");
+    assert!(
+        outcome.contains("owned by uid 0, not by you (uid 65534); set TCASM_DIR to a directory of yours"),
+        "{outcome}"
+    );
 
     // Another user's directory, which root may use but group 100 (admitted) cannot enter:
     // not root's to open to the group.
@@ -862,8 +898,14 @@ fn endpoint_directories_others_could_write_are_refused() {
         return;
     };
     let outcome = producer(&this, &[("TCASM_DIR", &shared)], Some(&group), false);
-    let advice = format!("its owner may `chgrp {group} {d} && chmod g=rx {d}`, or set TCASM_DIR to a directory of yours", d = shared.display());
-    assert!(outcome.contains(&format!("group {group:?} cannot enter it, or may write it")) && outcome.contains(&advice), "{outcome}");
+    let advice = format!(
+        "its owner may `chgrp {group} {d} && chmod g=rx {d}`, or set TCASM_DIR to a directory of yours",
+        d = shared.display()
+    );
+    assert!(
+        outcome.contains(&format!("group {group:?} cannot enter it, or may write it")) && outcome.contains(&advice),
+        "{outcome}"
+    );
     let _ = std::fs::remove_dir_all(exe.parent().unwrap());
     let _ = std::fs::remove_dir_all(&base);
 }

@@ -70,7 +70,10 @@ fn heat_example_publishes_every_step() {
     let plain_bin = compile(&plain_source, &scratch.join("heat-plain"), false);
     let plain_out = ffi::run(Command::new(&plain_bin).args(["40", "0", "plain"]), "the plain Fortran heat simulation");
     let at = |steps| ffi::heat_field(steps)[ffi::NY / 2 * ffi::NX + ffi::NX / 2];
-    assert_eq!(String::from_utf8_lossy(&plain_out.stdout).trim(), format!("heat-f: 40 steps, t(65, 49) = {:.6}", at(40)));
+    assert_eq!(
+        String::from_utf8_lossy(&plain_out.stdout).trim(),
+        format!("heat-f: 40 steps, t(65, 49) = {:.6}", at(40))
+    );
 
     let bin = compile(&source, &scratch.join("heat-f"), true);
     let steps: u64 = 120;
@@ -168,7 +171,11 @@ fn readme_snippet_compiles_and_runs() {
     }
     common::endpoint_dir("fortran");
     let readme = std::fs::read_to_string(ffi::root().join("README.md")).unwrap();
-    let snippet = readme.split("```fortran\n").nth(1).and_then(|s| s.split("```").next()).expect("a ```fortran block in README.md");
+    let snippet = readme
+        .split("```fortran\n")
+        .nth(1)
+        .and_then(|s| s.split("```").next())
+        .expect("a ```fortran block in README.md");
     let (first, rest) = snippet.split_once('\n').unwrap();
     assert_eq!(first.trim(), "use tcasm", "the snippet starts with its use line");
     let program = format!(

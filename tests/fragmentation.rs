@@ -38,7 +38,10 @@ fn scattered_writes_keep_views_far_below_the_mapping_limit() {
             assert_eq!(bytes[p * page], region[p * page], "page {p} of version {version}");
         }
         worst = worst.max(mappings_of_this_process() - before);
-        eprintln!("version {version}: {runs} runs in the page map, {} mappings added", mappings_of_this_process() - before);
+        eprintln!(
+            "version {version}: {runs} runs in the page map, {} mappings added",
+            mappings_of_this_process() - before
+        );
     }
     // The documented bound (`tcasm::observer`, README): a view needs at most a sixteenth of
     // `vm.max_map_count`, whatever the code's budget works out to.

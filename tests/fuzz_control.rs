@@ -27,7 +27,9 @@ use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use tcasm::endpoint::HELLO;
 use tcasm::store::control::{ControlHeader, PinPage, VersionEntry};
-use tcasm::store::layout::{Layout, HEADER_WORDS, LAYOUT_VERSION, MAGIC, PINS_MAGIC, REGION_WORDS, STATE_LIVE, VERSION_WORDS};
+use tcasm::store::layout::{
+    Layout, HEADER_WORDS, LAYOUT_VERSION, MAGIC, PINS_MAGIC, REGION_WORDS, STATE_LIVE, VERSION_WORDS,
+};
 use tcasm::store::pagemap::{PageMap, Run, RUN_WORDS};
 use tcasm::store::reader::StoreReader;
 use tcasm::sys::fdpass;
@@ -295,7 +297,14 @@ fn valid_layout() -> impl Strategy<Value = Layout> {
             regions.push(RegionInfo { name: format!("r{i}"), dtype, shape, first_page, pages, offset });
             first_page += pages;
         }
-        Layout { page_size: page, page_count: first_page, regions, log_words: Layout::log_words_for(first_page), pin_slots: 8, job: None }
+        Layout {
+            page_size: page,
+            page_count: first_page,
+            regions,
+            log_words: Layout::log_words_for(first_page),
+            pin_slots: 8,
+            job: None,
+        }
     })
 }
 
@@ -321,7 +330,8 @@ fn mutate(word: u64, (kind, value): (usize, u64)) -> u64 {
 fn decode_survives_mutations_of_valid_layouts() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let (accepted, refused) = (AtomicUsize::new(0), AtomicUsize::new(0));
-    let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 1024, ..ProptestConfig::default() });
+    let mut runner =
+        proptest::test_runner::TestRunner::new(ProptestConfig { cases: 1024, ..ProptestConfig::default() });
     let cases = (
         valid_layout(),
         prop::collection::vec((0..HEADER_WORDS + 4 * REGION_WORDS, mutation()), 1..4),
@@ -333,7 +343,8 @@ fn decode_survives_mutations_of_valid_layouts() {
             for (i, v) in layout.encode(1) {
                 words[i] = v;
             }
-            let decoded = decode(&words, words.len()).map_err(|e| TestCaseError::fail(format!("a valid layout is refused: {e}")))?;
+            let decoded = decode(&words, words.len())
+                .map_err(|e| TestCaseError::fail(format!("a valid layout is refused: {e}")))?;
             prop_assert_eq!(&decoded.regions, &layout.regions);
             for (i, m) in edits {
                 words[i] = mutate(words[i], m);
@@ -370,7 +381,8 @@ fn interesting_word() -> impl Strategy<Value = usize> {
 /// from a store an observer accepts.
 fn assert_forge_opens(runs: usize) {
     let files = Files::new(&Forge::new(&alternating(runs)).bytes(), 2, true);
-    let reader = StoreReader::open(files.for_observer(), 0).unwrap_or_else(|e| panic!("the unmutated forge of {runs} runs: {e}"));
+    let reader = StoreReader::open(files.for_observer(), 0)
+        .unwrap_or_else(|e| panic!("the unmutated forge of {runs} runs: {e}"));
     assert_eq!(reader.pin_latest(0), 1);
     let map = reader.record(1).unwrap_or_else(|e| panic!("the unmutated forge of {runs} runs: {e:?}"));
     assert_eq!(map.runs, alternating(runs));
@@ -389,7 +401,8 @@ fn store_reader_survives_mutated_blocks() {
     }
     let (valid, invalid) = (AtomicUsize::new(0), AtomicUsize::new(0));
     let mut runner = proptest::test_runner::TestRunner::new(ProptestConfig { cases: 256, ..ProptestConfig::default() });
-    let cases = (prop::collection::vec((interesting_word(), mutation()), 1..5), prop::sample::select(vec![1usize, 2, 4, 8]));
+    let cases =
+        (prop::collection::vec((interesting_word(), mutation()), 1..5), prop::sample::select(vec![1usize, 2, 4, 8]));
     runner
         .run(&cases, |(edits, runs)| {
             let mut forge = Forge::new(&alternating(runs));
@@ -403,7 +416,9 @@ fn store_reader_survives_mutated_blocks() {
                 let _ = reader.version_info(v);
                 if let Ok(map) = reader.record(v) {
                     let planes = reader.planes().expect("a record that validated names checked planes");
-                    assert!(map.mapping_runs().all(|(r, s)| r.end <= PAGES && s + r.len() as u64 <= (planes * PAGES) as u64));
+                    assert!(map
+                        .mapping_runs()
+                        .all(|(r, s)| r.end <= PAGES && s + r.len() as u64 <= (planes * PAGES) as u64));
                     let _ = reader.map_pool(planes);
                     read = true;
                 }
@@ -417,7 +432,10 @@ fn store_reader_survives_mutated_blocks() {
         .unwrap();
     let (valid, invalid) = (valid.into_inner(), invalid.into_inner());
     eprintln!("store_reader_survives_mutated_blocks: {valid} mutants read a valid record, {invalid} did not");
-    assert!(valid > 0 && invalid > 0, "{valid} mutants read a valid record, {invalid} did not: the test misses a branch");
+    assert!(
+        valid > 0 && invalid > 0,
+        "{valid} mutants read a valid record, {invalid} did not: the test misses a branch"
+    );
 }
 
 // ---- Level 3: end to end, a hostile producer and an observer process per case ----
@@ -495,7 +513,11 @@ const CASES: &[Case] = &[
         offer: || Offer::of(Files::new(&Forge::new(&alternating(2)).bytes()[..page_size()], 2, true)),
         expect: CORRUPT,
     },
-    Case { name: "layout from a future release", offer: || Offer::forged(2, |f| f.words[<ControlHeader>::LAYOUT] = LAYOUT_VERSION + 1), expect: CORRUPT },
+    Case {
+        name: "layout from a future release",
+        offer: || Offer::forged(2, |f| f.words[<ControlHeader>::LAYOUT] = LAYOUT_VERSION + 1),
+        expect: CORRUPT,
+    },
     Case {
         name: "run past the page space",
         offer: || Offer::forged(2, |f| f.set_record(2 + RUN_WORDS, run(32, 33, 1, 1).encode()[0])),
@@ -530,8 +552,16 @@ const CASES: &[Case] = &[
     },
     Case { name: "record of 2^64-1 runs", offer: || Offer::forged(2, |f| f.set_record(1, u64::MAX)), expect: CORRUPT },
     Case { name: "record of another version", offer: || Offer::forged(2, |f| f.set_record(0, 7)), expect: CORRUPT },
-    Case { name: "latest version absent from the ring", offer: || Offer::forged(2, |f| f.words[<ControlHeader>::LATEST] = 7), expect: CORRUPT },
-    Case { name: "log mark past every record", offer: || Offer::forged(2, |f| f.words[<ControlHeader>::LOG_MARK] = u64::MAX), expect: CORRUPT },
+    Case {
+        name: "latest version absent from the ring",
+        offer: || Offer::forged(2, |f| f.words[<ControlHeader>::LATEST] = 7),
+        expect: CORRUPT,
+    },
+    Case {
+        name: "log mark past every record",
+        offer: || Offer::forged(2, |f| f.words[<ControlHeader>::LOG_MARK] = u64::MAX),
+        expect: CORRUPT,
+    },
     Case {
         name: "2^52+1 planes, copied window",
         offer: || Offer::forged(4, |f| f.words[<ControlHeader>::PLANES] = (1 << 52) + 1),
@@ -547,8 +577,16 @@ const CASES: &[Case] = &[
         offer: || Offer::of(Files::new(&Forge::new(&alternating(4)).bytes(), 1, true)),
         expect: CORRUPT,
     },
-    Case { name: "control block shrunk after attach", offer: || Offer::shrunk_after_attach(|f| f.control.set_len(0).unwrap()), expect: CORRUPT },
-    Case { name: "pool shrunk after attach", offer: || Offer::shrunk_after_attach(|f| f.pool.set_len(0).unwrap()), expect: CORRUPT },
+    Case {
+        name: "control block shrunk after attach",
+        offer: || Offer::shrunk_after_attach(|f| f.control.set_len(0).unwrap()),
+        expect: CORRUPT,
+    },
+    Case {
+        name: "pool shrunk after attach",
+        offer: || Offer::shrunk_after_attach(|f| f.pool.set_len(0).unwrap()),
+        expect: CORRUPT,
+    },
     Case {
         name: "pin page of two pages",
         offer: || {
@@ -558,16 +596,31 @@ const CASES: &[Case] = &[
         },
         expect: CORRUPT,
     },
-    Case { name: "pin page of another slot", offer: || Offer { message: hello(0, 1), ..Offer::forged(2, |_| {}) }, expect: CORRUPT },
-    Case { name: "slot beyond the pin slots", offer: || Offer { message: hello(0, 999), ..Offer::forged(2, |_| {}) }, expect: CORRUPT },
-    Case { name: "not a tcasm handshake", offer: || Offer::message(b"HTTP/1.1 200 OK\r\n\r\n".to_vec()), expect: CORRUPT },
+    Case {
+        name: "pin page of another slot",
+        offer: || Offer { message: hello(0, 1), ..Offer::forged(2, |_| {}) },
+        expect: CORRUPT,
+    },
+    Case {
+        name: "slot beyond the pin slots",
+        offer: || Offer { message: hello(0, 999), ..Offer::forged(2, |_| {}) },
+        expect: CORRUPT,
+    },
+    Case {
+        name: "not a tcasm handshake",
+        offer: || Offer::message(b"HTTP/1.1 200 OK\r\n\r\n".to_vec()),
+        expect: CORRUPT,
+    },
     Case { name: "handshake without files", offer: || Offer::message(hello(0, 0)), expect: CORRUPT },
     Case { name: "unknown status", offer: || Offer::message(hello(77, 0)), expect: CORRUPT },
     Case {
         name: "a pipe for every file",
         offer: || {
             let (r, w) = std::io::pipe().unwrap();
-            let (r, w) = (std::fs::File::from(std::os::fd::OwnedFd::from(r)), std::fs::File::from(std::os::fd::OwnedFd::from(w)));
+            let (r, w) = (
+                std::fs::File::from(std::os::fd::OwnedFd::from(r)),
+                std::fs::File::from(std::os::fd::OwnedFd::from(w)),
+            );
             Offer { fds: vec![r.try_clone().unwrap(), r, w], ..Offer::message(hello(0, 0)) }
         },
         expect: CORRUPT,

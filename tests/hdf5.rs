@@ -27,7 +27,14 @@ fn text(out: &Output) -> String {
 #[test]
 fn without_the_feature_the_command_says_how_to_get_it() {
     let dir = std::env::temp_dir().join(format!("tcasm-hdf5-off-{}", std::process::id()));
-    let out = tcasm(&["restore", &dir.display().to_string(), "--format", "hdf5", "--out", &dir.join("x.h5").display().to_string()]);
+    let out = tcasm(&[
+        "restore",
+        &dir.display().to_string(),
+        "--format",
+        "hdf5",
+        "--out",
+        &dir.join("x.h5").display().to_string(),
+    ]);
     assert!(!out.status.success());
     let said = text(&out);
     assert!(said.contains("apt-get install libhdf5-dev pkg-config") && said.contains("--features hdf5"), "{said}");
@@ -91,7 +98,10 @@ mod export {
             self.flags.iter_mut().enumerate().for_each(|(i, x)| *x = ((i as u64 + v) % 256) as u8);
             for (b, block) in self.big.chunks_mut(BLOCK).enumerate() {
                 if written_at(b, v) == v {
-                    block.iter_mut().enumerate().for_each(|(k, x)| *x = ((b * BLOCK + k) * 3) as i32 + v as i32 * 1_000_000);
+                    block
+                        .iter_mut()
+                        .enumerate()
+                        .for_each(|(k, x)| *x = ((b * BLOCK + k) * 3) as i32 + v as i32 * 1_000_000);
                 }
             }
             self.step[0] = v as i64 * 10;
@@ -139,7 +149,8 @@ mod export {
     #[test]
     fn h5py_and_vtk_read_the_export_as_published() {
         let test = "h5py_and_vtk_read_the_export_as_published";
-        let Some(venv) = ffi::venv(test, "tcasm-hdf5-venv", &["numpy", "h5py", "vtk"], "import numpy, h5py, vtkmodules.vtkIOXdmf2")
+        let Some(venv) =
+            ffi::venv(test, "tcasm-hdf5-venv", &["numpy", "h5py", "vtk"], "import numpy, h5py, vtkmodules.vtkIOXdmf2")
         else {
             return;
         };
@@ -157,7 +168,14 @@ mod export {
         assert_eq!(versions.len(), 4, "{versions:?}");
         let dir = checkpoints.display().to_string();
         for v in &versions {
-            ok(&["restore", &dir, "--version", &v.to_string(), "--out", &scratch.join(format!("npy-{v}")).display().to_string()]);
+            ok(&[
+                "restore",
+                &dir,
+                "--version",
+                &v.to_string(),
+                "--out",
+                &scratch.join(format!("npy-{v}")).display().to_string(),
+            ]);
         }
         let (first, last) = (versions[0], versions[3]);
         let one = scratch.join("one.h5").display().to_string();
@@ -165,7 +183,16 @@ mod export {
         assert!(said.contains(&format!("exported version {last} of \"{name}\"")) && said.contains("one.xmf"), "{said}");
         // Two of the versions, and all of them.
         let two = scratch.join("two.h5").display().to_string();
-        ok(&["restore", &dir, "--versions", &format!("{}..{}", versions[1], versions[2]), "--format", "hdf5", "--out", &two]);
+        ok(&[
+            "restore",
+            &dir,
+            "--versions",
+            &format!("{}..{}", versions[1], versions[2]),
+            "--format",
+            "hdf5",
+            "--out",
+            &two,
+        ]);
         let series = scratch.join("series.h5").display().to_string();
         let said = ok(&["restore", &dir, "--versions", &format!("{first}.."), "--format", "hdf5", "--out", &series]);
         assert!(said.contains(&format!("exported 4 versions (v{first}..v{last})")), "{said}");
@@ -179,7 +206,11 @@ mod export {
             .unwrap();
         let said = text(&out);
         eprintln!("{said}");
-        assert!(out.status.success() && said.trim_end().ends_with("ok"), "check_hdf5.py failed ({}):\n{said}", out.status);
+        assert!(
+            out.status.success() && said.trim_end().ends_with("ok"),
+            "check_hdf5.py failed ({}):\n{said}",
+            out.status
+        );
         let _ = fs::remove_dir_all(&scratch);
     }
 
@@ -201,15 +232,36 @@ mod export {
         let h5s = h5.display().to_string();
 
         // No checkpoint directory, no such version, an empty range.
-        refused(&["restore", &scratch.join("none").display().to_string(), "--format", "hdf5", "--out", &h5s], "listing");
-        refused(&["restore", &dir, "--version", "999999", "--format", "hdf5", "--out", &h5s], "no complete checkpoint of version 999999");
-        refused(&["restore", &dir, "--versions", "999990..999999", "--format", "hdf5", "--out", &h5s], "no complete checkpoint of a version in");
-        refused(&["restore", &dir, "--versions", "1..", "--out", &out_dir.join("npy").display().to_string()], "--format hdf5");
-        refused(&["restore", &dir, "--format", "hdf5", "--out", &out_dir.join("x.xmf").display().to_string()], "name the HDF5 file FILE.h5");
+        refused(
+            &["restore", &scratch.join("none").display().to_string(), "--format", "hdf5", "--out", &h5s],
+            "listing",
+        );
+        refused(
+            &["restore", &dir, "--version", "999999", "--format", "hdf5", "--out", &h5s],
+            "no complete checkpoint of version 999999",
+        );
+        refused(
+            &["restore", &dir, "--versions", "999990..999999", "--format", "hdf5", "--out", &h5s],
+            "no complete checkpoint of a version in",
+        );
+        refused(
+            &["restore", &dir, "--versions", "1..", "--out", &out_dir.join("npy").display().to_string()],
+            "--format hdf5",
+        );
+        refused(
+            &["restore", &dir, "--format", "hdf5", "--out", &out_dir.join("x.xmf").display().to_string()],
+            "name the HDF5 file FILE.h5",
+        );
         // A directory that does not exist, and one that is a file.
-        refused(&["restore", &dir, "--format", "hdf5", "--out", &scratch.join("missing/x.h5").display().to_string()], "No such file or directory");
+        refused(
+            &["restore", &dir, "--format", "hdf5", "--out", &scratch.join("missing/x.h5").display().to_string()],
+            "No such file or directory",
+        );
         fs::write(scratch.join("file"), b"").unwrap();
-        refused(&["restore", &dir, "--format", "hdf5", "--out", &scratch.join("file/x.h5").display().to_string()], "Not a directory");
+        refused(
+            &["restore", &dir, "--format", "hdf5", "--out", &scratch.join("file/x.h5").display().to_string()],
+            "Not a directory",
+        );
         assert!(!h5.exists() && leftovers(&out_dir).is_empty());
 
         // An existing output is kept unless --force.

@@ -107,7 +107,11 @@ fn run(kind: TrackerKind, pattern: Pattern) {
     held.clear();
     producer.publish().unwrap();
     let stats = producer.stats();
-    assert_eq!(stats.store_bytes, PAGES as u64 * page + stats.reserve_bytes, "{kind} {pattern:?}: after every pin is dropped");
+    assert_eq!(
+        stats.store_bytes,
+        PAGES as u64 * page + stats.reserve_bytes,
+        "{kind} {pattern:?}: after every pin is dropped"
+    );
 }
 
 #[test]

@@ -66,7 +66,8 @@ impl Job {
         );
         let launcher = base.join("on-node.sh");
         fs::write(&launcher, script).unwrap();
-        fs::set_permissions(&launcher, <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755)).unwrap();
+        fs::set_permissions(&launcher, <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755))
+            .unwrap();
         Job { base }
     }
 
@@ -76,23 +77,33 @@ impl Job {
 
     /// `mpirun` of the job: STEPS, milliseconds per step, the file of the final field.
     fn launch(&self, steps: u64, delay_ms: u64, out: &str) -> Child {
-        mpirun(RANKS).arg(self.base.join("on-node.sh")).args([steps.to_string(), delay_ms.to_string()]).arg(self.base.join(out)).stdout(Stdio::piped()).spawn().unwrap()
+        mpirun(RANKS)
+            .arg(self.base.join("on-node.sh"))
+            .args([steps.to_string(), delay_ms.to_string()])
+            .arg(self.base.join(out))
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     /// The node's checkpointer, following every rank there; its lines go to a file (a pipe
     /// nobody reads would stall it).
     fn checkpointer(&self, node: usize) -> Child {
         let b = &self.base;
-        let log = fs::OpenOptions::new().create(true).append(true).open(b.join(format!("checkpointer{node}.log"))).unwrap();
-        common::tcasm(&b.join(format!("node{node}")), &["checkpoint", "--all", "heat.*", "--idle", "4", "--every-version"])
-            .arg("--dir")
-            .arg(b.join(format!("local{node}")))
-            .arg("--flush-to")
-            .arg(b.join("pfs"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap()
+        let log =
+            fs::OpenOptions::new().create(true).append(true).open(b.join(format!("checkpointer{node}.log"))).unwrap();
+        common::tcasm(
+            &b.join(format!("node{node}")),
+            &["checkpoint", "--all", "heat.*", "--idle", "4", "--every-version"],
+        )
+        .arg("--dir")
+        .arg(b.join(format!("local{node}")))
+        .arg("--flush-to")
+        .arg(b.join("pfs"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap()
     }
 
     fn rank_pid(&self, rank: usize) -> i32 {
@@ -106,7 +117,11 @@ impl Job {
 
 fn mpirun(ranks: usize) -> Command {
     let mut c = Command::new("mpirun");
-    c.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1").args(["--oversubscribe", "-n", &ranks.to_string()]);
+    c.env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1").args([
+        "--oversubscribe",
+        "-n",
+        &ranks.to_string(),
+    ]);
     c
 }
 
@@ -115,7 +130,14 @@ fn serial_field(scratch: &Path, steps: u64) -> Vec<u8> {
     let out = scratch.join(format!("serial-{steps}.bin"));
     let endpoint = scratch.join("serial-endpoint");
     fs::create_dir_all(&endpoint).unwrap();
-    ffi::run(mpirun(1).env("TCASM_DIR", &endpoint).arg(heat_mpi()).args([&steps.to_string(), "0", "serial.%r", ""]).arg(&out), "a serial run");
+    ffi::run(
+        mpirun(1)
+            .env("TCASM_DIR", &endpoint)
+            .arg(heat_mpi())
+            .args([&steps.to_string(), "0", "serial.%r", ""])
+            .arg(&out),
+        "a serial run",
+    );
     let field = fs::read(&out).unwrap();
     assert_eq!(field.len(), NY * NX * 8);
     field
@@ -175,18 +197,28 @@ fn two_nodes_checkpoint_a_global_field_equal_to_a_serial_run() {
     let said = wait_done(&mut run, "the MPI job");
     assert!(said.contains(&format!("{RANKS} ranks, {steps} steps")), "{said}");
     ckpts.iter_mut().for_each(|c| drop(wait_done(c, "a node's checkpointer")));
-    let logs: Vec<String> = (0..NODES).map(|n| fs::read_to_string(job.base.join(format!("checkpointer{n}.log"))).unwrap()).collect();
+    let logs: Vec<String> =
+        (0..NODES).map(|n| fs::read_to_string(job.base.join(format!("checkpointer{n}.log"))).unwrap()).collect();
     assert!(logs.iter().all(|l| l.contains("followed 2 producers, 0 failed")), "{logs:#?}");
 
     let report = verify(&job.pfs());
     assert!(report.contains(&format!("global: v{steps} complete, {RANKS} ranks")), "{report}");
     let out = job.base.join("assembled");
-    let restored = common::run_tcasm(&job.base, &["restore", job.pfs().to_str().unwrap(), "--global", "--out", out.to_str().unwrap()]);
+    let restored = common::run_tcasm(
+        &job.base,
+        &["restore", job.pfs().to_str().unwrap(), "--global", "--out", out.to_str().unwrap()],
+    );
     assert!(restored.status.success(), "{}", common::output_text(&restored));
     assert_eq!(npy_data(&out.join("step.npy")), (steps as i64).to_le_bytes());
     let serial = serial_field(&job.base, steps);
-    assert!(npy_data(&out.join("temperature.npy")) == serial, "the assembled global field differs from the serial run's");
-    assert!(fs::read(job.base.join("field.bin")).unwrap() == serial, "the MPI run's field differs from the serial run's");
+    assert!(
+        npy_data(&out.join("temperature.npy")) == serial,
+        "the assembled global field differs from the serial run's"
+    );
+    assert!(
+        fs::read(job.base.join("field.bin")).unwrap() == serial,
+        "the MPI run's field differs from the serial run's"
+    );
     // Python reads the same global field.
     if let Some(venv) = ffi::python_package(test) {
         let script = format!(
@@ -194,13 +226,33 @@ fn two_nodes_checkpoint_a_global_field_equal_to_a_serial_run() {
             pfs = job.pfs().to_str().unwrap(),
             npy = out.join("temperature.npy").to_str().unwrap()
         );
-        let said = ffi::run(Command::new(venv.join("bin/python")).args(["-c", &script]), "tcasm.read_checkpoint(global_=True)");
+        let said = ffi::run(
+            Command::new(venv.join("bin/python")).args(["-c", &script]),
+            "tcasm.read_checkpoint(global_=True)",
+        );
         assert!(String::from_utf8_lossy(&said.stdout).contains("python ok"));
     }
     // An older global version assembles too, equal to a serial run of that many steps.
-    let older = global::read_all(&job.pfs()).unwrap().0.iter().map(|g| g.version).find(|&v| v < steps).expect("an older global version");
+    let older = global::read_all(&job.pfs())
+        .unwrap()
+        .0
+        .iter()
+        .map(|g| g.version)
+        .find(|&v| v < steps)
+        .expect("an older global version");
     let out = job.base.join("assembled-older");
-    let restored = common::run_tcasm(&job.base, &["restore", job.pfs().to_str().unwrap(), "--global", "--version", &older.to_string(), "--out", out.to_str().unwrap()]);
+    let restored = common::run_tcasm(
+        &job.base,
+        &[
+            "restore",
+            job.pfs().to_str().unwrap(),
+            "--global",
+            "--version",
+            &older.to_string(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
     assert!(restored.status.success(), "{}", common::output_text(&restored));
     assert!(npy_data(&out.join("temperature.npy")) == serial_field(&job.base, older));
     fs::remove_dir_all(&job.base).unwrap();
@@ -232,9 +284,16 @@ fn a_rank_killed_and_the_job_relaunched_restores_one_global_version_everywhere()
     let relaunched = Instant::now();
     let mut run = job.launch(steps, 10, "field.bin");
     let said = wait_done(&mut run, "the relaunched job");
-    eprintln!("kill to relaunch {:.2} s (the checkpointers' idle wait), relaunch to the end {:.2} s", relaunched.duration_since(killed_at).as_secs_f64(), relaunched.elapsed().as_secs_f64());
+    eprintln!(
+        "kill to relaunch {:.2} s (the checkpointers' idle wait), relaunch to the end {:.2} s",
+        relaunched.duration_since(killed_at).as_secs_f64(),
+        relaunched.elapsed().as_secs_f64()
+    );
     assert!(said.contains(&format!("every rank restored step {newest}\n")), "{said}");
-    assert!(fs::read(job.base.join("field.bin")).unwrap() == serial_field(&job.base, steps), "the relaunched job's field differs from an uninterrupted run's");
+    assert!(
+        fs::read(job.base.join("field.bin")).unwrap() == serial_field(&job.base, steps),
+        "the relaunched job's field differs from an uninterrupted run's"
+    );
     for c in &mut ckpts {
         wait_done(c, "a node's checkpointer");
     }
@@ -257,7 +316,10 @@ fn a_node_checkpointer_killed_never_lets_a_global_manifest_name_what_it_lacks() 
     ckpts[1].kill().unwrap();
     ckpts[1].wait().unwrap();
     // What node 1's ranks hold complete on the persistent level now, and for a while.
-    let held = |rank: usize| tcasm::checkpoint::Restore::open(&global::rank_dir(&job.pfs(), &format!("heat.{rank}")), None).map_or(0, |r| r.manifest().version);
+    let held = |rank: usize| {
+        tcasm::checkpoint::Restore::open(&global::rank_dir(&job.pfs(), &format!("heat.{rank}")), None)
+            .map_or(0, |r| r.manifest().version)
+    };
     let node1_newest = held(2).max(held(3));
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(held(2).max(held(3)), node1_newest, "node 1's ranks got checkpoints without a checkpointer");

@@ -127,7 +127,15 @@ struct ProducerChild {
 
 impl ProducerChild {
     fn start(name: &str, dirs: &str, rows: usize, steps: u64, period_us: u64, layout: &str) -> ProducerChild {
-        ProducerChild::start_with(Command::new(std::env::current_exe().unwrap()), name, dirs, rows, steps, period_us, layout)
+        ProducerChild::start_with(
+            Command::new(std::env::current_exe().unwrap()),
+            name,
+            dirs,
+            rows,
+            steps,
+            period_us,
+            layout,
+        )
     }
 
     /// `start` in a container of its own: new mount, pid, ipc and network namespaces
@@ -135,11 +143,21 @@ impl ProducerChild {
     /// the producer (`--kill-child`).
     fn start_contained(name: &str, dirs: &str, rows: usize, steps: u64, period_us: u64) -> ProducerChild {
         let mut unshare = Command::new("unshare");
-        unshare.args(["--mount", "--pid", "--ipc", "--net", "--fork", "--kill-child", "--mount-proc"]).arg(std::env::current_exe().unwrap());
+        unshare
+            .args(["--mount", "--pid", "--ipc", "--net", "--fork", "--kill-child", "--mount-proc"])
+            .arg(std::env::current_exe().unwrap());
         ProducerChild::start_with(unshare, name, dirs, rows, steps, period_us, "standard")
     }
 
-    fn start_with(mut command: Command, name: &str, dirs: &str, rows: usize, steps: u64, period_us: u64, layout: &str) -> ProducerChild {
+    fn start_with(
+        mut command: Command,
+        name: &str,
+        dirs: &str,
+        rows: usize,
+        steps: u64,
+        period_us: u64,
+        layout: &str,
+    ) -> ProducerChild {
         endpoint();
         let mut child = command
             .args(["producer_role", "--exact", "--nocapture", "--test-threads=1"])
@@ -282,7 +300,10 @@ fn a_producer_killed_and_restarted_ends_bit_identical() {
     fs::remove_dir_all(&local).unwrap();
     let third = ProducerChild::start("restart-killed", &dirs, rows, steps, period / 8, "standard");
     let restored = third.expect(&["restored", "first run", "refused"]);
-    assert!(restored.starts_with(&format!("restored v{flushed} step {flushed} from {}", persistent.display())), "{restored}");
+    assert!(
+        restored.starts_with(&format!("restored v{flushed} step {flushed} from {}", persistent.display())),
+        "{restored}"
+    );
     assert_eq!(third.finish(), whole);
     fs::remove_dir_all(&dir).unwrap();
 }
@@ -312,7 +333,13 @@ fn a_checkpointer_killed_while_flushing_leaves_persistent_restorable() {
     let verify = run(&["verify", path(&persistent)]);
     assert!(verify.status.success(), "{}", text(&verify));
     let out = dir.join("restored");
-    let restore = run(&["restore", "--from", &format!("{}:{}", dir.join("gone").display(), persistent.display()), "--out", path(&out)]);
+    let restore = run(&[
+        "restore",
+        "--from",
+        &format!("{}:{}", dir.join("gone").display(), persistent.display()),
+        "--out",
+        path(&out),
+    ]);
     assert!(restore.status.success(), "{}", text(&restore));
     assert!(out.join("manifest.json").exists() && out.join("field.npy").exists());
     // A new checkpointer takes both levels over and flushes again.
@@ -372,7 +399,10 @@ fn a_full_local_level_is_reported_and_checkpointing_resumes_when_space_returns()
     let mut ckpt = checkpointer("restart-full", &local, None, &[]);
     let lines = common::lines_of(ckpt.stderr.take().unwrap());
     let full = wait_for_line(&lines, "is full");
-    assert!(full.contains("No space left on device") && full.contains("is full") && full.contains("none yet"), "{full}");
+    assert!(
+        full.contains("No space left on device") && full.contains("is full") && full.contains("none yet"),
+        "{full}"
+    );
     // The producer is unaffected: it goes on publishing.
     let observer = tcasm::Observer::attach("restart-full").unwrap();
     let seen = observer.latest_version();
@@ -398,14 +428,34 @@ fn a_missing_or_read_only_persistent_level_is_reported_and_level_one_goes_on() {
     let producer = ProducerChild::start("restart-nopfs", "", 16, 1_000_000, 20_000, "standard");
     producer.expect(&["ready"]);
     let missing = dir.join("missing");
-    let out = run(&["checkpoint", "restart-nopfs", "--dir", path(&dir.join("l1")), "--flush-to", path(&missing), "--count", "3", "--every-version"]);
+    let out = run(&[
+        "checkpoint",
+        "restart-nopfs",
+        "--dir",
+        path(&dir.join("l1")),
+        "--flush-to",
+        path(&missing),
+        "--count",
+        "3",
+        "--every-version",
+    ]);
     let said = text(&out);
     assert!(out.status.success(), "{said}");
     assert!(said.contains("--flush-to") && said.contains("create it") && said.contains("level 1"), "{said}");
     assert!(newest(&dir.join("l1")) > 0);
     let read_only = dir.join("read-only");
     if let Some(_mount) = Tmpfs::mount(test, &read_only, "ro,size=1m") {
-        let out = run(&["checkpoint", "restart-nopfs", "--dir", path(&dir.join("l1b")), "--flush-to", path(&read_only), "--count", "3", "--every-version"]);
+        let out = run(&[
+            "checkpoint",
+            "restart-nopfs",
+            "--dir",
+            path(&dir.join("l1b")),
+            "--flush-to",
+            path(&read_only),
+            "--count",
+            "3",
+            "--every-version",
+        ]);
         let said = text(&out);
         assert!(out.status.success(), "{said}");
         assert!(said.contains("Read-only file system") && said.contains("level 1"), "{said}");
@@ -419,7 +469,8 @@ fn a_missing_or_read_only_persistent_level_is_reported_and_level_one_goes_on() {
 fn a_checkpoint_of_another_layout_or_damaged_is_refused_and_memory_untouched() {
     let dir = common::scratch("restart", "refused");
     let ckpt = dir.join("ckpt");
-    let producer = ProducerChild::start("restart-refused", &dir.join("none").display().to_string(), 8, 10, 20_000, "standard");
+    let producer =
+        ProducerChild::start("restart-refused", &dir.join("none").display().to_string(), 8, 10, 20_000, "standard");
     producer.expect(&["ready"]);
     let out = run(&["checkpoint", "restart-refused", "--dir", path(&ckpt), "--count", "3", "--every-version"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -464,14 +515,18 @@ fn a_checkpoint_of_another_layout_or_damaged_is_refused_and_memory_untouched() {
     fs::remove_dir_all(&dir).unwrap();
 }
 
-
 /// Whether this process can make namespaces (`unshare` as root); a skip otherwise, a failure
 /// under `TCASM_REQUIRE_KERNEL=1`.
 fn namespaces_available(test: &str) -> bool {
-    let out = Command::new("unshare").args(["--mount", "--pid", "--ipc", "--net", "--fork", "--mount-proc", "true"]).output();
+    let out =
+        Command::new("unshare").args(["--mount", "--pid", "--ipc", "--net", "--fork", "--mount-proc", "true"]).output();
     match out {
         Ok(o) if o.status.success() => true,
-        Ok(o) => common::skip(test, &format!("unshare cannot make namespaces here: {}", String::from_utf8_lossy(&o.stderr).trim()), common::Lacks::Kernel),
+        Ok(o) => common::skip(
+            test,
+            &format!("unshare cannot make namespaces here: {}", String::from_utf8_lossy(&o.stderr).trim()),
+            common::Lacks::Kernel,
+        ),
         Err(e) => common::skip(test, &format!("unshare cannot be run: {e}"), common::Lacks::Kernel),
     }
 }
@@ -495,11 +550,15 @@ fn a_producer_in_a_container_is_checkpointed_from_outside_and_restarted_in_anoth
     first.expect(&["ready"]);
     // One checkpointer outside, following the producer by its endpoint only; the pid it
     // reads there is the producer's in its own namespace.
-    let ckpt = tcasm(&["checkpoint", "--all", "restart-contain*", "--idle", "3", "--every-version", "--dir", path(&dir)]).stderr(Stdio::piped()).spawn().unwrap();
+    let ckpt =
+        tcasm(&["checkpoint", "--all", "restart-contain*", "--idle", "3", "--every-version", "--dir", path(&dir)])
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
     wait_until("a checkpoint of version 20", || newest(&ckpt_dir) >= 20);
     drop(first); // SIGKILL to unshare, which kills the producer
-    // Restarted in a new container (its pid there likely the same as the first's): it
-    // restores, and the checkpointer follows it as a new producer.
+                 // Restarted in a new container (its pid there likely the same as the first's): it
+                 // restores, and the checkpointer follows it as a new producer.
     let second = ProducerChild::start_contained(name, path(&ckpt_dir), rows, steps, period);
     let restored = second.expect(&["restored", "first run", "refused"]);
     assert!(restored.starts_with("restored v"), "{restored}");

@@ -255,7 +255,10 @@ fn pinned_memory_returns_to_baseline() {
             for _ in 0..3 {
                 producer.publish(2, 0);
                 pinned = producer.bytes;
-                assert!(pinned >= baseline + region_bytes, "{what}: {pinned} bytes with a pinned version, baseline {baseline}");
+                assert!(
+                    pinned >= baseline + region_bytes,
+                    "{what}: {pinned} bytes with a pinned version, baseline {baseline}"
+                );
             }
             drop(held);
             producer.publish(6, 1);
@@ -290,7 +293,8 @@ fn unpinned_store_holds_the_latest_version_and_what_it_may_reuse() {
             for span in [0, 1, 64] {
                 let v = producer.publish(3, span);
                 let bytes = producer.bytes;
-                let what = format!("{tracker}, {freed:?}: store bytes after version {v} (span {span}) with no pin held");
+                let what =
+                    format!("{tracker}, {freed:?}: store bytes after version {v} (span {span}) with no pin held");
                 match freed {
                     Freed::Release => assert_eq!(bytes, region_bytes, "{what}"),
                     Freed::Reuse => assert!((region_bytes..=2 * region_bytes).contains(&bytes), "{what}: {bytes}"),
@@ -311,7 +315,8 @@ fn attach_waits_for_a_producer_that_starts_later() {
     let name = "starts-later";
     let producer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(500));
-        let mut p = Producer::create(name, ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
+        let mut p =
+            Producer::create(name, ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
         let _r = p.region::<u64>("r", &[16]).unwrap();
         p.publish().unwrap();
         std::thread::sleep(Duration::from_secs(2));
@@ -392,7 +397,8 @@ fn a_killed_producer_is_replaced_and_snapshots_stay_readable() {
 
     // The dead producer's lock is free: a new producer takes the name, and new observers
     // reach it, while the old observer stays with the old store.
-    let mut successor = Producer::create(name, ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
+    let mut successor =
+        Producer::create(name, ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
     let mut other = successor.region::<u32>("other", &[16]).unwrap();
     other[3] = 7;
     successor.publish().unwrap();
@@ -408,7 +414,8 @@ fn a_killed_producer_is_replaced_and_snapshots_stay_readable() {
 fn wait_newer_without_a_deadline_returns_when_a_version_arrives() {
     let name = "no-deadline";
     common::endpoint_dir(name);
-    let mut producer = Producer::create(name, ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
+    let mut producer =
+        Producer::create(name, ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
     let mut field: tcasm::Region<u64> = producer.region(REGION, &[512]).unwrap();
     assert_eq!(producer.publish().unwrap(), 1);
     let observer = Observer::attach(name).unwrap();
@@ -430,7 +437,8 @@ fn wait_newer_without_a_deadline_returns_when_a_version_arrives() {
 fn a_page_outside_the_page_space_panics_naming_the_range() {
     let name = "outside";
     common::endpoint_dir(name);
-    let mut producer = Producer::create(name, ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
+    let mut producer =
+        Producer::create(name, ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
     let _field: tcasm::Region<u64> = producer.region(REGION, &[words_per_page()]).unwrap();
     producer.publish().unwrap();
     let snapshot = Observer::attach(name).unwrap().latest().unwrap();
@@ -444,7 +452,8 @@ fn a_page_outside_the_page_space_panics_naming_the_range() {
 #[test]
 fn an_observer_holds_at_most_eight_snapshots() {
     common::endpoint_dir("too-many");
-    let mut producer = Producer::create("too-many", ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
+    let mut producer =
+        Producer::create("too-many", ProducerOptions { tracker: TrackerKind::Copy, ..Default::default() }).unwrap();
     let mut field: tcasm::Region<u64> = producer.region("field", &[512]).unwrap();
     let mut held = Vec::new();
     let mut observer = None;
@@ -458,7 +467,9 @@ fn an_observer_holds_at_most_eight_snapshots() {
     field.fill(99);
     producer.publish().unwrap();
     match observer.latest() {
-        Err(e @ tcasm::ReadError::TooManySnapshots { held: 8 }) => assert!(e.to_string().contains("drop one first"), "{e}"),
+        Err(e @ tcasm::ReadError::TooManySnapshots { held: 8 }) => {
+            assert!(e.to_string().contains("drop one first"), "{e}")
+        }
         Err(e) => panic!("expected TooManySnapshots, got {e}"),
         Ok(s) => panic!("a ninth snapshot, of version {}", s.version()),
     }

@@ -35,7 +35,8 @@ impl Run {
         let mut out = String::new();
         child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
         let last = out.lines().last().unwrap_or_default().to_string();
-        let context = format!("{test}: {status}, last line {last:?}, stderr:\n{}", std::fs::read_to_string(&log).unwrap());
+        let context =
+            format!("{test}: {status}, last line {last:?}, stderr:\n{}", std::fs::read_to_string(&log).unwrap());
         let _ = std::fs::remove_dir_all(dir);
         assert!(status.success(), "{context}");
         Run { last, context }

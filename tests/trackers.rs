@@ -144,11 +144,7 @@ fn run(kind: TrackerKind, placement: Placement) -> Versions {
     };
     // SAFETY: raw_count f64s from raw_offset lie inside the block (8-aligned), which outlives
     // the producer.
-    unsafe {
-        producer
-            .wrap_raw("raw", block.ptr.as_ptr().add(raw_offset).cast::<f64>(), &[raw_count])
-            .unwrap()
-    };
+    unsafe { producer.wrap_raw("raw", block.ptr.as_ptr().add(raw_offset).cast::<f64>(), &[raw_count]).unwrap() };
     let raw_end = raw_offset + raw_count * 8;
     let (pipe_out, pipe_in) = nix::unistd::pipe().unwrap();
     let (mut pipe_out, mut pipe_in) = (File::from(pipe_out), File::from(pipe_in));
@@ -258,11 +254,14 @@ fn trackers_agree(test: &str, sync: bool) {
 #[test]
 fn sync_trackers_refuse_shared_pages() {
     common::endpoint_dir("sync-refuse");
-    if !tcasm::track::kernel_faults_allowed() && !common::async_tracking_available("sync_trackers_refuse_shared_pages") {
+    if !tcasm::track::kernel_faults_allowed() && !common::async_tracking_available("sync_trackers_refuse_shared_pages")
+    {
         return;
     }
     for kind in [TrackerKind::Sync, TrackerKind::Deferred] {
-        let mut producer = Producer::create(&format!("refuse-{kind}"), ProducerOptions { tracker: kind, ..Default::default() }).unwrap();
+        let mut producer =
+            Producer::create(&format!("refuse-{kind}"), ProducerOptions { tracker: kind, ..Default::default() })
+                .unwrap();
         let err = producer.wrap_vec("v", unaligned_vec(100), &[100]).map(drop).unwrap_err();
         assert!(matches!(err, tcasm::RegionError::SharesPages { .. }), "{kind}: {err}");
         assert!(err.to_string().contains("async tracker"), "{err}");
@@ -325,7 +324,8 @@ fn unprivileged_trackers_agree_too() {
 fn deferred_versions_survive_writes_racing_their_copy() {
     common::endpoint_dir("deferred-race");
     let mut producer =
-        Producer::create("deferred-race", ProducerOptions { tracker: TrackerKind::Deferred, ..Default::default() }).unwrap();
+        Producer::create("deferred-race", ProducerOptions { tracker: TrackerKind::Deferred, ..Default::default() })
+            .unwrap();
     let mut data: Region<u64> = producer.region("data", &[32 << 17]).unwrap();
     data.fill(1);
     producer.publish().unwrap();

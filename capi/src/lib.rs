@@ -234,7 +234,10 @@ unsafe fn producer<'a>(ptr: *mut tcasm_producer) -> Result<&'a mut tcasm_produce
     // SAFETY: the caller promises a live, unshared handle or NULL; `as_mut` maps NULL to None.
     let handle = unsafe { ptr.as_mut() }.ok_or_else(|| fail(TCASM_ERR_NULL, "the producer is NULL"))?;
     if handle.poisoned {
-        return Err(fail(TCASM_ERR_INTERNAL, "an earlier call on this producer failed with an internal error; destroy it"));
+        return Err(fail(
+            TCASM_ERR_INTERNAL,
+            "an earlier call on this producer failed with an internal error; destroy it",
+        ));
     }
     Ok(handle)
 }
@@ -243,7 +246,11 @@ unsafe fn producer<'a>(ptr: *mut tcasm_producer) -> Result<&'a mut tcasm_produce
 ///
 /// # Safety
 /// As for [`producer`].
-unsafe fn with_producer(what: &str, ptr: *mut tcasm_producer, body: impl FnOnce(&mut Producer) -> Result<(), Failure>) -> tcasm_status {
+unsafe fn with_producer(
+    what: &str,
+    ptr: *mut tcasm_producer,
+    body: impl FnOnce(&mut Producer) -> Result<(), Failure>,
+) -> tcasm_status {
     let status = guard(what, || {
         // SAFETY: passed on from the caller.
         let handle = unsafe { producer(ptr) }?;
@@ -274,7 +281,9 @@ fn region_failure(e: RegionError) -> Failure {
         RegionError::Duplicate { .. } => TCASM_ERR_DUPLICATE,
         RegionError::AfterFirstPublish { .. } => TCASM_ERR_AFTER_PUBLISH,
         RegionError::Misaligned { .. } => TCASM_ERR_MISALIGNED,
-        RegionError::CannotTrack { .. } | RegionError::SharesPages { .. } | RegionError::AlreadyTracked { .. } => TCASM_ERR_CANNOT_TRACK,
+        RegionError::CannotTrack { .. } | RegionError::SharesPages { .. } | RegionError::AlreadyTracked { .. } => {
+            TCASM_ERR_CANNOT_TRACK
+        }
         RegionError::Alloc { .. } => TCASM_ERR_IO,
     };
     fail(status, e.to_string())
@@ -394,7 +403,10 @@ pub unsafe extern "C" fn tcasm_wrap(
             return Err(fail(TCASM_ERR_NULL, context("shape is NULL".into())));
         }
         if ndim == 0 || ndim > MAX_DIMS {
-            return Err(fail(TCASM_ERR_INVALID, context(format!("ndim is {ndim}; a shape has 1 to {MAX_DIMS} dimensions"))));
+            return Err(fail(
+                TCASM_ERR_INVALID,
+                context(format!("ndim is {ndim}; a shape has 1 to {MAX_DIMS} dimensions")),
+            ));
         }
         // SAFETY: not NULL, and `ndim` sizes long as the caller promises; `ndim` is small.
         let shape = unsafe { std::slice::from_raw_parts(shape, ndim) };
@@ -501,7 +513,11 @@ pub unsafe extern "C" fn tcasm_set_copy_threads(producer: *mut tcasm_producer, t
 /// string; `version` is NULL or points to writable storage for one `uint64_t`. No other
 /// thread may use the wrapped arrays during the call.
 #[no_mangle]
-pub unsafe extern "C" fn tcasm_restore(producer: *mut tcasm_producer, dirs: *const c_char, version: *mut u64) -> tcasm_status {
+pub unsafe extern "C" fn tcasm_restore(
+    producer: *mut tcasm_producer,
+    dirs: *const c_char,
+    version: *mut u64,
+) -> tcasm_status {
     let body = |p: &mut Producer| {
         // SAFETY: a NUL-terminated string, as the caller promises.
         let list = split_dirs(unsafe { text(dirs, "dirs") }?);
@@ -512,7 +528,13 @@ pub unsafe extern "C" fn tcasm_restore(producer: *mut tcasm_producer, dirs: *con
         // Every region of a C producer is lent (tcasm_wrap): there are no Rust handles.
         let found = p.restore(&paths, &mut []).map_err(restart_failure)?;
         let Some(found) = found else {
-            return Err(fail(TCASM_ERR_NO_CHECKPOINT, format!("no complete checkpoint in {}", list.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" or "))));
+            return Err(fail(
+                TCASM_ERR_NO_CHECKPOINT,
+                format!(
+                    "no complete checkpoint in {}",
+                    list.iter().map(|d| d.display().to_string()).collect::<Vec<_>>().join(" or ")
+                ),
+            ));
         };
         if !version.is_null() {
             // SAFETY: not NULL, so writable storage for a u64, as the caller promises.
@@ -660,7 +682,8 @@ mod tests {
         let mut field = [0.0f64; 512];
         let shape = [512usize];
         // SAFETY: `p` is live; `field` and `shape` outlive the producer.
-        let wrapped = unsafe { tcasm_wrap(p, c"field".as_ptr(), TCASM_F64, field.as_mut_ptr().cast(), shape.as_ptr(), 1) };
+        let wrapped =
+            unsafe { tcasm_wrap(p, c"field".as_ptr(), TCASM_F64, field.as_mut_ptr().cast(), shape.as_ptr(), 1) };
         assert_eq!(wrapped, TCASM_OK, "{}", last_error());
 
         // SAFETY: `p` is live and used by this thread only.

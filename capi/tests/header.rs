@@ -17,7 +17,11 @@ fn header_is_current() {
     }
     let committed = std::fs::read_to_string(&committed_path).unwrap_or_default();
     if committed != generated {
-        let line = committed.lines().zip(generated.lines()).position(|(a, b)| a != b).unwrap_or(committed.lines().count().min(generated.lines().count()));
+        let line = committed
+            .lines()
+            .zip(generated.lines())
+            .position(|(a, b)| a != b)
+            .unwrap_or(committed.lines().count().min(generated.lines().count()));
         panic!(
             "include/tcasm.h is out of date with capi/src/lib.rs (first difference at line {}).\n\
              Regenerate it with `TCASM_BLESS=1 cargo test --release -p tcasm-capi --test header` and commit it.",

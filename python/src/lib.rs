@@ -35,12 +35,7 @@ use tcasm_core::error::{EndpointError, ReadError};
 use tcasm_core::{with_element, RegionInfo};
 
 create_exception!(tcasm, TcasmError, PyException, "A tcasm operation failed; the message says why.");
-create_exception!(
-    tcasm,
-    ProducerGone,
-    TcasmError,
-    "The producer exited; snapshots already taken stay readable."
-);
+create_exception!(tcasm, ProducerGone, TcasmError, "The producer exited; snapshots already taken stay readable.");
 
 fn read_error(e: ReadError) -> PyErr {
     match e {
@@ -229,7 +224,8 @@ fn attach(py: Python<'_>, name: &str, timeout: f64) -> PyResult<Observer> {
     loop {
         let left = deadline.map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
         let owned = name.to_string();
-        let attached = py.detach(move || tcasm_core::Observer::attach_timeout(&owned, left.min(Duration::from_millis(500))));
+        let attached =
+            py.detach(move || tcasm_core::Observer::attach_timeout(&owned, left.min(Duration::from_millis(500))));
         match attached {
             Ok(inner) => return Ok(Observer { inner }),
             // Not there yet, or not published yet: keep trying until the deadline.
@@ -326,7 +322,12 @@ impl<T: FromLe> Restore1 for Restoring<T> {
 /// None) are assembled into one array per region, as `tcasm restore DIR --global` does.
 #[pyfunction]
 #[pyo3(signature = (dir, version = None, global_ = false))]
-fn read_checkpoint<'py>(py: Python<'py>, dir: PathBuf, version: Option<u64>, global_: bool) -> PyResult<Bound<'py, PyDict>> {
+fn read_checkpoint<'py>(
+    py: Python<'py>,
+    dir: PathBuf,
+    version: Option<u64>,
+    global_: bool,
+) -> PyResult<Bound<'py, PyDict>> {
     if global_ {
         return read_global(py, dir, version);
     }

@@ -57,14 +57,25 @@ impl Tile {
     fn placement(&self, dir: &Path) -> Result<Option<Placement>, CheckpointError> {
         let words = |name| {
             self.region(name).map(|(r, b)| match (r.dtype, r.shape.as_slice()) {
-                (Dtype::U64, [_]) => Ok(b.chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")) as usize).collect::<Vec<_>>()),
-                _ => Err(bad(dir, format!("{}: region {name:?} must be u64 with one dimension, is {} {:?}", self.producer, r.dtype, r.shape))),
+                (Dtype::U64, [_]) => Ok(b
+                    .chunks_exact(8)
+                    .map(|w| u64::from_le_bytes(w.try_into().expect("8 bytes")) as usize)
+                    .collect::<Vec<_>>()),
+                _ => Err(bad(
+                    dir,
+                    format!(
+                        "{}: region {name:?} must be u64 with one dimension, is {} {:?}",
+                        self.producer, r.dtype, r.shape
+                    ),
+                )),
             })
         };
         match (words(GLOBAL_SHAPE).transpose()?, words(OFFSET).transpose()?) {
             (Some(g), Some(o)) if g.len() == o.len() => Ok(Some((g, o))),
             (None, None) => Ok(None),
-            (g, o) => Err(bad(dir, format!("{}: {GLOBAL_SHAPE} {g:?} and {OFFSET} {o:?} do not go together", self.producer))),
+            (g, o) => {
+                Err(bad(dir, format!("{}: {GLOBAL_SHAPE} {g:?} and {OFFSET} {o:?} do not go together", self.producer)))
+            }
         }
     }
 }
@@ -75,13 +86,24 @@ pub fn assemble(dir: &Path, version: Option<u64>) -> Result<GlobalField, Checkpo
     let (globals, _) = global::read_all(dir)?;
     let g: &GlobalManifest = match version {
         None => globals.last().ok_or_else(|| CheckpointError::NoCheckpoint { dir: dir.join(global::GLOBAL_DIR) })?,
-        Some(v) => globals.iter().find(|g| g.version == v).ok_or_else(|| bad(dir, format!("no global version v{v} (there are {})", globals.iter().map(|g| format!("v{}", g.version)).collect::<Vec<_>>().join(", "))))?,
+        Some(v) => globals.iter().find(|g| g.version == v).ok_or_else(|| {
+            bad(
+                dir,
+                format!(
+                    "no global version v{v} (there are {})",
+                    globals.iter().map(|g| format!("v{}", g.version)).collect::<Vec<_>>().join(", ")
+                ),
+            )
+        })?,
     };
     let mut tiles = Vec::with_capacity(g.ranks.len());
     for part in &g.ranks {
         let restore = Restore::open_in_chain(&global::rank_dir(dir, &part.producer), part.chain, g.version)?;
         if !global::part_present(dir, part, g.version) {
-            return Err(bad(dir, format!("{}: v{} is not the checkpoint global v{} names", part.producer, g.version, g.version)));
+            return Err(bad(
+                dir,
+                format!("{}: v{} is not the checkpoint global v{} names", part.producer, g.version, g.version),
+            ));
         }
         let m = restore.manifest();
         let page_size = m.space.page_size;
@@ -100,7 +122,12 @@ pub fn assemble(dir: &Path, version: Option<u64>) -> Result<GlobalField, Checkpo
         }
         let tiled = placements[0].as_ref().filter(|(g, _)| g.len() == r.shape.len());
         let Some((global_shape, _)) = tiled else {
-            regions.push(Assembled { name: r.name.clone(), dtype: r.dtype, shape: r.shape.clone(), bytes: tiles[0].region(&r.name).expect("listed").1.to_vec() });
+            regions.push(Assembled {
+                name: r.name.clone(),
+                dtype: r.dtype,
+                shape: r.shape.clone(),
+                bytes: tiles[0].region(&r.name).expect("listed").1.to_vec(),
+            });
             continue;
         };
         regions.push(place(dir, r, global_shape, &tiles, &placements)?);
@@ -109,16 +136,30 @@ pub fn assemble(dir: &Path, version: Option<u64>) -> Result<GlobalField, Checkpo
 }
 
 /// The global array of region `r`, from every rank's tile of it.
-fn place(dir: &Path, r: &RegionInfo, global_shape: &[usize], tiles: &[Tile], placements: &[Option<Placement>]) -> Result<Assembled, CheckpointError> {
+fn place(
+    dir: &Path,
+    r: &RegionInfo,
+    global_shape: &[usize],
+    tiles: &[Tile],
+    placements: &[Option<Placement>],
+) -> Result<Assembled, CheckpointError> {
     let size = r.dtype.size();
     let elements: usize = global_shape.iter().product();
     let mut bytes = vec![0u8; elements * size];
     let mut covered = vec![false; elements];
     for (tile, placement) in tiles.iter().zip(placements) {
         let who = &tile.producer;
-        let Some((g, offset)) = placement else { return Err(bad(dir, format!("{who}: no {GLOBAL_SHAPE}/{OFFSET} regions, unlike rank 0"))) };
-        let Some((t, data)) = tile.region(&r.name) else { return Err(bad(dir, format!("{who}: no region {:?}", r.name))) };
-        if g != global_shape || t.dtype != r.dtype || t.shape.len() != g.len() || t.shape.iter().zip(offset).zip(g).any(|((s, o), g)| s + o > *g) {
+        let Some((g, offset)) = placement else {
+            return Err(bad(dir, format!("{who}: no {GLOBAL_SHAPE}/{OFFSET} regions, unlike rank 0")));
+        };
+        let Some((t, data)) = tile.region(&r.name) else {
+            return Err(bad(dir, format!("{who}: no region {:?}", r.name)));
+        };
+        if g != global_shape
+            || t.dtype != r.dtype
+            || t.shape.len() != g.len()
+            || t.shape.iter().zip(offset).zip(g).any(|((s, o), g)| s + o > *g)
+        {
             return Err(bad(dir, format!("{who}: tile {:?} {} {:?} at {offset:?} does not fit global shape {g:?} (rank 0: {global_shape:?}, {})", r.name, t.dtype, t.shape, r.dtype)));
         }
         // One row (the last dimension) at a time, in C order.

@@ -67,7 +67,12 @@ impl Flusher {
     pub fn create(local: &Path, persistent: &Path, keep: Option<usize>) -> Result<Flusher, CheckpointError> {
         match std::fs::metadata(persistent) {
             Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(CheckpointError::BadOutput { dir: persistent.to_path_buf(), what: "is not a directory".into() }),
+            Ok(_) => {
+                return Err(CheckpointError::BadOutput {
+                    dir: persistent.to_path_buf(),
+                    what: "is not a directory".into(),
+                })
+            }
             Err(e) => {
                 return Err(CheckpointError::BadOutput {
                     dir: persistent.to_path_buf(),
@@ -76,10 +81,19 @@ impl Flusher {
             }
         }
         if same_dir(local, persistent) {
-            return Err(CheckpointError::BadOutput { dir: persistent.to_path_buf(), what: "is the local directory itself".into() });
+            return Err(CheckpointError::BadOutput {
+                dir: persistent.to_path_buf(),
+                what: "is the local directory itself".into(),
+            });
         }
         let lock = writer::take_dir(persistent)?;
-        Ok(Flusher { local: local.to_path_buf(), persistent: persistent.to_path_buf(), keep, mirrors: HashMap::new(), _lock: lock })
+        Ok(Flusher {
+            local: local.to_path_buf(),
+            persistent: persistent.to_path_buf(),
+            keep,
+            mirrors: HashMap::new(),
+            _lock: lock,
+        })
     }
 
     pub fn persistent(&self) -> &Path {
@@ -90,13 +104,20 @@ impl Flusher {
     /// chain before it that are not flushed yet). `progress(done, total)` is called with
     /// bytes of data as they are copied. On error, what was flushed before stays complete,
     /// and the next flush of this chain continues from it.
-    pub fn flush(&mut self, chain: u64, version: u64, mut progress: impl FnMut(u64, u64)) -> Result<Flushed, CheckpointError> {
+    pub fn flush(
+        &mut self,
+        chain: u64,
+        version: u64,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Flushed, CheckpointError> {
         let started = Instant::now();
         let local_dir = format::chain_dir(&self.local, chain);
         let path = local_path(&local_dir, chain, version)?;
         let mirror = match self.mirrors.get(&chain) {
             // Still the chain it was: its flushed part is a prefix of `path`.
-            Some(m) if m.last.is_none_or(|l| path.iter().any(|(p, _)| p.version == l.version)) => self.mirrors.get_mut(&chain).expect("present"),
+            Some(m) if m.last.is_none_or(|l| path.iter().any(|(p, _)| p.version == l.version)) => {
+                self.mirrors.get_mut(&chain).expect("present")
+            }
             _ => {
                 let (number, dir) = writer::new_chain(&self.persistent)?;
                 self.mirrors.insert(chain, Mirror { chain: number, dir, last: None });
@@ -113,7 +134,10 @@ impl Flusher {
         for (m, data) in todo {
             let mut out = m.clone();
             out.chain = mirror.chain;
-            out.parent = m.parent.map(|l| Link { version: l.version, checksum: mirror.last.expect("a parent is flushed before its child").checksum });
+            out.parent = m.parent.map(|l| Link {
+                version: l.version,
+                checksum: mirror.last.expect("a parent is flushed before its child").checksum,
+            });
             copy_data(data, &out, &mirror.dir, |n| {
                 done += n;
                 progress(done, total);
@@ -127,7 +151,15 @@ impl Flusher {
             (true, Some(keep)) => writer::retire(&self.persistent, keep)?,
             _ => Vec::new(),
         };
-        Ok(Flushed { version, local_chain: chain, chain: persistent_chain, copied, bytes: done, elapsed: started.elapsed(), retired })
+        Ok(Flushed {
+            version,
+            local_chain: chain,
+            chain: persistent_chain,
+            copied,
+            bytes: done,
+            elapsed: started.elapsed(),
+            retired,
+        })
     }
 }
 

@@ -159,7 +159,8 @@ impl Manifest {
         }
         let bad = |what: String| CheckpointError::BadManifest { file: file.clone(), what };
         let mut c = Cursor { bytes: &bytes[..end], at: 12 };
-        let manifest = c.manifest(format == FORMAT_JOB).ok_or_else(|| bad("its tables end before the manifest does".into()))?;
+        let manifest =
+            c.manifest(format == FORMAT_JOB).ok_or_else(|| bad("its tables end before the manifest does".into()))?;
         if c.at != end {
             return Err(bad(format!("{} bytes follow the chunk table", end - c.at)));
         }
@@ -195,17 +196,29 @@ impl Manifest {
                 && r.offset < s.page_size
                 && bytes.and_then(|b| b.checked_add(r.offset)).is_some_and(|end| end <= r.pages * s.page_size);
             if !fits || r.shape.is_empty() || r.shape.len() > MAX_DIMS {
-                return Err(format!("region {:?} (shape {:?}, pages {}+{}) does not fit the page space", r.name, r.shape, r.first_page, r.pages));
+                return Err(format!(
+                    "region {:?} (shape {:?}, pages {}+{}) does not fit the page space",
+                    r.name, r.shape, r.first_page, r.pages
+                ));
             }
         }
         let most = chunk_pages(s.page_size);
         let mut next = 0;
         for (i, ch) in self.chunks.iter().enumerate() {
-            if ch.pages == 0 || ch.pages > most || ch.first_page.checked_add(ch.pages).is_none_or(|end| end > s.page_count) {
-                return Err(format!("chunk {i} (pages {}+{}) does not fit the page space of {} pages", ch.first_page, ch.pages, s.page_count));
+            if ch.pages == 0
+                || ch.pages > most
+                || ch.first_page.checked_add(ch.pages).is_none_or(|end| end > s.page_count)
+            {
+                return Err(format!(
+                    "chunk {i} (pages {}+{}) does not fit the page space of {} pages",
+                    ch.first_page, ch.pages, s.page_count
+                ));
             }
             if ch.first_page < next {
-                return Err(format!("chunk {i} starts at page {}, before the end of the chunk before it", ch.first_page));
+                return Err(format!(
+                    "chunk {i} starts at page {}, before the end of the chunk before it",
+                    ch.first_page
+                ));
             }
             next = ch.first_page + ch.pages;
         }
@@ -329,7 +342,11 @@ pub fn check_data_header(h: &[u8; DATA_HEADER], manifest: &Manifest, file: &Path
             let page = u32::from_le_bytes(h[12..16].try_into().unwrap_or([0; 4]));
             format!("chain {} version {} (pages of {page} bytes)", w(16..24), w(24..32))
         };
-        return Err(CheckpointError::ForeignData { file: file.to_path_buf(), found: describe(h), expected: describe(&expected) });
+        return Err(CheckpointError::ForeignData {
+            file: file.to_path_buf(),
+            found: describe(h),
+            expected: describe(&expected),
+        });
     }
     Ok(())
 }

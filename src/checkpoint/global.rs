@@ -80,7 +80,8 @@ fn global_path(dir: &Path, version: u64) -> PathBuf {
 
 impl GlobalManifest {
     pub fn encode(&self) -> Vec<u8> {
-        let mut s = format!("{MAGIC_LINE}\nversion {}\nlaunch {:x}\nranks {}\n", self.version, self.launch, self.ranks.len());
+        let mut s =
+            format!("{MAGIC_LINE}\nversion {}\nlaunch {:x}\nranks {}\n", self.version, self.launch, self.ranks.len());
         for r in &self.ranks {
             s += &format!("rank {} {} chain {} manifest {:08x}\n", r.rank, r.producer, r.chain, r.checksum);
         }
@@ -90,21 +91,35 @@ impl GlobalManifest {
     }
 
     pub fn decode(bytes: &[u8], file: &Path) -> Result<GlobalManifest, CheckpointError> {
-        let bad = |what: &str| CheckpointError::BadManifest { file: file.to_path_buf(), what: format!("global manifest: {what}") };
+        let bad = |what: &str| CheckpointError::BadManifest {
+            file: file.to_path_buf(),
+            what: format!("global manifest: {what}"),
+        };
         let text = std::str::from_utf8(bytes).map_err(|_| bad("not UTF-8"))?;
         let body_end = text.trim_end_matches('\n').rfind('\n').map(|i| i + 1).ok_or_else(|| bad("too short"))?;
         let (body, last) = text.split_at(body_end);
-        let stored = last.trim_end().strip_prefix("crc32 ").and_then(|h| u32::from_str_radix(h, 16).ok()).ok_or_else(|| bad("no checksum line"))?;
+        let stored = last
+            .trim_end()
+            .strip_prefix("crc32 ")
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .ok_or_else(|| bad("no checksum line"))?;
         let computed = crc32fast::hash(body.as_bytes());
         if stored != computed {
             return Err(CheckpointError::ManifestChecksum { file: file.to_path_buf(), stored, computed });
         }
         let mut lines = body.lines();
         if lines.next() != Some(MAGIC_LINE) {
-            return Err(CheckpointError::BadMagic { file: file.to_path_buf(), found: body.lines().next().unwrap_or("").into() });
+            return Err(CheckpointError::BadMagic {
+                file: file.to_path_buf(),
+                found: body.lines().next().unwrap_or("").into(),
+            });
         }
         let mut field = |key: &str, radix: u32| -> Result<u64, CheckpointError> {
-            lines.next().and_then(|l| l.strip_prefix(key)).and_then(|v| u64::from_str_radix(v.trim(), radix).ok()).ok_or_else(|| bad(&format!("no {key}line")))
+            lines
+                .next()
+                .and_then(|l| l.strip_prefix(key))
+                .and_then(|v| u64::from_str_radix(v.trim(), radix).ok())
+                .ok_or_else(|| bad(&format!("no {key}line")))
         };
         let version = field("version ", 10)?;
         let launch = field("launch ", 16)?;
@@ -147,11 +162,20 @@ pub fn read_all(dir: &Path) -> Result<(Vec<GlobalManifest>, Vec<CheckpointError>
     let (mut found, mut bad) = (Vec::new(), Vec::new());
     for entry in entries {
         let path = entry.map_err(CheckpointError::io("listing", &gdir))?.path();
-        let named = path.file_name().and_then(|n| n.to_str()).and_then(|n| n.strip_prefix('v')?.strip_suffix(".global")?.parse::<u64>().ok());
+        let named = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_prefix('v')?.strip_suffix(".global")?.parse::<u64>().ok());
         let Some(version) = named else { continue };
-        match fs::read(&path).map_err(CheckpointError::io("reading", &path)).and_then(|b| GlobalManifest::decode(&b, &path)) {
+        match fs::read(&path)
+            .map_err(CheckpointError::io("reading", &path))
+            .and_then(|b| GlobalManifest::decode(&b, &path))
+        {
             Ok(g) if g.version == version => found.push(g),
-            Ok(g) => bad.push(CheckpointError::BadManifest { file: path, what: format!("global manifest of v{} under the name of v{version}", g.version) }),
+            Ok(g) => bad.push(CheckpointError::BadManifest {
+                file: path,
+                what: format!("global manifest of v{} under the name of v{version}", g.version),
+            }),
             Err(e) => bad.push(e),
         }
     }
@@ -283,7 +307,9 @@ mod tests {
         let g = GlobalManifest {
             version: 12,
             launch: 0x1_2345_6789,
-            ranks: (0..3).map(|r| RankPart { rank: r, producer: format!("heat.{r}"), chain: 2, checksum: 0xdead0000 + r }).collect(),
+            ranks: (0..3)
+                .map(|r| RankPart { rank: r, producer: format!("heat.{r}"), chain: 2, checksum: 0xdead0000 + r })
+                .collect(),
         };
         let file = Path::new("v12.global");
         let b = g.encode();

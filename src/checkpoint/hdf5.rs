@@ -51,9 +51,19 @@ pub enum ExportError {
     #[error("{} exists; pass --force to replace it", path.display())]
     Exists { path: PathBuf },
     #[error("{what} {}: {source}", path.display())]
-    Io { what: &'static str, path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{}: HDF5 could not {what}: {source}", path.display())]
-    Hdf5 { path: PathBuf, what: String, #[source] source: ::hdf5::Error },
+    Hdf5 {
+        path: PathBuf,
+        what: String,
+        #[source]
+        source: ::hdf5::Error,
+    },
     #[error("nothing to export: no versions given")]
     NoVersions,
     #[error("{}: the XDMF file takes the name ending in .xmf; name the HDF5 file FILE.h5", path.display())]
@@ -84,23 +94,28 @@ impl Staged {
         let name = target.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let temp = target.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
         // Created here, not by HDF5, so an unwritable directory is reported as such.
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-            .map_err(|source| ExportError::Io { what: "creating", path: temp.clone(), source })?;
+        OpenOptions::new().write(true).create_new(true).open(&temp).map_err(|source| ExportError::Io {
+            what: "creating",
+            path: temp.clone(),
+            source,
+        })?;
         Ok(Staged { temp, target: target.to_path_buf(), committed: false })
     }
 
     fn sync(&self) -> Result<(), ExportError> {
-        File::open(&self.temp)
-            .and_then(|f| f.sync_all())
-            .map_err(|source| ExportError::Io { what: "syncing", path: self.temp.clone(), source })
+        File::open(&self.temp).and_then(|f| f.sync_all()).map_err(|source| ExportError::Io {
+            what: "syncing",
+            path: self.temp.clone(),
+            source,
+        })
     }
 
     fn commit(mut self) -> Result<(), ExportError> {
-        fs::rename(&self.temp, &self.target)
-            .map_err(|source| ExportError::Io { what: "renaming into place", path: self.target.clone(), source })?;
+        fs::rename(&self.temp, &self.target).map_err(|source| ExportError::Io {
+            what: "renaming into place",
+            path: self.target.clone(),
+            source,
+        })?;
         self.committed = true;
         Ok(())
     }
@@ -174,7 +189,12 @@ pub fn export_hdf5(restores: &[Restore], out: &Path, force: bool) -> Result<Expo
                 .space
                 .regions
                 .iter()
-                .map(|r| xdmf::Dataset { region: r.name.clone(), path: format!("{prefix}{}", r.name), dtype: r.dtype, shape: r.shape.clone() })
+                .map(|r| xdmf::Dataset {
+                    region: r.name.clone(),
+                    path: format!("{prefix}{}", r.name),
+                    dtype: r.dtype,
+                    shape: r.shape.clone(),
+                })
                 .collect(),
         });
     }
@@ -184,7 +204,11 @@ pub fn export_hdf5(restores: &[Restore], out: &Path, force: bool) -> Result<Expo
     let xdmf = match xdmf::document(&h5_name, &versions) {
         Some(text) => {
             let staged = Staged::create(&xmf)?;
-            fs::write(&staged.temp, text).map_err(|source| ExportError::Io { what: "writing", path: staged.temp.clone(), source })?;
+            fs::write(&staged.temp, text).map_err(|source| ExportError::Io {
+                what: "writing",
+                path: staged.temp.clone(),
+                source,
+            })?;
             staged.sync()?;
             Some(staged)
         }
@@ -203,7 +227,11 @@ pub fn export_hdf5(restores: &[Restore], out: &Path, force: bool) -> Result<Expo
         },
     }
     let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|source| ExportError::Io { what: "syncing", path: dir.to_path_buf(), source })?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|source| ExportError::Io {
+        what: "syncing",
+        path: dir.to_path_buf(),
+        source,
+    })?;
     Ok(Exported {
         h5: out.to_path_buf(),
         xdmf: wrote_xdmf.then_some(xmf),
@@ -394,7 +422,11 @@ mod tests {
             for start in 0..n {
                 for end in start + 1..=n {
                     let b = boxes(&shape, start..end);
-                    assert_eq!(covered(&shape, &b), (start..end).collect::<Vec<_>>(), "shape {shape:?} run {start}..{end}: {b:?}");
+                    assert_eq!(
+                        covered(&shape, &b),
+                        (start..end).collect::<Vec<_>>(),
+                        "shape {shape:?} run {start}..{end}: {b:?}"
+                    );
                     assert!(b.len() < 2 * shape.len(), "shape {shape:?} run {start}..{end}: {} boxes", b.len());
                 }
             }

@@ -93,8 +93,8 @@ use std::path::{Path, PathBuf};
 use crate::observer::{Observer, Snapshot};
 use crate::region::RegionInfo;
 
-mod flush;
 pub mod assemble;
+mod flush;
 mod format;
 pub mod global;
 #[cfg(feature = "hdf5")]
@@ -116,7 +116,7 @@ pub use hdf5::{export_hdf5, ExportError, Exported};
 pub use npy::{restore_global_npy, restore_npy, RestoredRegion};
 pub use reader::{Catalog, ChainListing, Restore};
 pub use verify::{verify, Damage, VerifyReport};
-pub use writer::{WriteBehind, Written, Writer, WriterOptions};
+pub use writer::{WriteBehind, Writer, WriterOptions, Written};
 
 /// What is checkpointed: the producer's page space and the regions laid out in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,7 +170,12 @@ impl PageSource for Snapshot {
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("{what} {}: {source}", path.display())]
-    Io { what: &'static str, path: PathBuf, #[source] source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{}: not a tcasm checkpoint file (magic {found:?})", file.display())]
     BadMagic { file: PathBuf, found: String },
     #[error("{}: checkpoint format {found}; this tcasm reads formats {FORMAT} and {FORMAT_JOB}", file.display())]

@@ -83,10 +83,18 @@ pub fn restore_global_npy(field: &GlobalField, out: &Path) -> Result<Vec<Restore
     super::output::write_dir(out, |temp| {
         let mut restored = Vec::new();
         for a in &field.regions {
-            let info = RegionInfo { name: a.name.clone(), dtype: a.dtype, shape: a.shape.clone(), first_page: 0, pages: 0, offset: 0 };
+            let info = RegionInfo {
+                name: a.name.clone(),
+                dtype: a.dtype,
+                shape: a.shape.clone(),
+                first_page: 0,
+                pages: 0,
+                offset: 0,
+            };
             let name = file_name(&info);
             let path = temp.join(&name);
-            fs::write(&path, [header(a.dtype, &a.shape), a.bytes.clone()].concat()).map_err(CheckpointError::io("writing", &path))?;
+            fs::write(&path, [header(a.dtype, &a.shape), a.bytes.clone()].concat())
+                .map_err(CheckpointError::io("writing", &path))?;
             restored.push(RestoredRegion {
                 name: a.name.clone(),
                 file: name,
@@ -96,8 +104,13 @@ pub fn restore_global_npy(field: &GlobalField, out: &Path) -> Result<Vec<Restore
                 bytes: a.bytes.len(),
             });
         }
-        let json = serde_json::to_vec_pretty(&GlobalRestoreManifest { global: true, version: field.version, ranks: field.ranks, regions: &restored })
-            .expect("a manifest of strings and numbers serializes");
+        let json = serde_json::to_vec_pretty(&GlobalRestoreManifest {
+            global: true,
+            version: field.version,
+            ranks: field.ranks,
+            regions: &restored,
+        })
+        .expect("a manifest of strings and numbers serializes");
         let json_path = temp.join("manifest.json");
         fs::write(&json_path, json).map_err(CheckpointError::io("writing", &json_path))?;
         Ok(restored)

@@ -11,9 +11,11 @@ use super::CheckpointError;
 /// `manifest.json` at its top), which is replaced; anything else is refused, untouched. On
 /// error the temporary directory is removed.
 pub fn write_dir<T>(out: &Path, fill: impl FnOnce(&Path) -> Result<T, CheckpointError>) -> Result<T, CheckpointError> {
-    let name = out.file_name().and_then(|n| n.to_str()).filter(|n| *n != "." && *n != "..").ok_or_else(|| CheckpointError::BadOutput {
-        dir: out.to_path_buf(),
-        what: "name a directory to create, such as restored/".into(),
+    let name = out.file_name().and_then(|n| n.to_str()).filter(|n| *n != "." && *n != "..").ok_or_else(|| {
+        CheckpointError::BadOutput {
+            dir: out.to_path_buf(),
+            what: "name a directory to create, such as restored/".into(),
+        }
     })?;
     let parent = match out.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),

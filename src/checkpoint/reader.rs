@@ -97,7 +97,10 @@ impl Catalog {
 
     /// Whether `chain` starts with a complete, intact base manifest.
     pub fn has_base(&self, chain: &ChainListing) -> bool {
-        chain.complete.first().is_some_and(|&v| load_manifest(&chain.dir, chain.number, v).is_ok_and(|(m, _)| m.is_base()))
+        chain
+            .complete
+            .first()
+            .is_some_and(|&v| load_manifest(&chain.dir, chain.number, v).is_ok_and(|(m, _)| m.is_base()))
     }
 
     /// What the chains hold, for messages: "chain 1: v3..v40 (12)".
@@ -124,7 +127,9 @@ pub(super) fn load_manifest(dir: &Path, chain: u64, version: u64) -> Result<(Man
     let file = format::manifest_path(dir, version);
     let bytes = match fs::read(&file) {
         Ok(b) => b,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Err(CheckpointError::MissingManifest { chain, version, file }),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err(CheckpointError::MissingManifest { chain, version, file })
+        }
         Err(e) => return Err(CheckpointError::io("reading", file)(e)),
     };
     let manifest = Manifest::decode(&bytes, &file)?;
@@ -139,16 +144,30 @@ pub(super) fn load_manifest(dir: &Path, chain: u64, version: u64) -> Result<(Man
 
 /// Checks that `parent` (whose manifest has checksum `checksum`) is the checkpoint `child`
 /// was written on, in the chain directory `dir`.
-pub(super) fn check_link(dir: &Path, child: &Manifest, parent: &Manifest, checksum: u32) -> Result<(), CheckpointError> {
+pub(super) fn check_link(
+    dir: &Path,
+    child: &Manifest,
+    parent: &Manifest,
+    checksum: u32,
+) -> Result<(), CheckpointError> {
     let Some(link) = child.parent else { return Ok(()) };
     let file = format::manifest_path(dir, child.version);
     if checksum != link.checksum {
         let parent_file = format::manifest_path(dir, link.version);
-        return Err(CheckpointError::BrokenLink { file, parent: link.version, parent_file, recorded: link.checksum, found: checksum });
+        return Err(CheckpointError::BrokenLink {
+            file,
+            parent: link.version,
+            parent_file,
+            recorded: link.checksum,
+            found: checksum,
+        });
     }
     let (c, p) = (&child.space, &parent.space);
     if parent.base != child.base || p.page_size != c.page_size || p.page_count != c.page_count {
-        return Err(CheckpointError::BadManifest { file, what: format!("its page space or base differs from its parent v{}'s", link.version) });
+        return Err(CheckpointError::BadManifest {
+            file,
+            what: format!("its page space or base differs from its parent v{}'s", link.version),
+        });
     }
     Ok(())
 }
@@ -169,7 +188,10 @@ impl DataFile {
         let file = match File::open(&path) {
             Ok(f) => f,
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(CheckpointError::MissingData { manifest: format::manifest_path(dir, manifest.version), file: path })
+                return Err(CheckpointError::MissingData {
+                    manifest: format::manifest_path(dir, manifest.version),
+                    file: path,
+                })
             }
             Err(e) => return Err(CheckpointError::io("opening", path)(e)),
         };
@@ -188,10 +210,21 @@ impl DataFile {
     }
 
     /// Reads chunk number `index` (at byte `offset`) into `buf` and checks its checksum.
-    pub(super) fn read_chunk(&self, index: usize, offset: u64, chunk: &Chunk, page_size: usize, buf: &mut Vec<u8>) -> Result<(), CheckpointError> {
+    pub(super) fn read_chunk(
+        &self,
+        index: usize,
+        offset: u64,
+        chunk: &Chunk,
+        page_size: usize,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), CheckpointError> {
         buf.resize(chunk.pages * page_size, 0);
         if offset + buf.len() as u64 > self.len {
-            return Err(CheckpointError::Truncated { file: self.path.clone(), expected: self.expected, actual: self.len });
+            return Err(CheckpointError::Truncated {
+                file: self.path.clone(),
+                expected: self.expected,
+                actual: self.len,
+            });
         }
         self.file.read_exact_at(buf, offset).map_err(CheckpointError::io("reading", &self.path))?;
         let computed = crc32fast::hash(buf);
@@ -225,10 +258,22 @@ impl Restore {
             Some(v) => match catalog.find(v) {
                 Some(number) => (number, v),
                 None => {
-                    let left = catalog.chains.iter().rev().find(|c| c.incomplete.iter().any(|p| *p == format::data_path(&c.dir, v)));
+                    let left = catalog
+                        .chains
+                        .iter()
+                        .rev()
+                        .find(|c| c.incomplete.iter().any(|p| *p == format::data_path(&c.dir, v)));
                     return Err(match left {
-                        Some(c) => CheckpointError::MissingManifest { chain: c.number, version: v, file: format::manifest_path(&c.dir, v) },
-                        None => CheckpointError::NoSuchVersion { dir: dir.to_path_buf(), version: v, have: catalog.describe() },
+                        Some(c) => CheckpointError::MissingManifest {
+                            chain: c.number,
+                            version: v,
+                            file: format::manifest_path(&c.dir, v),
+                        },
+                        None => CheckpointError::NoSuchVersion {
+                            dir: dir.to_path_buf(),
+                            version: v,
+                            have: catalog.describe(),
+                        },
                     });
                 }
             },
@@ -284,7 +329,10 @@ impl Restore {
     /// (the base holds every page: decoding its manifest checked that). Only the data files
     /// and chunks that deliver pages are read (see `plan.rs`), each chunk checked before
     /// delivery.
-    pub fn read(&self, mut sink: impl FnMut(usize, &[u8]) -> Result<(), CheckpointError>) -> Result<(), CheckpointError> {
+    pub fn read(
+        &self,
+        mut sink: impl FnMut(usize, &[u8]) -> Result<(), CheckpointError>,
+    ) -> Result<(), CheckpointError> {
         let page_size = self.manifest().space.page_size;
         let plan = ReadPlan::new(&self.chain);
         let mut buf = Vec::new();

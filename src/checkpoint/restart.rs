@@ -132,7 +132,13 @@ pub fn match_regions(restore: &Restore, regions: &[RegionInfo]) -> Result<Vec<us
         };
         let t = &theirs[i];
         if t.dtype != r.dtype {
-            return Err(RestartError::WrongType { dir, version: m.version, region: r.name.clone(), checkpoint: t.dtype, producer: r.dtype });
+            return Err(RestartError::WrongType {
+                dir,
+                version: m.version,
+                region: r.name.clone(),
+                checkpoint: t.dtype,
+                producer: r.dtype,
+            });
         }
         if t.shape != r.shape {
             return Err(RestartError::WrongShape {
@@ -155,7 +161,11 @@ pub fn match_regions(restore: &Restore, regions: &[RegionInfo]) -> Result<Vec<us
 /// is called to put `bytes` at byte `at` of region number `region` (an index into
 /// `regions`), covering every byte of every region once. Nothing is written unless every
 /// region matches and every chunk read checks out. `Ok(None)`: there is no checkpoint.
-pub fn load(dirs: &[&Path], regions: &[RegionInfo], write: impl FnMut(usize, usize, &[u8])) -> Result<Option<Restarted>, RestartError> {
+pub fn load(
+    dirs: &[&Path],
+    regions: &[RegionInfo],
+    write: impl FnMut(usize, usize, &[u8]),
+) -> Result<Option<Restarted>, RestartError> {
     if regions.is_empty() {
         return Err(RestartError::NoRegions);
     }
@@ -168,7 +178,12 @@ pub fn load(dirs: &[&Path], regions: &[RegionInfo], write: impl FnMut(usize, usi
 /// holding that very checkpoint intact (node-local first). Every rank of the job finds the
 /// same global version, so ranks never mix versions; a rank's own newer checkpoints are
 /// ignored. `Ok(None)`: no global checkpoint anywhere (a first run).
-pub fn load_job(dirs: &[&Path], name: &str, regions: &[RegionInfo], write: impl FnMut(usize, usize, &[u8])) -> Result<Option<Restarted>, RestartError> {
+pub fn load_job(
+    dirs: &[&Path],
+    name: &str,
+    regions: &[RegionInfo],
+    write: impl FnMut(usize, usize, &[u8]),
+) -> Result<Option<Restarted>, RestartError> {
     if regions.is_empty() {
         return Err(RestartError::NoRegions);
     }
@@ -189,10 +204,21 @@ pub fn load_job(dirs: &[&Path], name: &str, regions: &[RegionInfo], write: impl 
         };
         let checked = opened.and_then(|r| r.read(|_, _| Ok(())).map(|()| r));
         match checked {
-            Ok(r) if if named { global::part_present(gdir, part, g.version) } else { global::same_checkpoint(&r, gdir, part, g.version) } => {
+            Ok(r)
+                if if named {
+                    global::part_present(gdir, part, g.version)
+                } else {
+                    global::same_checkpoint(&r, gdir, part, g.version)
+                } =>
+            {
                 return load_from(r, regions, write)
             }
-            Ok(r) => tracing::warn!("{}: v{} is not the checkpoint global v{} names; reading another level", r.chain_dir().display(), g.version, g.version),
+            Ok(r) => tracing::warn!(
+                "{}: v{} is not the checkpoint global v{} names; reading another level",
+                r.chain_dir().display(),
+                g.version,
+                g.version
+            ),
             Err(CheckpointError::Io { source, .. }) if source.kind() == ErrorKind::NotFound && !rank_dir.exists() => {}
             Err(e) => {
                 tracing::warn!("{e}");
@@ -204,7 +230,11 @@ pub fn load_job(dirs: &[&Path], name: &str, regions: &[RegionInfo], write: impl 
 }
 
 /// Loads the checkpoint `restore` opened into `regions` (see [`load`]).
-fn load_from(restore: Restore, regions: &[RegionInfo], mut write: impl FnMut(usize, usize, &[u8])) -> Result<Option<Restarted>, RestartError> {
+fn load_from(
+    restore: Restore,
+    regions: &[RegionInfo],
+    mut write: impl FnMut(usize, usize, &[u8]),
+) -> Result<Option<Restarted>, RestartError> {
     let index = match_regions(&restore, regions)?;
     let m = restore.manifest();
     let page = m.space.page_size;

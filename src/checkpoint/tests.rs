@@ -4,8 +4,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use super::format::{self, Manifest};
-use super::*;
 use super::restart;
+use super::*;
 use crate::region::{Dtype, RegionInfo};
 
 const PAGE: usize = 4096;
@@ -151,7 +151,8 @@ fn a_second_writer_is_refused_and_older_versions_too() {
 #[test]
 fn keep_retires_whole_chains_once_a_newer_base_is_complete() {
     let dir = scratch("keep");
-    let written = write(&dir, &[1, 2, 3, 4, 5, 6, 7], WriterOptions { full_every: Some(2), keep: Some(2), ..Default::default() });
+    let written =
+        write(&dir, &[1, 2, 3, 4, 5, 6, 7], WriterOptions { full_every: Some(2), keep: Some(2), ..Default::default() });
     let retired: Vec<u64> = written.iter().flat_map(|w| w.retired.clone()).collect();
     assert_eq!(retired, [1, 2]);
     let catalog = Catalog::open(&dir).unwrap();
@@ -281,7 +282,10 @@ fn verify_and_restore_agree_per_page_on_a_truncated_base() {
     // A missing base data file is the same: v6 still restores, v1 does not.
     fs::remove_file(format::data_path(&format::chain_dir(&dir, 1), 1)).unwrap();
     let report = verify(&dir).unwrap();
-    assert_eq!((report.damage[0].unrestorable.as_slice(), report.restorable.as_slice()), ([1].as_slice(), [(1, 6)].as_slice()));
+    assert_eq!(
+        (report.damage[0].unrestorable.as_slice(), report.restorable.as_slice()),
+        ([1].as_slice(), [(1, 6)].as_slice())
+    );
     assert!(restored(&dir, Some(6)).unwrap() == Fake::at(6).image());
     fs::remove_dir_all(&dir).unwrap();
 }
@@ -380,7 +384,9 @@ fn npy_files_hold_each_region_after_a_standard_header() {
     assert_eq!(json["regions"][1]["numpy_descr"], "<f8");
     let h = npy::header(Dtype::F64, &[3, 4]);
     assert_eq!(&h[..10], b"\x93NUMPY\x01\x00\x76\x00");
-    assert!(String::from_utf8_lossy(&h[10..]).starts_with("{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }"));
+    assert!(
+        String::from_utf8_lossy(&h[10..]).starts_with("{'descr': '<f8', 'fortran_order': False, 'shape': (3, 4), }")
+    );
     assert!(String::from_utf8_lossy(&npy::header(Dtype::U8, &[5])[10..]).contains("'shape': (5,)"));
     fs::remove_dir_all(&dir).unwrap();
 }
@@ -430,7 +436,11 @@ fn hdf5_export_names_a_region_it_cannot_place_and_leaves_nothing() {
     let out = dir.join("x.h5");
     let e = export_hdf5(&[Restore::open(&dir, None).unwrap()], &out, false).unwrap_err();
     assert!(e.to_string().contains("create the dataset \"grid/u/t\""), "{e}");
-    let left: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).filter(|n| n != ".lock" && !n.to_string_lossy().starts_with("chain-")).collect();
+    let left: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .filter(|n| n != ".lock" && !n.to_string_lossy().starts_with("chain-"))
+        .collect();
     assert!(left.is_empty(), "{left:?}");
     fs::remove_dir_all(&dir).unwrap();
 }
@@ -553,7 +563,10 @@ fn flushes_carry_base_and_increments_and_restore_on_their_own() {
     w.start_new_chain();
     w.write(&Fake::at(9), |_, _| {}).unwrap();
     let flushed = f.flush(2, 9, |_, _| {}).unwrap();
-    assert_eq!((flushed.chain, flushed.copied.as_slice(), flushed.retired.as_slice()), (2, [9].as_slice(), [1].as_slice()));
+    assert_eq!(
+        (flushed.chain, flushed.copied.as_slice(), flushed.retired.as_slice()),
+        (2, [9].as_slice(), [1].as_slice())
+    );
     assert!(restored(&persistent, None).unwrap() == Fake::at(9).image());
     // One flusher per persistent directory; a missing one is refused with what to do.
     assert!(matches!(Flusher::create(&local, &persistent, None), Err(CheckpointError::Busy { .. })));

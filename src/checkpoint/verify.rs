@@ -83,12 +83,17 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, CheckpointError> {
             }
             if let Some(link) = manifest.parent {
                 if chain.complete.binary_search(&link.version).is_err() {
-                    let (chain, version, file) = (chain.number, link.version, format::manifest_path(&chain.dir, link.version));
-                    found.push((v, Scope::Link, if version == manifest.base {
-                        CheckpointError::MissingBase { chain, version, file }
-                    } else {
-                        CheckpointError::MissingManifest { chain, version, file }
-                    }));
+                    let (chain, version, file) =
+                        (chain.number, link.version, format::manifest_path(&chain.dir, link.version));
+                    found.push((
+                        v,
+                        Scope::Link,
+                        if version == manifest.base {
+                            CheckpointError::MissingBase { chain, version, file }
+                        } else {
+                            CheckpointError::MissingManifest { chain, version, file }
+                        },
+                    ));
                 } else if let Some(Some((parent, parent_sum))) = loaded.get(&link.version) {
                     if let Err(e) = check_link(&chain.dir, &manifest, parent, *parent_sum) {
                         found.push((v, Scope::Link, e));
@@ -98,7 +103,9 @@ pub fn verify(dir: &Path) -> Result<VerifyReport, CheckpointError> {
             loaded.insert(v, Some((manifest, sum)));
         }
         let lost_to = costs(&loaded, &found);
-        report.restorable.extend(loaded.keys().filter(|v| lost_to.values().all(|lost| !lost.contains(v))).map(|&v| (chain.number, v)));
+        report.restorable.extend(
+            loaded.keys().filter(|v| lost_to.values().all(|lost| !lost.contains(v))).map(|&v| (chain.number, v)),
+        );
         for (i, (version, _, error)) in found.into_iter().enumerate() {
             let unrestorable = lost_to.get(&i).map(|l| l.iter().copied().collect()).unwrap_or_default();
             report.damage.push(Damage { chain: chain.number, version, error, unrestorable });

@@ -104,7 +104,11 @@ impl Writer {
     /// pages as they are written. On error nothing is left that a reader would take for a
     /// checkpoint (unless only the final directory sync failed), and the next call starts
     /// from the same parent.
-    pub fn write(&mut self, source: &impl PageSource, mut progress: impl FnMut(u64, u64)) -> Result<Written, CheckpointError> {
+    pub fn write(
+        &mut self,
+        source: &impl PageSource,
+        mut progress: impl FnMut(u64, u64),
+    ) -> Result<Written, CheckpointError> {
         let started = Instant::now();
         let version = source.version();
         if let Some(c) = &self.chain {
@@ -114,14 +118,17 @@ impl Writer {
         }
         let extend = self.extending();
         let (number, dir, base, parent, changed, checkpoints) = match extend {
-            Some(c) => (c.number, c.dir.clone(), c.base, Some(c.last), source.changed_since(c.last.version), c.checkpoints + 1),
+            Some(c) => {
+                (c.number, c.dir.clone(), c.base, Some(c.last), source.changed_since(c.last.version), c.checkpoints + 1)
+            }
             None => {
                 let (number, dir) = self.new_chain()?;
                 let every_page = 0..self.space.page_count;
                 (number, dir, version, None, vec![every_page], 1)
             }
         };
-        let mut manifest = Manifest { chain: number, version, base, parent, space: self.space.clone(), chunks: Vec::new() };
+        let mut manifest =
+            Manifest { chain: number, version, base, parent, space: self.space.clone(), chunks: Vec::new() };
         let checksum = match write_checkpoint(&dir, &mut manifest, &changed, source, &mut progress) {
             Ok(sum) => sum,
             Err(e) if format::manifest_path(&dir, version).exists() => {

@@ -61,7 +61,8 @@ fn joined(values: impl IntoIterator<Item = impl ToString>) -> String {
 fn grid(out: &mut String, indent: usize, name: &str, time: f64, shape: &[usize], datasets: &[&Dataset], h5_file: &str) {
     let pad = " ".repeat(indent);
     let rank = shape.len();
-    let (topology, geometry) = if rank == 3 { ("3DCoRectMesh", "ORIGIN_DXDYDZ") } else { ("2DCoRectMesh", "ORIGIN_DXDY") };
+    let (topology, geometry) =
+        if rank == 3 { ("3DCoRectMesh", "ORIGIN_DXDYDZ") } else { ("2DCoRectMesh", "ORIGIN_DXDY") };
     let nodes = joined(shape.iter().map(|n| n + 1));
     let _ = writeln!(out, "{pad}<Grid Name=\"{}\" GridType=\"Uniform\">", escape(name));
     let _ = writeln!(out, "{pad}  <Time Value=\"{time}\"/>");
@@ -77,7 +78,8 @@ fn grid(out: &mut String, indent: usize, name: &str, time: f64, shape: &[usize],
     let _ = writeln!(out, "{pad}  </Geometry>");
     for d in datasets {
         let (number, precision) = number_type(d.dtype);
-        let _ = writeln!(out, "{pad}  <Attribute Name=\"{}\" AttributeType=\"Scalar\" Center=\"Cell\">", escape(&d.region));
+        let _ =
+            writeln!(out, "{pad}  <Attribute Name=\"{}\" AttributeType=\"Scalar\" Center=\"Cell\">", escape(&d.region));
         let _ = writeln!(
             out,
             "{pad}    <DataItem Dimensions=\"{}\" NumberType=\"{number}\" Precision=\"{precision}\" Format=\"HDF\">{}:{}</DataItem>",
@@ -109,7 +111,9 @@ pub(super) fn document(h5_file: &str, versions: &[Version]) -> Option<String> {
     if grids.is_empty() {
         return None;
     }
-    let mut out = String::from("<?xml version=\"1.0\" ?>\n<!DOCTYPE Xdmf SYSTEM \"Xdmf.dtd\" []>\n<Xdmf Version=\"2.0\">\n  <Domain>\n");
+    let mut out = String::from(
+        "<?xml version=\"1.0\" ?>\n<!DOCTYPE Xdmf SYSTEM \"Xdmf.dtd\" []>\n<Xdmf Version=\"2.0\">\n  <Domain>\n",
+    );
     for (shape, steps) in grids {
         let name = joined(shape).replace(' ', "x");
         if versions.len() == 1 {
@@ -137,7 +141,11 @@ mod tests {
 
     #[test]
     fn only_ranks_2_and_3_make_grids() {
-        let v = Version { version: 3, step: None, datasets: vec![dataset("x", "/x", Dtype::F64, &[10]), dataset("p", "/p", Dtype::F64, &[2, 2, 2, 2])] };
+        let v = Version {
+            version: 3,
+            step: None,
+            datasets: vec![dataset("x", "/x", Dtype::F64, &[10]), dataset("p", "/p", Dtype::F64, &[2, 2, 2, 2])],
+        };
         assert_eq!(document("a.h5", &[v]), None);
     }
 
@@ -163,7 +171,11 @@ mod tests {
 
     #[test]
     fn versions_make_a_temporal_collection_timed_by_step_or_version() {
-        let v = |version, step| Version { version, step, datasets: vec![dataset("t", &format!("/v{version}/t"), Dtype::F64, &[4, 5])] };
+        let v = |version, step| Version {
+            version,
+            step,
+            datasets: vec![dataset("t", &format!("/v{version}/t"), Dtype::F64, &[4, 5])],
+        };
         let doc = document("a.h5", &[v(1, Some(10.0)), v(2, Some(20.0))]).unwrap();
         assert_eq!(doc.matches("CollectionType=\"Temporal\"").count(), 1, "{doc}");
         assert!(doc.contains("<Time Value=\"10\"/>") && doc.contains("<Time Value=\"20\"/>"), "{doc}");

@@ -30,12 +30,12 @@ use crate::endpoint::Server;
 use crate::error::{CreateError, PublishError, RegionError};
 use crate::region::{check_name, check_shape, Dtype, Element, Region, RegionInfo};
 use crate::store::layout::Layout;
-use crate::store::writer::{Prepared, Published, Source, StoreWriter};
 pub use crate::store::writer::Freed;
+use crate::store::writer::{Prepared, Published, Source, StoreWriter};
 use crate::sys::mem::RegionMemory;
 use crate::sys::page_size;
-use crate::track::{self, Changes, Detected, Outcome, Tracker, TrackerKind};
 use crate::track::deferred::{self, Deferred, RegionCover};
+use crate::track::{self, Changes, Detected, Outcome, Tracker, TrackerKind};
 
 /// How a producer is set up.
 #[derive(Clone, Debug)]
@@ -146,9 +146,7 @@ impl Producer {
             TrackerKind::Copy => (TrackerKind::Copy, None),
             asked => {
                 let d = track::detect();
-                let kind = d
-                    .resolve(asked)
-                    .map_err(|reason| CreateError::Tracker { kind: asked, reason })?;
+                let kind = d.resolve(asked).map_err(|reason| CreateError::Tracker { kind: asked, reason })?;
                 if kind == TrackerKind::Copy {
                     tracing::warn!("{}; publishing with the copy tracker", d.describe());
                 }
@@ -157,10 +155,10 @@ impl Producer {
         };
         let tracker = track::create(kind).map_err(|reason| CreateError::Tracker { kind, reason })?;
         let deferred = match kind {
-            TrackerKind::Deferred => Some(Deferred::new().map_err(|source| CreateError::Io {
-                what: "starting the copier thread".into(),
-                source,
-            })?),
+            TrackerKind::Deferred => Some(
+                Deferred::new()
+                    .map_err(|source| CreateError::Io { what: "starting the copier thread".into(), source })?,
+            ),
             _ => None,
         };
         let server = Server::bind(name, options.group.as_deref())?;
@@ -221,7 +219,12 @@ impl Producer {
 
     /// Takes over `data` (any length; its storage need not be page-aligned) as a region of
     /// `shape`.
-    pub fn wrap_vec<T: Element>(&mut self, name: &str, data: Vec<T>, shape: &[usize]) -> Result<Region<T>, RegionError> {
+    pub fn wrap_vec<T: Element>(
+        &mut self,
+        name: &str,
+        data: Vec<T>,
+        shape: &[usize],
+    ) -> Result<Region<T>, RegionError> {
         let elements = data.len();
         let bytes = std::mem::size_of_val(data.as_slice());
         let memory = self.add(name, T::DTYPE, shape, RegionMemory::from_vec(data), bytes)?;
@@ -248,7 +251,14 @@ impl Producer {
         self.add(name, T::DTYPE, shape, memory, bytes).map(drop)
     }
 
-    fn add(&mut self, name: &str, dtype: Dtype, shape: &[usize], memory: RegionMemory, bytes: usize) -> Result<Arc<RegionMemory>, RegionError> {
+    fn add(
+        &mut self,
+        name: &str,
+        dtype: Dtype,
+        shape: &[usize],
+        memory: RegionMemory,
+        bytes: usize,
+    ) -> Result<Arc<RegionMemory>, RegionError> {
         check_name(name).map_err(RegionError::Invalid)?;
         let elements = check_shape(name, shape).map_err(RegionError::Invalid)?;
         if self.store.is_some() {
@@ -264,7 +274,9 @@ impl Producer {
         if addr == 0 || !addr.is_multiple_of(dtype.size()) {
             return Err(RegionError::Misaligned { name: name.to_string(), addr, dtype, align: dtype.size() });
         }
-        if let Some(other) = self.regions.iter().find(|r| addr < r.memory.addr() + r.bytes && r.memory.addr() < addr + bytes) {
+        if let Some(other) =
+            self.regions.iter().find(|r| addr < r.memory.addr() + r.bytes && r.memory.addr() < addr + bytes)
+        {
             return Err(RegionError::Invalid(format!(
                 "region {name:?} overlaps region {:?}: wrap each buffer once",
                 other.info.name
@@ -369,11 +381,7 @@ impl Producer {
             addresses(&self.regions, r.clone(), &mut changed);
         }
         track::coalesce(&mut changed);
-        self.tracker.published(&Outcome {
-            changed: &changed,
-            compared,
-            compare_time: done.compare_time,
-        });
+        self.tracker.published(&Outcome { changed: &changed, compared, compare_time: done.compare_time });
         self.stats = ProducerStats {
             versions: prepared.version,
             last_pages_copied: prepared.dirty_pages,
@@ -418,13 +426,10 @@ impl Producer {
         let store = self.store.as_mut().expect("store created before");
         let deferred = self.deferred.as_mut().expect("deferred path");
         let pending = deferred.begin(store.mapped());
-        self.tracker
-            .as_sync()
-            .expect("the deferred path runs on the sync tracker")
-            .set_first_write(Some(pending));
-        let prepared = self.collect_changes(first).and_then(|()| {
-            self.store.as_mut().expect("store created before").prepare(&self.dirty)
-        });
+        self.tracker.as_sync().expect("the deferred path runs on the sync tracker").set_first_write(Some(pending));
+        let prepared = self
+            .collect_changes(first)
+            .and_then(|()| self.store.as_mut().expect("store created before").prepare(&self.dirty));
         let deferred = self.deferred.as_mut().expect("deferred path");
         match prepared {
             Ok(prepared) => {

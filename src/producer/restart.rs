@@ -43,7 +43,11 @@ impl Producer {
     /// }
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn restore(&mut self, dirs: &[&Path], handles: &mut [&mut dyn RegionHandle]) -> Result<Option<Restarted>, RestartError> {
+    pub fn restore(
+        &mut self,
+        dirs: &[&Path],
+        handles: &mut [&mut dyn RegionHandle],
+    ) -> Result<Option<Restarted>, RestartError> {
         if self.store.is_some() {
             return Err(RestartError::AfterFirstPublish);
         }

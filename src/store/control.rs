@@ -304,9 +304,8 @@ impl<'a, W: Word> RecordLog<'a, W> {
         if count > max_runs as u64 || Self::record_words(count as usize) > room {
             return Err(self.unless_overwritten(pos, corrupt(format!("{count} runs do not fit the log"))));
         }
-        let runs: Vec<Run> = (0..count as usize)
-            .map(|i| Run::decode(std::array::from_fn(|j| head(2 + RUN_WORDS * i + j))))
-            .collect();
+        let runs: Vec<Run> =
+            (0..count as usize).map(|i| Run::decode(std::array::from_fn(|j| head(2 + RUN_WORDS * i + j)))).collect();
         let version = head(0);
         if self.overwritten(pos) {
             return Err(RecordError::Overwritten);

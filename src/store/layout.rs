@@ -248,8 +248,7 @@ impl Layout {
                 name.extend_from_slice(&read(at + reg::NAME + k).to_le_bytes());
             }
             let end = name.iter().position(|&b| b == 0).unwrap_or(64);
-            let name = String::from_utf8(name[..end].to_vec())
-                .map_err(|_| format!("region {i}: name is not UTF-8"))?;
+            let name = String::from_utf8(name[..end].to_vec()).map_err(|_| format!("region {i}: name is not UTF-8"))?;
             check_name(&name).map_err(|e| format!("region {i}: {e}"))?;
             let dtype = Dtype::from_code(read(at + reg::DTYPE) as u32)
                 .ok_or_else(|| format!("region {name:?}: unknown element type code {}", read(at + reg::DTYPE)))?;
@@ -302,9 +301,30 @@ mod tests {
             page_size: page,
             page_count: 6,
             regions: vec![
-                RegionInfo { name: "t".into(), dtype: Dtype::F64, shape: vec![16, 32], first_page: 0, pages: 1, offset: 0 },
-                RegionInfo { name: "u".into(), dtype: Dtype::I32, shape: vec![4000], first_page: 1, pages: 4, offset: 8 },
-                RegionInfo { name: "f".into(), dtype: Dtype::F32, shape: vec![2, 1, 3, 1, 2, 1, 2, 2], first_page: 5, pages: 1, offset: 0 },
+                RegionInfo {
+                    name: "t".into(),
+                    dtype: Dtype::F64,
+                    shape: vec![16, 32],
+                    first_page: 0,
+                    pages: 1,
+                    offset: 0,
+                },
+                RegionInfo {
+                    name: "u".into(),
+                    dtype: Dtype::I32,
+                    shape: vec![4000],
+                    first_page: 1,
+                    pages: 4,
+                    offset: 8,
+                },
+                RegionInfo {
+                    name: "f".into(),
+                    dtype: Dtype::F32,
+                    shape: vec![2, 1, 3, 1, 2, 1, 2, 2],
+                    first_page: 5,
+                    pages: 1,
+                    offset: 0,
+                },
             ],
             log_words: Layout::log_words_for(6),
             pin_slots: 8,
@@ -330,9 +350,20 @@ mod tests {
     #[test]
     fn every_header_field_is_checked() {
         let l = sample();
-        for field in [Header::MAGIC, Header::LAYOUT, Header::PAGE_SIZE, Header::PAGE_COUNT, Header::REGION_COUNT,
-                      Header::VERSION_RING, Header::REGIONS_AT, Header::VERSIONS_AT, Header::OBSERVERS_AT, Header::LOG_AT,
-                      Header::LOG_WORDS, Header::PIN_SLOTS] {
+        for field in [
+            Header::MAGIC,
+            Header::LAYOUT,
+            Header::PAGE_SIZE,
+            Header::PAGE_COUNT,
+            Header::REGION_COUNT,
+            Header::VERSION_RING,
+            Header::REGIONS_AT,
+            Header::VERSIONS_AT,
+            Header::OBSERVERS_AT,
+            Header::LOG_AT,
+            Header::LOG_WORDS,
+            Header::PIN_SLOTS,
+        ] {
             let mut w = words_of(&l);
             w[field] = w[field].wrapping_add(1 << 40);
             assert!(Layout::decode(&|i| w[i], w.len()).is_err(), "field {field} not checked");

@@ -105,11 +105,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::layout::{Layout, PINS_PER_SLOT};
-    use crate::sys::memfd::SharedFile;
     use super::reader::StoreReader;
     use super::writer::{Freed, Source, StoreWriter};
     use crate::region::{Dtype, Region, RegionInfo};
     use crate::sys::mem::RegionMemory;
+    use crate::sys::memfd::SharedFile;
     use crate::sys::page_size;
 
     use crate::test_rng::Rng;
@@ -120,7 +120,14 @@ mod tests {
         let layout = Layout {
             page_size: page,
             page_count: pages,
-            regions: vec![RegionInfo { name: "r".into(), dtype: Dtype::U8, shape: vec![pages * page], first_page: 0, pages, offset: 0 }],
+            regions: vec![RegionInfo {
+                name: "r".into(),
+                dtype: Dtype::U8,
+                shape: vec![pages * page],
+                first_page: 0,
+                pages,
+                offset: 0,
+            }],
             log_words: Layout::log_words_for(pages),
             pin_slots: 4,
             job: None,
@@ -139,7 +146,10 @@ mod tests {
             let at = reader.layout().slot_offset(slot) / 8;
             let words = &pool.words()[at..at + page / 8];
             let first = words[0].load(std::sync::atomic::Ordering::Relaxed);
-            assert!(words.iter().all(|w| w.load(std::sync::atomic::Ordering::Relaxed) == first), "page {p} of version {v} is torn");
+            assert!(
+                words.iter().all(|w| w.load(std::sync::atomic::Ordering::Relaxed) == first),
+                "page {p} of version {v} is torn"
+            );
             bytes.push(first as u8);
         }
         bytes
@@ -194,7 +204,11 @@ mod tests {
                 _ => {}
             }
             for pinned in held.iter().flatten() {
-                assert_eq!(read_version(&reader, *pinned), expected[*pinned as usize], "version {pinned} changed at version {v}");
+                assert_eq!(
+                    read_version(&reader, *pinned),
+                    expected[*pinned as usize],
+                    "version {pinned} changed at version {v}"
+                );
             }
         }
         for (k, h) in held.iter_mut().enumerate() {

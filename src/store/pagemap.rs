@@ -65,14 +65,23 @@ impl PageMap {
     pub fn overwrite(&self, pieces: &[Run]) -> PageMap {
         fn push(out: &mut Vec<Run>, r: Run) {
             match out.last_mut() {
-                Some(l) if l.pages().end == r.first as usize && l.slot_of(r.first as usize) == r.slot && l.written == r.written => {
+                Some(l)
+                    if l.pages().end == r.first as usize
+                        && l.slot_of(r.first as usize) == r.slot
+                        && l.written == r.written =>
+                {
                     l.count += r.count
                 }
                 _ if r.count > 0 => out.push(r),
                 _ => {}
             }
         }
-        let part = |r: &Run, from: usize, to: usize| Run { first: from as u32, count: (to - from) as u32, slot: r.slot_of(from), written: r.written };
+        let part = |r: &Run, from: usize, to: usize| Run {
+            first: from as u32,
+            count: (to - from) as u32,
+            slot: r.slot_of(from),
+            written: r.written,
+        };
         let mut out = Vec::with_capacity(self.runs.len() + 2 * pieces.len());
         let mut pieces = pieces.iter().peekable();
         // Pages before this are decided: kept from a run, or covered by a piece.
@@ -208,7 +217,10 @@ mod tests {
             }
             assert_eq!(map.overwrite(&pieces), PageMap::from_pages(&slot, &written), "{map:?} with {pieces:?}");
         }
-        assert_eq!(PageMap::default().overwrite(&[Run { first: 0, count: 3, slot: 7, written: 1 }]), PageMap::from_pages(&[7, 8, 9], &[1, 1, 1]));
+        assert_eq!(
+            PageMap::default().overwrite(&[Run { first: 0, count: 3, slot: 7, written: 1 }]),
+            PageMap::from_pages(&[7, 8, 9], &[1, 1, 1])
+        );
     }
 
     #[test]

@@ -194,7 +194,10 @@ mod tests {
         assert_eq!(f.reserve_slots(), 15);
         out.clear();
         assert_eq!(f.take(20, &mut out), 20);
-        assert_eq!(out, vec![Stretch { start: 10, count: 15, fresh: false }, Stretch { start: 30, count: 5, fresh: true }]);
+        assert_eq!(
+            out,
+            vec![Stretch { start: 10, count: 15, fresh: false }, Stretch { start: 30, count: 5, fresh: true }]
+        );
         // Taken now: 0..35. Free 0..10 and 25..35, keep 12: the highest 8 are punched.
         f.free(0, 10);
         f.free(25, 10);

@@ -10,8 +10,8 @@ use super::control::{ControlHeader, VersionInfo};
 use super::layout::{self, Layout};
 use super::pagemap::{PageMap, Run};
 use super::pins::PinBoard;
-use super::slots::{FreeSlots, Stretch};
 use super::protocol::{self, Retired, UNPINNED};
+use super::slots::{FreeSlots, Stretch};
 use crate::error::PublishError;
 use crate::sys::futex;
 use crate::sys::mem::{store_fence, Access, Mapping, RegionMemory};
@@ -272,11 +272,18 @@ fn io_errno(e: std::io::Error) -> nix::Error {
 impl StoreWriter {
     /// Creates the control block and the pool for `layout`. Under [`Freed::Reuse`] at most
     /// `max_reserve` of the page space (0 to 1) stays allocated in free slots.
-    pub fn create(layout: Layout, sources: Vec<Source>, freed: Freed, max_reserve: f64) -> Result<StoreWriter, PublishError> {
-        let control_file = SharedFile::create("tcasm-control").map_err(|e| store_err("create the control block")(io_errno(e)))?;
+    pub fn create(
+        layout: Layout,
+        sources: Vec<Source>,
+        freed: Freed,
+        max_reserve: f64,
+    ) -> Result<StoreWriter, PublishError> {
+        let control_file =
+            SharedFile::create("tcasm-control").map_err(|e| store_err("create the control block")(io_errno(e)))?;
         let control_bytes = layout.control_words() * 8;
         control_file.set_len(control_bytes as u64).map_err(|e| store_err("size the control block")(io_errno(e)))?;
-        let control = Mapping::shared(&control_file, 0, control_bytes, Access::ReadWrite).map_err(store_err("map the control block"))?;
+        let control = Mapping::shared(&control_file, 0, control_bytes, Access::ReadWrite)
+            .map_err(store_err("map the control block"))?;
         control_file.seal_for_observers(false).map_err(|e| store_err("seal the control block")(io_errno(e)))?;
         // Fault the whole block in now. Otherwise every record written into a page of the
         // log not yet touched costs that publish a fresh page (~2.5 µs; a record of a
@@ -308,7 +315,9 @@ impl StoreWriter {
                 sources,
                 control,
                 pool,
-                pool_file: pool_file.try_clone().map_err(|e| store_err("duplicate the pool's descriptor")(io_errno(e)))?,
+                pool_file: pool_file
+                    .try_clone()
+                    .map_err(|e| store_err("duplicate the pool's descriptor")(io_errno(e)))?,
             }),
             control_file,
             pool_file,
@@ -443,7 +452,12 @@ impl StoreWriter {
     /// ranges) are copied from their regions; each page in `compare` is compared with the
     /// latest version's copy and copied only when it differs; every other page keeps its
     /// previous slot. `threads` threads share the comparing and the copying.
-    pub fn publish(&mut self, written: &[Range<usize>], compare: &[Range<usize>], threads: usize) -> Result<Published, PublishError> {
+    pub fn publish(
+        &mut self,
+        written: &[Range<usize>],
+        compare: &[Range<usize>],
+        threads: usize,
+    ) -> Result<Published, PublishError> {
         let started = Instant::now();
         let changed = if self.version == 0 {
             // No version to compare with: everything is new.
@@ -458,7 +472,9 @@ impl StoreWriter {
         // SAFETY: `prepared` was prepared just now and is released only below; its copies
         // are its own slots, each once.
         #[allow(unsafe_code)]
-        unsafe { self.mapped.copy_all(&prepared.copies, threads) };
+        unsafe {
+            self.mapped.copy_all(&prepared.copies, threads)
+        };
         self.mapped.release(&prepared, started.elapsed());
         self.settle();
         Ok(Published { prepared, changed, compare_time })
@@ -647,7 +663,8 @@ impl Mapped {
             if !copy.fresh {
                 // A reused slot still holds an old page: clear what the region does not cover
                 // (nothing, for the whole pages of a page-aligned region).
-                let end = self.layout.slot_offset(copy.slot_of(s.first_page + own.end - 1)) + last.at + (last.to - last.from);
+                let end =
+                    self.layout.slot_offset(copy.slot_of(s.first_page + own.end - 1)) + last.at + (last.to - last.from);
                 for (offset, len) in [(start, at), (end, start + own.len() * page - end)] {
                     if len > 0 {
                         // SAFETY: inside the first or last slot of `copy`, as above.
@@ -775,14 +792,14 @@ impl Mapped {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn shares_cut_runs_evenly_and_keep_their_slots() {
-        let copies = [PageCopy { pages: 0..300, slot: 1000, fresh: false }, PageCopy { pages: 500..800, slot: 7, fresh: true }];
+        let copies =
+            [PageCopy { pages: 0..300, slot: 1000, fresh: false }, PageCopy { pages: 500..800, slot: 7, fresh: true }];
         assert_eq!(shares(&copies, 1), None);
         assert_eq!(shares(&copies[..1], 2), None, "300 pages are one thread's worth");
         let two = shares(&copies, 2).unwrap();
@@ -797,14 +814,18 @@ mod tests {
         let one_run: &[Range<usize>] = std::slice::from_ref(&(0..900));
         let three: Vec<Vec<Range<usize>>> = shares(one_run, 3).unwrap();
         let firsts: Vec<(usize, usize)> = three.iter().flatten().map(|r| (r.start, r.end)).collect();
-        assert_eq!((three.iter().map(Vec::len).collect::<Vec<_>>(), firsts), (vec![1, 1, 1], vec![(0, 300), (300, 600), (600, 900)]));
+        assert_eq!(
+            (three.iter().map(Vec::len).collect::<Vec<_>>(), firsts),
+            (vec![1, 1, 1], vec![(0, 300), (300, 600), (600, 900)])
+        );
         let cut = shares(&[PageCopy { pages: 10..610, slot: 40, fresh: false }], 2).unwrap();
         assert_eq!(cut[1], [PageCopy { pages: 310..610, slot: 340, fresh: false }]);
     }
 
     #[test]
     fn splits_count_the_cuts_inside_runs() {
-        let s = |counts: &[u64]| counts.iter().map(|&count| Stretch { start: 0, count, fresh: false }).collect::<Vec<_>>();
+        let s =
+            |counts: &[u64]| counts.iter().map(|&count| Stretch { start: 0, count, fresh: false }).collect::<Vec<_>>();
         // Runs of 4, 1 and 5 pages.
         let dirty = [0..4, 10..11, 20..25];
         assert_eq!(splits(&dirty, &s(&[10])), 0);

@@ -14,21 +14,13 @@ use std::time::Duration;
 /// Sleeps while the low half of `*word == expected`, for at most `timeout`. Returns on a wake, a timeout, a
 /// signal or a changed value alike: callers re-check their condition.
 pub fn wait(word: &AtomicU64, expected: u32, timeout: Duration) {
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs() as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
+    let ts =
+        libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
     // SAFETY: the low half of `word` is a valid, 4-aligned 32-bit word for the duration of the call (it is
     // borrowed); FUTEX_WAIT only reads it; `ts` outlives the call. Errors (EAGAIN when the value
     // already changed, ETIMEDOUT, EINTR) all mean "re-check", so the result is not needed.
     unsafe {
-        libc::syscall(
-            libc::SYS_futex,
-            word.as_ptr(),
-            libc::FUTEX_WAIT,
-            expected,
-            &ts as *const libc::timespec,
-        );
+        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAIT, expected, &ts as *const libc::timespec);
     }
 }
 

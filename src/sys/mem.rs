@@ -71,14 +71,7 @@ impl Mapping {
         // process; the file's other mappings are shared memory that users access through
         // atomics, raw-pointer reads, or the `unsafe fn` writes below.
         let ptr = unsafe {
-            mman::mmap(
-                None,
-                non_zero(len)?,
-                access.prot(),
-                MapFlags::MAP_SHARED,
-                file,
-                offset as libc::off_t,
-            )?
+            mman::mmap(None, non_zero(len)?, access.prot(), MapFlags::MAP_SHARED, file, offset as libc::off_t)?
         };
         Ok(Mapping { ptr: ptr.cast(), len })
     }
@@ -191,9 +184,8 @@ impl Mapping {
         }
         // SAFETY: `[start, end)` lies inside this mapping, which we own; MADV_POPULATE_WRITE
         // only faults pages in (as a write would) and never changes their contents.
-        let _ = unsafe {
-            mman::madvise(self.ptr.add(start).cast(), end - start, mman::MmapAdvise::MADV_POPULATE_WRITE)
-        };
+        let _ =
+            unsafe { mman::madvise(self.ptr.add(start).cast(), end - start, mman::MmapAdvise::MADV_POPULATE_WRITE) };
     }
 }
 
@@ -416,7 +408,8 @@ unsafe fn stream_copy(dst: *mut u8, src: *const u8, len: usize) {
         while i + 64 <= len {
             let s = src.add(i).cast::<__m128i>();
             let d = dst.add(i).cast::<__m128i>();
-            let (a, b, c, e) = (_mm_loadu_si128(s), _mm_loadu_si128(s.add(1)), _mm_loadu_si128(s.add(2)), _mm_loadu_si128(s.add(3)));
+            let (a, b, c, e) =
+                (_mm_loadu_si128(s), _mm_loadu_si128(s.add(1)), _mm_loadu_si128(s.add(2)), _mm_loadu_si128(s.add(3)));
             _mm_stream_si128(d, a);
             _mm_stream_si128(d.add(1), b);
             _mm_stream_si128(d.add(2), c);

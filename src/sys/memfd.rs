@@ -15,11 +15,8 @@ pub struct SharedFile {
 impl SharedFile {
     /// A new, empty, sealable memfd named `name` (the name is only a label in /proc).
     pub fn create(name: &str) -> std::io::Result<SharedFile> {
-        let memfd = MemfdOptions::default()
-            .close_on_exec(true)
-            .allow_sealing(true)
-            .create(name)
-            .map_err(memfd_error)?;
+        let memfd =
+            MemfdOptions::default().close_on_exec(true).allow_sealing(true).create(name).map_err(memfd_error)?;
         Ok(SharedFile { file: memfd.into_file() })
     }
 
@@ -79,8 +76,8 @@ impl SharedFile {
     }
 
     fn seal(&self, seals: &[FileSeal]) -> std::io::Result<()> {
-        let memfd = memfd::Memfd::try_from_file(self.file.try_clone()?)
-            .map_err(|_| std::io::Error::other("not a memfd"))?;
+        let memfd =
+            memfd::Memfd::try_from_file(self.file.try_clone()?).map_err(|_| std::io::Error::other("not a memfd"))?;
         for seal in seals {
             memfd.add_seal(*seal).map_err(memfd_error)?;
         }

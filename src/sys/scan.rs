@@ -41,7 +41,8 @@ const _: () = {
 };
 
 /// `_IOWR('f', 16, struct pm_scan_arg)`.
-const PAGEMAP_SCAN: nix::sys::ioctl::ioctl_num_type = nix::request_code_readwrite!(b'f', 16, std::mem::size_of::<PmScanArg>());
+const PAGEMAP_SCAN: nix::sys::ioctl::ioctl_num_type =
+    nix::request_code_readwrite!(b'f', 16, std::mem::size_of::<PmScanArg>());
 const PM_SCAN_WP_MATCHING: u64 = 1 << 0;
 const PM_SCAN_CHECK_WPASYNC: u64 = 1 << 1;
 const PAGE_IS_WRITTEN: u64 = 1 << 1;
@@ -54,22 +55,14 @@ pub struct Scanner {
 
 impl Scanner {
     pub fn open() -> std::io::Result<Scanner> {
-        Ok(Scanner {
-            pagemap: File::open("/proc/self/pagemap")?,
-            regions: vec![PageRegion::default(); 1024],
-        })
+        Ok(Scanner { pagemap: File::open("/proc/self/pagemap")?, regions: vec![PageRegion::default(); 1024] })
     }
 
     /// Reports every written run of pages in `[start, end)` (page-aligned addresses) to
     /// `found(start, end)` and write-protects those pages again, so the next call reports
     /// only what is written after this one. The range must be registered with an
     /// asynchronous write-protect userfaultfd, or the kernel refuses with `EPERM`.
-    pub fn take_written(
-        &mut self,
-        start: usize,
-        end: usize,
-        found: &mut dyn FnMut(usize, usize),
-    ) -> nix::Result<()> {
+    pub fn take_written(&mut self, start: usize, end: usize, found: &mut dyn FnMut(usize, usize)) -> nix::Result<()> {
         let mut from = start as u64;
         while from < end as u64 {
             let mut arg = PmScanArg {

@@ -4,9 +4,9 @@ use std::ops::Range;
 
 use super::{Changes, Tracker, TrackerKind};
 use crate::sys::mem::PrivateMapping;
+use crate::sys::page_size;
 use crate::sys::scan::Scanner;
 use crate::sys::uffd::{self, Uffd};
-use crate::sys::page_size;
 
 pub struct AsyncTracker {
     uffd: Uffd,
@@ -29,11 +29,12 @@ fn open_uffd() -> Result<Uffd, String> {
              policy forbids the system call; allow it, or use the copy tracker"
         ),
         uffd::OpenError::FeaturesRefused { errno, offered } => {
-            let missing: Vec<&str> = [(uffd::FEATURE_WP_ASYNC, "WP_ASYNC"), (uffd::FEATURE_WP_UNPOPULATED, "WP_UNPOPULATED")]
-                .into_iter()
-                .filter(|(bit, _)| offered & bit == 0)
-                .map(|(_, name)| name)
-                .collect();
+            let missing: Vec<&str> =
+                [(uffd::FEATURE_WP_ASYNC, "WP_ASYNC"), (uffd::FEATURE_WP_UNPOPULATED, "WP_UNPOPULATED")]
+                    .into_iter()
+                    .filter(|(bit, _)| offered & bit == 0)
+                    .map(|(_, name)| name)
+                    .collect();
             format!(
                 "the kernel refuses UFFD_FEATURE_WP_ASYNC|WP_UNPOPULATED ({errno}; missing: {}); \
                  Linux 6.7 or later is needed; use the copy tracker",
@@ -49,8 +50,7 @@ pub fn probe() -> Result<(), String> {
     let page = page_size();
     let mut scratch = PrivateMapping::anonymous(page).map_err(|e| format!("scratch page: {e}"))?;
     let start = scratch.as_ptr() as usize;
-    t.track(start..start + page)
-        .map_err(|e| format!("registering anonymous memory for write-protect failed ({e})"))?;
+    t.track(start..start + page).map_err(|e| format!("registering anonymous memory for write-protect failed ({e})"))?;
     scratch.zero(0, 1);
     let mut seen = 0;
     t.scan(&mut |s, e| seen += e - s).map_err(|e| match e {

@@ -160,7 +160,14 @@ impl AutoTracker {
             let mut at = r.start;
             while at < r.end {
                 let end = (at + bytes).min(r.end);
-                self.chunks.push(Chunk { range: at..end, state: State::Tracked, compared: false, returned: false, backoff: 0, stay: 0 });
+                self.chunks.push(Chunk {
+                    range: at..end,
+                    state: State::Tracked,
+                    compared: false,
+                    returned: false,
+                    backoff: 0,
+                    stay: 0,
+                });
                 at = end;
             }
         }

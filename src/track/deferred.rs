@@ -135,7 +135,9 @@ impl Pending {
                 // only once every page is COPIED; the exchange above made this thread its
                 // only copier.
                 #[allow(unsafe_code)]
-                unsafe { self.mapped.copy_pages(&PageCopy { pages: page..page + 1, slot, fresh: false }) };
+                unsafe {
+                    self.mapped.copy_pages(&PageCopy { pages: page..page + 1, slot, fresh: false })
+                };
                 // SYNC: Release pairs with the Acquire loads below and in `release`'s caller:
                 // the copy is complete before anyone sees COPIED.
                 work.state[i].store(COPIED, Ordering::Release);
@@ -185,13 +187,11 @@ pub(crate) struct Deferred {
 impl Deferred {
     pub fn new() -> std::io::Result<Deferred> {
         let (tx, rx) = channel::<Arc<Pending>>();
-        let thread = std::thread::Builder::new()
-            .name("tcasm-copier".into())
-            .spawn(move || {
-                for pending in rx {
-                    pending.copy_all();
-                }
-            })?;
+        let thread = std::thread::Builder::new().name("tcasm-copier".into()).spawn(move || {
+            for pending in rx {
+                pending.copy_all();
+            }
+        })?;
         Ok(Deferred { in_flight: None, copier: Some((tx, thread)) })
     }
 

@@ -163,9 +163,8 @@ impl Detected {
     fn probe() -> Detected {
         let cap_sys_ptrace =
             caps::has_cap(None, caps::CapSet::Effective, caps::Capability::CAP_SYS_PTRACE).unwrap_or(false);
-        let unprivileged_userfaultfd = std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd")
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
+        let unprivileged_userfaultfd =
+            std::fs::read_to_string("/proc/sys/vm/unprivileged_userfaultfd").ok().and_then(|s| s.trim().parse().ok());
         let reason = async_wp::probe().err();
         Detected { async_ok: reason.is_none(), reason, cap_sys_ptrace, unprivileged_userfaultfd }
     }
@@ -182,9 +181,7 @@ impl Detected {
 
     /// One line for logs and `tcasm` output.
     pub fn describe(&self) -> String {
-        let sysctl = self
-            .unprivileged_userfaultfd
-            .map_or("unreadable".to_string(), |v| v.to_string());
+        let sysctl = self.unprivileged_userfaultfd.map_or("unreadable".to_string(), |v| v.to_string());
         let access = if self.cap_sys_ptrace {
             "CAP_SYS_PTRACE".to_string()
         } else {

@@ -20,8 +20,8 @@ use std::thread::JoinHandle;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use super::{Changes, Tracker, TrackerKind};
-use crate::sys::uffd::{self, Uffd};
 use crate::sys::page_size;
+use crate::sys::uffd::{self, Uffd};
 
 /// What the handler does with a page before letting its first write through.
 pub trait FirstWrite: Send + Sync {
@@ -70,7 +70,8 @@ impl SyncTracker {
     pub fn new() -> Result<SyncTracker, String> {
         let uffd = uffd::open(uffd::FEATURE_WP_UNPOPULATED, !kernel_faults_allowed())
             .map_err(|e| format!("opening a userfaultfd for write-protect faults: {e:?}; use the copy tracker"))?;
-        let shared = Arc::new(Shared { uffd, state: Mutex::new(State { written: Vec::new(), hook: None, error: None }) });
+        let shared =
+            Arc::new(Shared { uffd, state: Mutex::new(State { written: Vec::new(), hook: None, error: None }) });
         let (stop_read, stop) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
             .map_err(|e| format!("creating the handler's stop pipe: {e}"))?;
         let handler = {
@@ -88,7 +89,8 @@ fn serve(shared: &Shared, stop: OwnedFd) {
     let page = page_size();
     let mut faults = Vec::with_capacity(64);
     loop {
-        let mut fds = [PollFd::new(shared.uffd.as_fd(), PollFlags::POLLIN), PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
+        let mut fds =
+            [PollFd::new(shared.uffd.as_fd(), PollFlags::POLLIN), PollFd::new(stop.as_fd(), PollFlags::POLLIN)];
         if poll(&mut fds, PollTimeout::NONE).is_err() {
             continue; // EINTR
         }

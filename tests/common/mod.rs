@@ -76,7 +76,11 @@ pub fn skip(test: &str, why: &str, lacks: Lacks) -> bool {
     let line = format!("SKIP {test}: {why} (set {gate}=1 to make this a failure)\n");
     let _ = std::io::stderr().write_all(line.as_bytes());
     if let Some(log) = std::env::var_os("TCASM_SKIP_LOG") {
-        let appended = std::fs::OpenOptions::new().create(true).append(true).open(&log).and_then(|mut f| f.write_all(line.as_bytes()));
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
         if let Err(e) = appended {
             panic!("{test} skips, and cannot say so in TCASM_SKIP_LOG ({}): {e}", Path::new(&log).display());
         }
@@ -107,7 +111,8 @@ pub fn root(test: &str) -> bool {
 
 /// Waits for `child` up to `limit`, killing it (and failing) if it takes longer.
 pub fn wait_with_watchdog(child: &mut Child, limit: Duration, what: &str) -> ExitStatus {
-    wait_or_kill(child, limit).unwrap_or_else(|| panic!("{what} did not finish within {limit:?}: killed by the watchdog"))
+    wait_or_kill(child, limit)
+        .unwrap_or_else(|| panic!("{what} did not finish within {limit:?}: killed by the watchdog"))
 }
 
 /// Waits for `child` up to `limit`; kills it and returns `None` if it takes longer.

@@ -64,7 +64,8 @@ pub fn venv(test: &str, name: &str, packages: &[&str], probe: &str) -> Option<Pa
     }
     let venv = target_dir().join(name);
     let bin = venv.join("bin");
-    let ready = |bin: &Path| Command::new(bin.join("python")).args(["-c", probe]).output().is_ok_and(|o| o.status.success());
+    let ready =
+        |bin: &Path| Command::new(bin.join("python")).args(["-c", probe]).output().is_ok_and(|o| o.status.success());
     if !ready(&bin) {
         let _ = std::fs::remove_dir_all(&venv);
         run(Command::new(&python).args(["-m", "venv"]).arg(&venv), "creating the virtual environment");
@@ -75,7 +76,11 @@ pub fn venv(test: &str, name: &str, packages: &[&str], probe: &str) -> Option<Pa
         match pip {
             Ok(out) if out.status.success() && ready(&bin) => {}
             Ok(out) => {
-                let why = format!("pip could not install {}: {}", packages.join(", "), String::from_utf8_lossy(&out.stderr).trim());
+                let why = format!(
+                    "pip could not install {}: {}",
+                    packages.join(", "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
                 let _ = std::fs::remove_dir_all(&venv);
                 skip_or_fail(test, &why);
                 return None;
@@ -165,7 +170,11 @@ pub fn capi_lib() -> &'static Path {
     DIR.get_or_init(|| {
         run(cargo().args(["build", "--release", "-p", "tcasm-capi"]), "building the C library");
         let dir = target_dir().join("release");
-        assert!(dir.join("libtcasm.so").exists() && dir.join("libtcasm.a").exists(), "no libtcasm in {}", dir.display());
+        assert!(
+            dir.join("libtcasm.so").exists() && dir.join("libtcasm.a").exists(),
+            "no libtcasm in {}",
+            dir.display()
+        );
         dir
     })
 }
@@ -211,7 +220,10 @@ pub fn follow_heat(name: &str, child: &mut std::process::Child, limit: Duration)
     let started = Instant::now();
     let observer = attach(name, Duration::from_secs(30));
     let region = &observer.regions()[0];
-    assert_eq!((region.name.as_str(), region.dtype, region.shape.as_slice()), ("temperature", tcasm::Dtype::F64, &[NY, NX][..]));
+    assert_eq!(
+        (region.name.as_str(), region.dtype, region.shape.as_slice()),
+        ("temperature", tcasm::Dtype::F64, &[NY, NX][..])
+    );
     let mut checked = Vec::new();
     let mut seen = 0;
     loop {
@@ -226,7 +238,13 @@ pub fn follow_heat(name: &str, child: &mut std::process::Child, limit: Duration)
             let t = snap.view_exact::<f64>("temperature", NY * NX).unwrap();
             let want = heat_field(v);
             if let Some(k) = (0..NY * NX).find(|&k| t[k].to_bits() != want[k].to_bits()) {
-                panic!("{name} version {v}: t[{}][{}] is {}, the field after {v} steps has {}", k / NX, k % NX, t[k], want[k]);
+                panic!(
+                    "{name} version {v}: t[{}][{}] is {}, the field after {v} steps has {}",
+                    k / NX,
+                    k % NX,
+                    t[k],
+                    want[k]
+                );
             }
             checked.push(v);
             seen = v;
@@ -255,7 +273,8 @@ pub fn kill_and_restart_heat(bin: &Path, name: &str, steps: u64, scratch: &Path,
     let (local, persistent) = (scratch.join("local"), scratch.join("persistent"));
     std::fs::create_dir_all(&persistent).unwrap();
     let dirs = format!("{}:{}", local.display(), persistent.display());
-    let mut first = Command::new(bin).args([&steps.to_string(), "10", name, &dirs]).stdout(Stdio::null()).spawn().unwrap();
+    let mut first =
+        Command::new(bin).args([&steps.to_string(), "10", name, &dirs]).stdout(Stdio::null()).spawn().unwrap();
     attach(name, Duration::from_secs(30));
     let mut checkpointer = Command::new(env!("CARGO_BIN_EXE_tcasm"))
         .args(["checkpoint", name, "--every-version", "--dir"])
@@ -278,12 +297,16 @@ pub fn kill_and_restart_heat(bin: &Path, name: &str, steps: u64, scratch: &Path,
     assert!(restored < steps, "{name} ended before it was killed");
 
     // 40 ms a step, so that the observer sees the last version before the run exits.
-    let mut again = Command::new(bin).args([&steps.to_string(), "40", name, &dirs]).stdout(Stdio::piped()).spawn().unwrap();
+    let mut again =
+        Command::new(bin).args([&steps.to_string(), "40", name, &dirs]).stdout(Stdio::piped()).spawn().unwrap();
     let checked = follow_heat(name, &mut again, limit);
     let status = crate::common::wait_with_watchdog(&mut again, limit, "the restarted heat example");
     assert!(status.success(), "the restarted {name} exited with {status}");
     eprintln!("{name}: restored v{restored}; checked versions {checked:?}");
-    assert!(checked.first().is_some_and(|&v| v > restored), "numbering did not continue after v{restored}: {checked:?}");
+    assert!(
+        checked.first().is_some_and(|&v| v > restored),
+        "numbering did not continue after v{restored}: {checked:?}"
+    );
     assert_eq!(checked.last(), Some(&steps), "the last version was not seen");
     let mut out = String::new();
     std::io::Read::read_to_string(again.stdout.as_mut().unwrap(), &mut out).unwrap();

@@ -102,7 +102,8 @@ impl Budget {
     /// How long to wait before writing `next` bytes after `written`, so that the average
     /// rate since the start stays at or below the budget (zero: write now).
     fn wait(&self, written: u64, next: u64) -> Duration {
-        let fits_at = Duration::try_from_secs_f64(written.saturating_add(next) as f64 / self.rate as f64).unwrap_or(Duration::MAX);
+        let fits_at = Duration::try_from_secs_f64(written.saturating_add(next) as f64 / self.rate as f64)
+            .unwrap_or(Duration::MAX);
         fits_at.saturating_sub(self.started.elapsed())
     }
 
@@ -339,7 +340,8 @@ fn run_all(args: &Args, pattern: &str) -> crate::Result {
             for l in tcasm::list_producers()? {
                 // A producer relaunched under a name still followed waits for the follower of
                 // the one before to finish (it holds the name's directories).
-                let known = running.iter().any(|(n, _, _)| *n == l.name) || finished.contains(&(l.name.clone(), l.incarnation));
+                let known =
+                    running.iter().any(|(n, _, _)| *n == l.name) || finished.contains(&(l.name.clone(), l.incarnation));
                 if !glob.matches(&l.name) || known {
                     continue;
                 }
@@ -356,7 +358,12 @@ fn run_all(args: &Args, pattern: &str) -> crate::Result {
                             }
                             mine
                         });
-                        let target = Target { name: &name, dir: tcasm::checkpoint::global::rank_dir(&args.dir, &name), flush_to, job };
+                        let target = Target {
+                            name: &name,
+                            dir: tcasm::checkpoint::global::rank_dir(&args.dir, &name),
+                            flush_to,
+                            job,
+                        };
                         match follow(args, &target, Progress::Plain(format!("{name}: "))) {
                             Ok(Ended::Died(why)) => {
                                 eprintln!("{name}: {why}");
@@ -369,10 +376,13 @@ fn run_all(args: &Args, pattern: &str) -> crate::Result {
                     .map_err(|e| format!("starting a checkpointer thread: {e}"))?;
                 running.push((l.name, l.incarnation, handle));
             }
-            let (done, still): (Vec<_>, Vec<_>) = std::mem::take(&mut running).into_iter().partition(|(_, _, h)| h.is_finished());
+            let (done, still): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut running).into_iter().partition(|(_, _, h)| h.is_finished());
             running = still;
             for (name, incarnation, handle) in done {
-                if let Err(e) = handle.join().unwrap_or_else(|_| Err(format!("{name}: its checkpointer thread panicked"))) {
+                if let Err(e) =
+                    handle.join().unwrap_or_else(|_| Err(format!("{name}: its checkpointer thread panicked")))
+                {
                     eprintln!("tcasm: {e}");
                     failed += 1;
                 }
@@ -429,7 +439,9 @@ fn follow(args: &Args, target: &Target, progress: Progress) -> crate::Result<End
             due = Instant::now().max(due) + args.interval;
         }
         // After a new chain is asked for, the next base is a version not taken yet.
-        let taken = match observer.wait_newer(writer.last().or(last.map(|(_, v)| v)).unwrap_or(0), Duration::from_millis(500)) {
+        let taken = match observer
+            .wait_newer(writer.last().or(last.map(|(_, v)| v)).unwrap_or(0), Duration::from_millis(500))
+        {
             Ok(None) => continue,
             Ok(Some(_)) => observer.latest(),
             Err(e) => Err(e),
@@ -493,7 +505,11 @@ fn follow(args: &Args, target: &Target, progress: Progress) -> crate::Result<End
         };
         drop(snapshot);
         if let Some(v) = full_since.take() {
-            progress.note(&format!("{} has space again: v{} written (full since v{v})", target.dir.display(), written.version));
+            progress.note(&format!(
+                "{} has space again: v{} written (full since v{v})",
+                target.dir.display(),
+                written.version
+            ));
         }
         totals.add(&written, skipped);
         let disk = Disk::of(&target.dir);
@@ -544,7 +560,10 @@ fn follow(args: &Args, target: &Target, progress: Progress) -> crate::Result<End
     }
     let last = writer.last().map_or("none".into(), |v| format!("v{v}"));
     Ok(if observer.producer_died() {
-        Ended::Died(format!("producer {:?} died without closing its endpoint; the last complete checkpoint is {last}", target.name))
+        Ended::Died(format!(
+            "producer {:?} died without closing its endpoint; the last complete checkpoint is {last}",
+            target.name
+        ))
     } else {
         Ended::Exited
     })

@@ -81,7 +81,8 @@ pub fn run(args: Args) -> crate::Result {
     if n < 64 {
         return Err(format!("--size {} is too small: the grid needs at least 64 x 64 f64 (32KiB)", args.size).into());
     }
-    let options = ProducerOptions { tracker: args.tracker, copy_threads: args.copy_threads as usize, ..Default::default() };
+    let options =
+        ProducerOptions { tracker: args.tracker, copy_threads: args.copy_threads as usize, ..Default::default() };
     let mut producer = Producer::create(&args.name, options)?;
     let mut temperature = producer.region::<f64>(TEMPERATURE, &[n, n])?;
     let mut step = producer.region::<i64>(STEP, &[1])?;
@@ -362,7 +363,8 @@ impl Report {
     /// the same step, and takes the mean temperature.
     fn read(&mut self, snapshot: &Snapshot, n: usize) -> crate::Result {
         let v = snapshot.version();
-        let published = snapshot.info().ok_or_else(|| format!("version {v} left the version ring while pinned"))?.time_ns;
+        let published =
+            snapshot.info().ok_or_else(|| format!("version {v} left the version ring while pinned"))?.time_ns;
         self.lag_ns += monotonic_ns().saturating_sub(published);
         if self.seen > 0 {
             self.skipped += v - self.version - 1;
@@ -373,7 +375,10 @@ impl Report {
         let step = snapshot.view_exact::<i64>(STEP, 1)?[0];
         let t = snapshot.view_exact::<f64>(TEMPERATURE, n * n)?;
         if !heater(n, step as u64).all(|cells| t[cells].iter().all(|&x| x == HOT)) {
-            return Err(format!("version {v} is inconsistent: its step is {step}, but its grid has the heater elsewhere").into());
+            return Err(format!(
+                "version {v} is inconsistent: its step is {step}, but its grid has the heater elsewhere"
+            )
+            .into());
         }
         self.mean = t.iter().sum::<f64>() / t.len() as f64;
         Ok(())
@@ -429,7 +434,9 @@ impl ObserverProcess {
             }
             if Instant::now() >= deadline {
                 self.child.kill()?;
-                return Err(format!("the observer did not end within {OBSERVER_GRACE:?} of the producer: killed it").into());
+                return Err(
+                    format!("the observer did not end within {OBSERVER_GRACE:?} of the producer: killed it").into()
+                );
             }
             thread::sleep(Duration::from_millis(20));
         };
@@ -498,7 +505,10 @@ mod tests {
         let mut t = vec![0.0; n * n];
         for _ in 0..300 {
             plate.step(&mut t);
-            assert!(heater(n, plate.steps).all(|cells| t[cells].iter().all(|&x| x == HOT)), "the heater is where the step says");
+            assert!(
+                heater(n, plate.steps).all(|cells| t[cells].iter().all(|&x| x == HOT)),
+                "the heater is where the step says"
+            );
             assert!(!heater(n, plate.steps + 1).all(|cells| t[cells].iter().all(|&x| x == HOT)), "and nowhere else");
             for (i, row) in t.chunks(n).enumerate() {
                 assert!(row.iter().all(|&v| (0.0..=HOT).contains(&v)));

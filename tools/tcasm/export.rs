@@ -93,7 +93,9 @@ pub fn hdf5(args: Hdf5Args) -> crate::Result {
         println!("  {:<24} {:<4} {:?}", r.name, r.dtype.name(), r.shape);
     }
     match &exported.xdmf {
-        Some(xmf) => println!("open {} in ParaView or VisIt (the regions of rank 2 and 3, as cell data)", xmf.display()),
+        Some(xmf) => {
+            println!("open {} in ParaView or VisIt (the regions of rank 2 and 3, as cell data)", xmf.display())
+        }
         None => println!("no region has rank 2 or 3: no XDMF file"),
     }
     Ok(())
@@ -169,7 +171,13 @@ pub fn bench(args: BenchArgs) -> crate::Result {
     hdf5.sort();
     let (npy, hdf5) = (npy[npy.len() / 2], hdf5[hdf5.len() / 2]);
     let m = restore.manifest();
-    println!("version {} of {:?}: {} in {} regions", m.version, m.space.producer, indicatif::HumanBytes(bytes), m.space.regions.len());
+    println!(
+        "version {} of {:?}: {} in {} regions",
+        m.version,
+        m.space.producer,
+        indicatif::HumanBytes(bytes),
+        m.space.regions.len()
+    );
     println!("npy restore, synced: median {:.3} s ({:.0} MiB/s)", npy.as_secs_f64(), mib_per_s(npy));
     println!("hdf5 export, synced: median {:.3} s ({:.0} MiB/s)", hdf5.as_secs_f64(), mib_per_s(hdf5));
     println!("ratio: hdf5 at {:.2} of the npy rate", npy.as_secs_f64() / hdf5.as_secs_f64());

@@ -80,14 +80,22 @@ impl Background {
                     state.events.push(describe(&f, &to));
                     if let Some(dir) = &job {
                         match global::update(dir) {
-                            Ok(vs) => state.events.extend(vs.iter().map(|v| format!("global v{v} complete on {}: every rank has it", dir.display()))),
-                            Err(e) => state.events.push(format!("global manifests on {} not updated: {e}; the next flush retries", dir.display())),
+                            Ok(vs) => state.events.extend(
+                                vs.iter()
+                                    .map(|v| format!("global v{v} complete on {}: every rank has it", dir.display())),
+                            ),
+                            Err(e) => state.events.push(format!(
+                                "global manifests on {} not updated: {e}; the next flush retries",
+                                dir.display()
+                            )),
                         }
                     }
                 }
                 Err(e) => {
                     state.failures += 1;
-                    state.events.push(format!("flush of v{version} to {to} failed: {e}; level 1 goes on, the next flush retries"));
+                    state.events.push(format!(
+                        "flush of v{version} to {to} failed: {e}; level 1 goes on, the next flush retries"
+                    ));
                 }
             }
             ours.wake.notify_all();

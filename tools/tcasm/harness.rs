@@ -35,7 +35,11 @@ impl<T: DeserializeOwned + Send + 'static> ChildProcess<T> {
     /// Starts this executable with `args`, its stdout read as reports; its stdin is a pipe
     /// that [`ChildProcess::close_stdin`] closes when `stdin` (a way to tell it to finish),
     /// or nothing. `label` prefixes the lines it writes that are not reports.
-    pub fn start(args: impl IntoIterator<Item = impl AsRef<OsStr>>, stdin: bool, label: &str) -> std::io::Result<ChildProcess<T>> {
+    pub fn start(
+        args: impl IntoIterator<Item = impl AsRef<OsStr>>,
+        stdin: bool,
+        label: &str,
+    ) -> std::io::Result<ChildProcess<T>> {
         let mut child = Command::new(std::env::current_exe()?)
             .args(args)
             .stdin(if stdin { Stdio::piped() } else { Stdio::null() })

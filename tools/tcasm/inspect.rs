@@ -40,10 +40,7 @@ pub fn ls(args: LsArgs) -> crate::Result {
         return Ok(());
     }
     println!("live producers in {}:", dir.display());
-    print_table(
-        &["NAME", "PID"],
-        producers.into_iter().map(|p| vec![p.name, p.pid.to_string()]).collect(),
-    );
+    print_table(&["NAME", "PID"], producers.into_iter().map(|p| vec![p.name, p.pid.to_string()]).collect());
     Ok(())
 }
 
@@ -128,7 +125,12 @@ pub fn run(args: Args) -> crate::Result {
             .map(|s| {
                 let pins: Vec<String> = s.pins.iter().map(|v| v.to_string()).collect();
                 let note = if s.ours { "this inspect" } else { "" };
-                vec![s.slot.to_string(), s.pid.to_string(), if pins.is_empty() { "-".into() } else { pins.join(" ") }, note.into()]
+                vec![
+                    s.slot.to_string(),
+                    s.pid.to_string(),
+                    if pins.is_empty() { "-".into() } else { pins.join(" ") },
+                    note.into(),
+                ]
             })
             .collect(),
     );

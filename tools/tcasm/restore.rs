@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use tcasm::checkpoint::{self, restart, Restore};
 
-
 #[derive(clap::Args)]
 pub struct RestoreArgs {
     /// A checkpoint directory (or give the levels with --from).
@@ -76,7 +75,13 @@ pub fn restore(args: RestoreArgs) -> crate::Result {
         let dir = args.dir.as_deref().expect("clap requires DIR with --global");
         let field = checkpoint::assemble::assemble(dir, args.version)?;
         let regions = checkpoint::restore_global_npy(&field, &args.out)?;
-        println!("assembled global version {} of {} ranks from {} into {}", field.version, field.ranks, dir.display(), args.out.display());
+        println!(
+            "assembled global version {} of {} ranks from {} into {}",
+            field.version,
+            field.ranks,
+            dir.display(),
+            args.out.display()
+        );
         for r in regions {
             println!("  {:<24} {:<4} {:<18} {}", r.name, r.dtype, format!("{:?}", r.shape), r.file);
         }

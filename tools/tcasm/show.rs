@@ -71,7 +71,10 @@ struct Summary<'a> {
 fn as_f64(dtype: Dtype, bytes: &[u8]) -> Vec<f64> {
     macro_rules! each {
         ($t:ty) => {
-            bytes.chunks_exact(size_of::<$t>()).map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk of its size")) as f64).collect()
+            bytes
+                .chunks_exact(size_of::<$t>())
+                .map(|c| <$t>::from_le_bytes(c.try_into().expect("chunk of its size")) as f64)
+                .collect()
         };
     }
     match dtype {
@@ -189,7 +192,12 @@ pub fn run(args: Args) -> crate::Result {
             .map(|s| {
                 let shape: Vec<String> = s.shape.iter().map(|d| d.to_string()).collect();
                 let first: Vec<String> = s.first.iter().map(|x| format!("{x}")).collect();
-                let more = if s.first.len() < shown.iter().find(|r| r.info.name == s.name).map_or(0, |r| r.values.len()) { " ..." } else { "" };
+                let more = if s.first.len() < shown.iter().find(|r| r.info.name == s.name).map_or(0, |r| r.values.len())
+                {
+                    " ..."
+                } else {
+                    ""
+                };
                 vec![
                     s.name.to_string(),
                     s.dtype.to_string(),
@@ -221,7 +229,11 @@ fn plane(s: &Shown, slice: Option<(usize, usize)>) -> crate::Result<(usize, usiz
         (&[d0, d1, d2], Some((axis, index))) => {
             let dims = [d0, d1, d2];
             if index >= dims[axis] {
-                return Err(format!("--slice {axis}={index}: axis {axis} of {:?} has {} elements", s.info.name, dims[axis]).into());
+                return Err(format!(
+                    "--slice {axis}={index}: axis {axis} of {:?} has {} elements",
+                    s.info.name, dims[axis]
+                )
+                .into());
             }
             let at = |i: usize, j: usize, k: usize| s.values[(i * d1 + j) * d2 + k];
             let plane: Vec<f64> = match axis {
@@ -236,14 +248,19 @@ fn plane(s: &Shown, slice: Option<(usize, usize)>) -> crate::Result<(usize, usiz
             };
             Ok((rows, cols, plane))
         }
-        (&[_, _, _], None) => Err(format!("region {:?} is 3-D: pick a slice with --slice AXIS=INDEX", s.info.name).into()),
-        (shape, _) => Err(format!("--png draws 2-D regions and slices of 3-D ones; {:?} has shape {shape:?}", s.info.name).into()),
+        (&[_, _, _], None) => {
+            Err(format!("region {:?} is 3-D: pick a slice with --slice AXIS=INDEX", s.info.name).into())
+        }
+        (shape, _) => {
+            Err(format!("--png draws 2-D regions and slices of 3-D ones; {:?} has shape {shape:?}", s.info.name).into())
+        }
     }
 }
 
 /// A perceptually ordered colour scale (viridis, at 5 stops), from 0 to 1.
 fn colour(t: f64) -> [u8; 3] {
-    const STOPS: [[f64; 3]; 5] = [[68.0, 1.0, 84.0], [59.0, 82.0, 139.0], [33.0, 145.0, 140.0], [94.0, 201.0, 98.0], [253.0, 231.0, 37.0]];
+    const STOPS: [[f64; 3]; 5] =
+        [[68.0, 1.0, 84.0], [59.0, 82.0, 139.0], [33.0, 145.0, 140.0], [94.0, 201.0, 98.0], [253.0, 231.0, 37.0]];
     let x = t.clamp(0.0, 1.0) * (STOPS.len() - 1) as f64;
     let i = (x as usize).min(STOPS.len() - 2);
     let f = x - i as f64;
@@ -253,9 +270,13 @@ fn colour(t: f64) -> [u8; 3] {
 /// Writes `plane` (`height` rows of `width`) as an RGB PNG, scaled from its min to its max
 /// (NaN black), into a temporary file renamed into place.
 fn write_png(path: &Path, width: usize, height: usize, plane: &[f64]) -> crate::Result {
-    let (lo, hi) = plane.iter().filter(|x| !x.is_nan()).fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    let (lo, hi) = plane
+        .iter()
+        .filter(|x| !x.is_nan())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &x| (lo.min(x), hi.max(x)));
     let span = if hi > lo { hi - lo } else { 1.0 };
-    let pixels: Vec<u8> = plane.iter().flat_map(|&x| if x.is_nan() { [0, 0, 0] } else { colour((x - lo) / span) }).collect();
+    let pixels: Vec<u8> =
+        plane.iter().flat_map(|&x| if x.is_nan() { [0, 0, 0] } else { colour((x - lo) / span) }).collect();
     let temp = path.with_file_name(format!(".{}.tmp", path.file_name().and_then(|n| n.to_str()).unwrap_or("heatmap")));
     {
         let file = File::create(&temp).map_err(|e| format!("creating {}: {e}", temp.display()))?;

@@ -222,9 +222,8 @@ pub fn run(args: Args) -> crate::Result {
     );
     let mut writer = Writer { producer, region, pattern, schedule: Vec::new() };
     writer.publish_next()?;
-    let observers = (0..args.observers)
-        .map(|i| ObserverProcess::spawn(&name, seed, i))
-        .collect::<std::io::Result<Vec<_>>>()?;
+    let observers =
+        (0..args.observers).map(|i| ObserverProcess::spawn(&name, seed, i)).collect::<std::io::Result<Vec<_>>>()?;
     let duration = Duration::from_secs_f64(args.seconds);
     let (published, observers, mut results) = if args.chaos {
         let chaos = Chaos::start(observers, &name, seed);
@@ -329,7 +328,11 @@ impl Writer {
         let deadline = Instant::now() + OBSERVER_GRACE;
         while self.producer.observers() > 0 {
             if Instant::now() > deadline {
-                return Err(format!("{} observers still attached {OBSERVER_GRACE:?} after they exited", self.producer.observers()).into());
+                return Err(format!(
+                    "{} observers still attached {OBSERVER_GRACE:?} after they exited",
+                    self.producer.observers()
+                )
+                .into());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -378,9 +381,12 @@ struct ObserverProcess {
 
 impl ObserverProcess {
     fn spawn(name: &str, seed: u64, index: usize) -> std::io::Result<ObserverProcess> {
-        let args = ["stress-observer".to_string(), "--name".into(), name.into()]
-            .into_iter()
-            .chain(["--seed".into(), seed.to_string(), "--index".into(), index.to_string()]);
+        let args = ["stress-observer".to_string(), "--name".into(), name.into()].into_iter().chain([
+            "--seed".into(),
+            seed.to_string(),
+            "--index".into(),
+            index.to_string(),
+        ]);
         Ok(ObserverProcess { child: ChildProcess::start(args, true, &format!("stress-observer {index}"))? })
     }
 
@@ -468,7 +474,12 @@ impl Chaos {
     }
 }
 
-fn chaos(mut observers: Vec<ObserverProcess>, name: &str, seed: u64, stop: &AtomicBool) -> (Vec<ObserverProcess>, Vec<Report>) {
+fn chaos(
+    mut observers: Vec<ObserverProcess>,
+    name: &str,
+    seed: u64,
+    stop: &AtomicBool,
+) -> (Vec<ObserverProcess>, Vec<Report>) {
     let mut rng = Rng::new(mix(seed ^ 0xC4A0_5C4A_05C4_A05C));
     let (mut killed, mut stops, mut next) = (Vec::new(), 0, observers.len());
     loop {
@@ -515,11 +526,10 @@ pub fn observe(args: ObserverArgs) -> crate::Result {
         });
     }
     let observer = Observer::attach(&args.name)?;
-    let region = observer
-        .regions()
-        .iter()
-        .find(|r| r.name == REGION && r.first_page == 0 && r.offset == 0)
-        .ok_or_else(|| format!("producer {:?} is not a stress producer: no region {REGION:?} at page 0", args.name))?;
+    let region =
+        observer.regions().iter().find(|r| r.name == REGION && r.first_page == 0 && r.offset == 0).ok_or_else(
+            || format!("producer {:?} is not a stress producer: no region {REGION:?} at page 0", args.name),
+        )?;
     let pattern = Pattern { seed: args.seed, pages: region.pages };
     let mut checker = Checker {
         index: args.index,

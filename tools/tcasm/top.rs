@@ -111,7 +111,8 @@ pub fn run(args: Args) -> crate::Result {
                 bar.set_message(format!("{header}\n{line}{observers}"));
             }
             None => {
-                let observers = if s.observers.is_empty() { String::new() } else { format!(" [{}]", s.observers.join("; ")) };
+                let observers =
+                    if s.observers.is_empty() { String::new() } else { format!(" [{}]", s.observers.join("; ")) };
                 println!("{line}{observers}");
             }
         }

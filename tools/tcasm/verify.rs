@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use indicatif::HumanBytes;
 use tcasm::checkpoint::{self, global};
 
-
 #[derive(clap::Args)]
 pub struct VerifyArgs {
     /// A checkpoint directory, or the directory of an MPI job's ranks (`--all`): then every
@@ -38,7 +37,8 @@ fn is_job_dir(dir: &Path) -> bool {
     let entries: Vec<fs::DirEntry> = fs::read_dir(dir).into_iter().flatten().flatten().collect();
     let named = |e: &fs::DirEntry, what: fn(&str) -> bool| e.file_name().to_str().is_some_and(what);
     let rank_dirs = || entries.iter().any(|e| e.path().is_dir() && named(e, |n| !n.starts_with('.')));
-    !entries.iter().any(|e| named(e, |n| n.starts_with("chain-"))) && (dir.join(global::GLOBAL_DIR).is_dir() || rank_dirs())
+    !entries.iter().any(|e| named(e, |n| n.starts_with("chain-")))
+        && (dir.join(global::GLOBAL_DIR).is_dir() || rank_dirs())
 }
 
 /// `verify` of a job's directory: each rank's checkpoints, then one `global:` line per
@@ -86,7 +86,11 @@ fn verify_job(dir: &Path) -> crate::Result {
         if broken.is_empty() {
             println!("global: v{} complete, {} ranks", g.version, g.ranks.len());
         } else {
-            println!("DAMAGED: global v{}: the checkpoints of {} it names are not restorable as named", g.version, broken.join(", "));
+            println!(
+                "DAMAGED: global v{}: the checkpoints of {} it names are not restorable as named",
+                g.version,
+                broken.join(", ")
+            );
             problems += 1;
         }
     }
@@ -120,7 +124,12 @@ fn verify_one(dir: &Path) -> crate::Result {
     let chains = report.restorable.iter().map(|(c, _)| c).collect::<std::collections::BTreeSet<_>>();
     for chain in chains {
         let vs: Vec<u64> = report.restorable.iter().filter(|(c, _)| c == chain).map(|(_, v)| *v).collect();
-        println!("chain {chain}: {} restorable, v{}..v{}", crate::plural(vs.len() as u64, "checkpoint"), vs[0], vs[vs.len() - 1]);
+        println!(
+            "chain {chain}: {} restorable, v{}..v{}",
+            crate::plural(vs.len() as u64, "checkpoint"),
+            vs[0],
+            vs[vs.len() - 1]
+        );
     }
     println!("{} chunks ({}) checked", report.chunks_checked, HumanBytes(report.bytes_checked));
     if report.intact() && report.restorable.is_empty() {

@@ -45,7 +45,9 @@ pub fn bench(args: BenchArgs) -> crate::Result {
     // counted: the first write to a fresh directory is often several times slower.
     for round in 0..=args.checkpoints {
         let plain = sequential_write(&scratch.join("sequential"), args.size)?;
-        observer.wait_newer(writer.last().unwrap_or(0), Duration::from_secs(10))?.ok_or("the bench producer stopped publishing")?;
+        observer
+            .wait_newer(writer.last().unwrap_or(0), Duration::from_secs(10))?
+            .ok_or("the bench producer stopped publishing")?;
         let written = writer.write(&observer.latest()?, |_, _| {})?;
         let (s, d) = (mib_per_s(args.size as u64, plain), mib_per_s(written.bytes, written.elapsed));
         if round == 0 {
@@ -68,8 +70,16 @@ pub fn bench(args: BenchArgs) -> crate::Result {
     };
     ratios.sort_by(f64::total_cmp);
     let size = HumanBytes(args.size as u64);
-    println!("sequential write: {sequential:.0} MiB/s ({}; {} of {size} in 8 MiB writes, each synced)", spread(&mut plain_rates), crate::plural(args.checkpoints, "file"));
-    println!("checkpoint drain: {drain:.0} MiB/s ({}; {} of {size}, each synced)", spread(&mut drain_rates), crate::plural(args.checkpoints, "checkpoint"));
+    println!(
+        "sequential write: {sequential:.0} MiB/s ({}; {} of {size} in 8 MiB writes, each synced)",
+        spread(&mut plain_rates),
+        crate::plural(args.checkpoints, "file")
+    );
+    println!(
+        "checkpoint drain: {drain:.0} MiB/s ({}; {} of {size}, each synced)",
+        spread(&mut drain_rates),
+        crate::plural(args.checkpoints, "checkpoint")
+    );
     println!(
         "drain / sequential: {:.2} overall, {:.2} the median round (from {:.2} to {:.2})",
         drain / sequential,

@@ -71,9 +71,9 @@ use std::time::{Duration, Instant};
 
 use tcasm::{monotonic_ns, page_size, Freed, Observer, Producer, ProducerOptions, ReadError, Region, TrackerKind};
 
-use crate::harness::{report, ChildProcess};
 use super::shm::{allocated_bytes, futex_wait, futex_wake_all, memfd, SharedMap};
 use super::{machine, mean, median, micros, write_pages, Pages, Pattern, Plain, Write};
+use crate::harness::{report, ChildProcess};
 
 /// The one region of the producer.
 const REGION: &str = "data";
@@ -271,7 +271,13 @@ struct Tcasm {
 }
 
 impl Tcasm {
-    fn create(name: &str, kind: TrackerKind, size: usize, observers: usize, copy_threads: usize) -> crate::Result<Tcasm> {
+    fn create(
+        name: &str,
+        kind: TrackerKind,
+        size: usize,
+        observers: usize,
+        copy_threads: usize,
+    ) -> crate::Result<Tcasm> {
         let options = ProducerOptions {
             tracker: kind,
             max_observers: ProducerOptions::default().max_observers.max(observers),
@@ -570,9 +576,12 @@ impl Observers {
     fn start(n: usize, args: &[String], nice: i32, period: f64) -> crate::Result<Observers> {
         let mut observers = Observers { children: Vec::new() };
         for i in 0..n {
-            let own = ["--nice".into(), nice.to_string(), "--period".into(), period.to_string()]
-                .into_iter()
-                .chain(["--index".into(), i.to_string(), "--count".into(), n.to_string()]);
+            let own = ["--nice".into(), nice.to_string(), "--period".into(), period.to_string()].into_iter().chain([
+                "--index".into(),
+                i.to_string(),
+                "--count".into(),
+                n.to_string(),
+            ]);
             let args = std::iter::once("bench-coverage-observer".to_string()).chain(args.iter().cloned()).chain(own);
             observers.children.push(ChildProcess::start(args, false, &format!("observer {i}"))?);
         }
@@ -704,7 +713,13 @@ fn exclude_from_fork(plain: &Plain) -> crate::Result {
 }
 
 /// Measures every coverage of one method and observer count, on one producer.
-fn run_method(args: &Args, method: Method, observers: usize, plain: &mut Plain, reference: &Reference) -> crate::Result<Vec<Row>> {
+fn run_method(
+    args: &Args,
+    method: Method,
+    observers: usize,
+    plain: &mut Plain,
+    reference: &Reference,
+) -> crate::Result<Vec<Row>> {
     let name = format!("coverage-{}-{method}-{observers}", std::process::id());
     let mut subject: Box<dyn Subject> = match method {
         Method::Tcasm(kind) => Box::new(Tcasm::create(&name, kind, args.size, observers, args.copy_threads.max(1))?),
@@ -982,7 +997,12 @@ fn observe_tcasm(name: &str, mut pace: Pace) -> crate::Result<Vec<(u64, u64)>> {
     Ok(taken)
 }
 
-fn observe_shared(path: &std::path::Path, buffers: usize, size: usize, mut pace: Pace) -> crate::Result<Vec<(u64, u64)>> {
+fn observe_shared(
+    path: &std::path::Path,
+    buffers: usize,
+    size: usize,
+    mut pace: Pace,
+) -> crate::Result<Vec<(u64, u64)>> {
     let page = page_size();
     let file = std::fs::File::open(path)?;
     let len = page + buffers * size;

@@ -81,9 +81,7 @@ pub fn draw(path: &Path, rows: &[Row], title: &str) -> crate::Result {
                 .map_err(|e| e.to_string())?
                 .label(*tracker)
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], colour.stroke_width(2)));
-            chart
-                .draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled())))
-                .map_err(|e| e.to_string())?;
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 3, colour.filled()))).map_err(|e| e.to_string())?;
         }
         chart
             .configure_series_labels()

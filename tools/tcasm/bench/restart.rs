@@ -81,7 +81,8 @@ pub fn bench_restart(args: RestartBenchArgs) -> crate::Result {
     let restarted = p.restore(&[&local], &mut [&mut field])?.ok_or("the checkpoint written just now is not there")?;
     let restore = started.elapsed();
     let per_page = tcasm::page_size() / 8;
-    let intact = field.iter().enumerate().all(|(i, &x)| if i % (per_page * 10) == 0 { x == !(i as u64) } else { x == i as u64 });
+    let intact =
+        field.iter().enumerate().all(|(i, &x)| if i % (per_page * 10) == 0 { x == !(i as u64) } else { x == i as u64 });
     if !intact {
         return Err("the restored region differs from what was checkpointed".into());
     }
@@ -111,12 +112,30 @@ pub fn bench_restart(args: RestartBenchArgs) -> crate::Result {
     fs::remove_dir_all(&scratch)?;
 
     let rate = |b: u64, d: Duration| HumanBytes((b as f64 / d.as_secs_f64().max(1e-9)) as u64);
-    println!("checkpoint of {} (v{}: a base and an increment, {} of data files)", HumanBytes(args.size as u64), restarted.version, HumanBytes(bytes));
+    println!(
+        "checkpoint of {} (v{}: a base and an increment, {} of data files)",
+        HumanBytes(args.size as u64),
+        restarted.version,
+        HumanBytes(bytes)
+    );
     println!("restart (Producer::restore): {:.1} ms ({}/s)", restore.as_secs_f64() * 1e3, rate(bytes, restore));
-    println!("plain read of the same files: {:.1} ms ({}/s, {} read)", plain_read.as_secs_f64() * 1e3, rate(read_back, plain_read), HumanBytes(read_back));
+    println!(
+        "plain read of the same files: {:.1} ms ({}/s, {} read)",
+        plain_read.as_secs_f64() * 1e3,
+        rate(read_back, plain_read),
+        HumanBytes(read_back)
+    );
     println!("ratio restart / plain read: {:.2}", restore.as_secs_f64() / plain_read.as_secs_f64());
-    println!("flush (Flusher, synced): {:.1} ms ({}/s)", flushed.elapsed.as_secs_f64() * 1e3, rate(flushed.bytes, flushed.elapsed));
-    println!("cp -r + sync of the same files: {:.1} ms ({}/s)", plain_copy.as_secs_f64() * 1e3, rate(bytes, plain_copy));
+    println!(
+        "flush (Flusher, synced): {:.1} ms ({}/s)",
+        flushed.elapsed.as_secs_f64() * 1e3,
+        rate(flushed.bytes, flushed.elapsed)
+    );
+    println!(
+        "cp -r + sync of the same files: {:.1} ms ({}/s)",
+        plain_copy.as_secs_f64() * 1e3,
+        rate(bytes, plain_copy)
+    );
     println!("ratio flush rate / cp rate: {:.2}", plain_copy.as_secs_f64() / flushed.elapsed.as_secs_f64());
     Ok(())
 }

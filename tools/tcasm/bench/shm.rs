@@ -17,7 +17,8 @@ compile_error!("the futex word is the low half of a 64-bit word: little-endian o
 
 /// A memfd: the shared file of a baseline.
 pub fn memfd(name: &str, len: usize) -> std::io::Result<File> {
-    let file = memfd::MemfdOptions::default().close_on_exec(true).create(name).map_err(std::io::Error::other)?.into_file();
+    let file =
+        memfd::MemfdOptions::default().close_on_exec(true).create(name).map_err(std::io::Error::other)?.into_file();
     file.set_len(len as u64)?;
     Ok(file)
 }
@@ -96,7 +97,8 @@ impl Drop for SharedMap {
 /// keeps the word below 2^32, and on a little-endian machine its low half sits at its
 /// address.
 pub fn futex_wait(word: &AtomicU64, expected: u32, timeout: Duration) {
-    let ts = libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
+    let ts =
+        libc::timespec { tv_sec: timeout.as_secs() as libc::time_t, tv_nsec: timeout.subsec_nanos() as libc::c_long };
     // SAFETY: the low half of `word` is a valid, 4-aligned 32-bit word for the duration of
     // the call (it is borrowed); FUTEX_WAIT only reads it; `ts` outlives the call. Every
     // error (EAGAIN, ETIMEDOUT, EINTR) means "re-check".
