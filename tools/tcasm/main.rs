@@ -2,10 +2,13 @@
 //! and benchmark the store.
 //!
 //! User commands: `demo`, `ls`, `inspect`, `show`, `top`, `checkpoint`, `restore`, `verify`,
-//! `completions` and `bench` (`checkpoint`, `export`, `restart`, `coverage`). Harnesses, for
-//! tcasm's own testing: `stress` (tests/stress.rs), and the hidden `demo-observer`,
+//! `completions` and `bench` (`checkpoint`, `export`, `restart`, `coverage`), and `stress`:
+//! tests/stress.rs runs it, and it ships because a user checks a node with it before trusting
+//! it (its kernel, its limits, its other load: `tcasm stress --chaos` kills and stops observers
+//! at random and counts torn snapshots and leaked bytes). Harnesses, hidden: `demo-observer`,
 //! `stress-observer` and `bench-coverage-observer`, the child processes `demo`, `stress` and
-//! `bench coverage` start ([`harness`]: they report as JSON lines).
+//! `bench coverage` start ([`harness`]: they report as JSON lines); they ship because those
+//! commands start them from this binary.
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
