@@ -50,25 +50,37 @@ fn heat_mpi() -> &'static Path {
 /// script that puts each rank on its node (endpoint directory and checkpoint levels).
 struct Job {
     base: PathBuf,
+    /// The nodes' endpoint directories: in the system's temporary directory, whose path is
+    /// short, as a node's run directory is (a socket's path has at most 107 bytes, and the
+    /// target directory of a deep checkout may leave too few).
+    endpoints: PathBuf,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.endpoints);
+    }
 }
 
 impl Job {
     fn new(test: &str) -> Job {
         let base = ffi::scratch(test);
+        let endpoints = std::env::temp_dir().join(format!("tcasm-{test}-{}", std::process::id()));
         for n in 0..NODES {
-            fs::create_dir_all(base.join(format!("node{n}"))).unwrap();
+            fs::create_dir_all(endpoints.join(format!("node{n}"))).unwrap();
         }
         fs::create_dir_all(base.join("pfs")).unwrap();
         let script = format!(
-            "#!/bin/sh\n# rank -> simulated node, as a real launcher places ranks on hosts\nn=$((OMPI_COMM_WORLD_RANK * {NODES} / {RANKS}))\necho $$ > {base}/pid.$OMPI_COMM_WORLD_RANK\nexport TCASM_DIR={base}/node$n\nexec {bin} \"$1\" \"$2\" 'heat.%r' \"{base}/local$n:{base}/pfs\" \"$3\"\n",
+            "#!/bin/sh\n# rank -> simulated node, as a real launcher places ranks on hosts\nn=$((OMPI_COMM_WORLD_RANK * {NODES} / {RANKS}))\necho $$ > {base}/pid.$OMPI_COMM_WORLD_RANK\nexport TCASM_DIR={endpoints}/node$n\nexec {bin} \"$1\" \"$2\" 'heat.%r' \"{base}/local$n:{base}/pfs\" \"$3\"\n",
             base = base.display(),
+            endpoints = endpoints.display(),
             bin = heat_mpi().display()
         );
         let launcher = base.join("on-node.sh");
         fs::write(&launcher, script).unwrap();
         fs::set_permissions(&launcher, <fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755))
             .unwrap();
-        Job { base }
+        Job { base, endpoints }
     }
 
     fn pfs(&self) -> PathBuf {
@@ -93,7 +105,7 @@ impl Job {
         let log =
             fs::OpenOptions::new().create(true).append(true).open(b.join(format!("checkpointer{node}.log"))).unwrap();
         common::tcasm(
-            &b.join(format!("node{node}")),
+            &self.endpoints.join(format!("node{node}")),
             &["checkpoint", "--all", "heat.*", "--idle", "4", "--every-version"],
         )
         .arg("--dir")
