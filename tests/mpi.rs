@@ -138,9 +138,9 @@ fn mpirun(ranks: usize) -> Command {
 }
 
 /// The field of an uninterrupted run of `steps` steps on one rank, as raw bytes.
-fn serial_field(scratch: &Path, steps: u64) -> Vec<u8> {
-    let out = scratch.join(format!("serial-{steps}.bin"));
-    let endpoint = scratch.join("serial-endpoint");
+fn serial_field(job: &Job, steps: u64) -> Vec<u8> {
+    let out = job.base.join(format!("serial-{steps}.bin"));
+    let endpoint = job.endpoints.join("serial");
     fs::create_dir_all(&endpoint).unwrap();
     ffi::run(
         mpirun(1)
@@ -222,7 +222,7 @@ fn two_nodes_checkpoint_a_global_field_equal_to_a_serial_run() {
     );
     assert!(restored.status.success(), "{}", common::output_text(&restored));
     assert_eq!(npy_data(&out.join("step.npy")), (steps as i64).to_le_bytes());
-    let serial = serial_field(&job.base, steps);
+    let serial = serial_field(&job, steps);
     assert!(
         npy_data(&out.join("temperature.npy")) == serial,
         "the assembled global field differs from the serial run's"
@@ -266,7 +266,7 @@ fn two_nodes_checkpoint_a_global_field_equal_to_a_serial_run() {
         ],
     );
     assert!(restored.status.success(), "{}", common::output_text(&restored));
-    assert!(npy_data(&out.join("temperature.npy")) == serial_field(&job.base, older));
+    assert!(npy_data(&out.join("temperature.npy")) == serial_field(&job, older));
     fs::remove_dir_all(&job.base).unwrap();
 }
 
@@ -303,7 +303,7 @@ fn a_rank_killed_and_the_job_relaunched_restores_one_global_version_everywhere()
     );
     assert!(said.contains(&format!("every rank restored step {newest}\n")), "{said}");
     assert!(
-        fs::read(job.base.join("field.bin")).unwrap() == serial_field(&job.base, steps),
+        fs::read(job.base.join("field.bin")).unwrap() == serial_field(&job, steps),
         "the relaunched job's field differs from an uninterrupted run's"
     );
     for c in &mut ckpts {
