@@ -442,12 +442,12 @@ struct Reference {
 impl Reference {
     fn create(size: usize) -> crate::Result<Reference> {
         let file = memfd("tcasm-bench-reference", size)?;
-        let map = SharedMap::new(&file, size, true)?;
+        let mut map = SharedMap::new(&file, size, true)?;
         map.zero();
         Ok(Reference { map })
     }
 
-    fn copy(&self, source: &[u8]) -> Duration {
+    fn copy(&mut self, source: &[u8]) -> Duration {
         let started = Instant::now();
         self.map.copy_in(0, source);
         started.elapsed()
@@ -673,7 +673,7 @@ pub fn run(args: Args) -> crate::Result {
     }
     let mut plain = Plain::new(args.size);
     exclude_from_fork(&plain)?;
-    let reference = Reference::create(args.size)?;
+    let mut reference = Reference::create(args.size)?;
 
     let mut rows = Vec::new();
     for &observers in &args.observers {
@@ -682,7 +682,7 @@ pub fn run(args: Args) -> crate::Result {
                 eprintln!("bench coverage: fork with {observers} observers: skipped (the child is the only holder)");
                 continue;
             }
-            rows.extend(run_method(&args, method, observers, &mut plain, &reference)?);
+            rows.extend(run_method(&args, method, observers, &mut plain, &mut reference)?);
         }
     }
     compare_to_memcpy(&mut rows);
@@ -718,7 +718,7 @@ fn run_method(
     method: Method,
     observers: usize,
     plain: &mut Plain,
-    reference: &Reference,
+    reference: &mut Reference,
 ) -> crate::Result<Vec<Row>> {
     let name = format!("coverage-{}-{method}-{observers}", std::process::id());
     let mut subject: Box<dyn Subject> = match method {

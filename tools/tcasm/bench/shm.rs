@@ -36,10 +36,10 @@ pub struct SharedMap {
     len: usize,
 }
 
-// SAFETY: the mapping is plain shared memory owned by this value; every access goes through
-// atomics (`words`) or through `copy_in`, whose contract covers concurrent readers.
+// SAFETY: the mapping is plain shared memory owned by this value; through `&self` it hands
+// out only atomics (`words`), and its bytes are written only through `&mut self`.
 unsafe impl Send for SharedMap {}
-// SAFETY: as above; `&SharedMap` hands out only atomics and raw copies into the mapping.
+// SAFETY: as above.
 unsafe impl Sync for SharedMap {}
 
 impl SharedMap {
@@ -67,7 +67,7 @@ impl SharedMap {
 
     /// Zeroes the whole mapping, which must be writable: its pages are allocated before
     /// anything is measured.
-    pub fn zero(&self) {
+    pub fn zero(&mut self) {
         // SAFETY: `[ptr, ptr + len)` is this live mapping; no Rust reference points into it.
         unsafe { std::ptr::write_bytes(self.ptr.as_ptr(), 0, self.len) }
     }
@@ -75,7 +75,7 @@ impl SharedMap {
     /// Copies `source` to offset `at` of this mapping, which must be writable: the `memcpy` a
     /// user writes by hand. Observer processes may read the target meanwhile and see a copy
     /// in progress: the baselines' documented lack of consistency.
-    pub fn copy_in(&self, at: usize, source: &[u8]) {
+    pub fn copy_in(&mut self, at: usize, source: &[u8]) {
         assert!(at.checked_add(source.len()).is_some_and(|end| end <= self.len), "copy inside the mapping");
         // SAFETY: the target `[at, at + len)` lies inside this live mapping (checked above),
         // and the source is a live slice of a different allocation (no Rust reference points
