@@ -1,7 +1,9 @@
 //! What the store holds: exactly the latest version, the slots pinned versions still need,
 //! and the reserve of free slots kept for the next publishes — never more — across 1,000
-//! publishes of each write pattern with observers pinning and dropping versions; and the
-//! reserve is never larger than what one of the last few publishes wrote.
+//! publishes of each write pattern with observers pinning and dropping versions; the
+//! reserve is never larger than what one of the last few publishes wrote or, while pins
+//! hold slots, than what they held at their recent peak (less what they hold now); and once
+//! the pins are gone it shrinks back to the writes.
 mod common;
 
 use std::collections::{BTreeSet, VecDeque};
@@ -72,6 +74,9 @@ fn run(kind: TrackerKind, pattern: Pattern) {
     let mut rng = common::Rng::seeded(0x3e3 ^ kind as u64 ^ (pattern as u64) << 8);
     let mut held: VecDeque<Snapshot> = VecDeque::new();
     let mut recent: VecDeque<u64> = VecDeque::new();
+    // Per publish: what pins held then plus the recent writes, if pins held any.
+    let mut pin_demand: VecDeque<u64> = VecDeque::new();
+    use tcasm::store::writer::{PIN_WINDOW, RESERVE_WINDOW};
     let coverages = [0.01, 0.1, 0.5, 1.0];
     for i in 0..PUBLISHES {
         // A coverage held for 50 publishes at a time, as a simulation's phases.
@@ -82,19 +87,29 @@ fn run(kind: TrackerKind, pattern: Pattern) {
         producer.publish().unwrap();
         let stats = producer.stats();
         recent.push_back(stats.last_pages_copied as u64);
-        if recent.len() > tcasm::store::writer::RESERVE_WINDOW {
+        if recent.len() > RESERVE_WINDOW {
             recent.pop_front();
         }
         let latest = observer.latest().unwrap();
         let pinned = pinned_slots(&held, &latest) as u64;
+        let most_recent = recent.iter().copied().max().unwrap_or(0);
+        pin_demand.push_back(if pinned > 0 { pinned + most_recent } else { 0 });
+        if pin_demand.len() > PIN_WINDOW {
+            pin_demand.pop_front();
+        }
         assert_eq!(
             stats.store_bytes,
             (PAGES as u64 + pinned) * page + stats.reserve_bytes,
             "{kind} {pattern:?}, publish {i}: the store holds the latest ({PAGES} pages), {pinned} pinned pages and a reserve of {} bytes, nothing else",
             stats.reserve_bytes
         );
-        let most_recent = recent.iter().copied().max().unwrap_or(0);
-        assert!(stats.reserve_bytes <= most_recent * page, "{kind} {pattern:?}, publish {i}: reserve {} bytes, more than the {most_recent} pages a recent publish wrote", stats.reserve_bytes);
+        let pinned_peak = pin_demand.iter().copied().max().unwrap_or(0);
+        let bound = most_recent.max(pinned_peak.saturating_sub(pinned));
+        assert!(
+            stats.reserve_bytes <= bound * page,
+            "{kind} {pattern:?}, publish {i}: reserve {} bytes, more than the {most_recent} pages a recent publish wrote and than the {pinned_peak} pages pins and writes needed at their recent peak less the {pinned} pinned now",
+            stats.reserve_bytes
+        );
         // Observers take and drop versions at random.
         if rng.below(3) == 0 || held.len() >= HELD {
             held.pop_front();
@@ -103,14 +118,31 @@ fn run(kind: TrackerKind, pattern: Pattern) {
             held.push_back(latest);
         }
     }
-    // Dropping the pins: the next publish gives back what they held.
+    // Dropping the pins: the next publish frees what they held, and once their peak has
+    // left the window the reserve is back to what the writes need.
     held.clear();
-    producer.publish().unwrap();
+    for i in 0..=PIN_WINDOW {
+        for p in pages(pattern, 0.01, i, &mut rng) {
+            region[p * page as usize] = (i % 250) as u8 + 2;
+        }
+        producer.publish().unwrap();
+        let stats = producer.stats();
+        assert_eq!(
+            stats.store_bytes,
+            PAGES as u64 * page + stats.reserve_bytes,
+            "{kind} {pattern:?}: publish {i} after every pin is dropped"
+        );
+        recent.push_back(stats.last_pages_copied as u64);
+        if recent.len() > RESERVE_WINDOW {
+            recent.pop_front();
+        }
+    }
     let stats = producer.stats();
-    assert_eq!(
-        stats.store_bytes,
-        PAGES as u64 * page + stats.reserve_bytes,
-        "{kind} {pattern:?}: after every pin is dropped"
+    let most_recent = recent.iter().copied().max().unwrap_or(0);
+    assert!(
+        stats.reserve_bytes <= most_recent * page,
+        "{kind} {pattern:?}: {PIN_WINDOW} publishes after every pin was dropped, the reserve holds {} bytes, more than the {most_recent} pages a recent publish wrote",
+        stats.reserve_bytes
     );
 }
 

@@ -49,7 +49,7 @@ pub struct ProducerOptions {
     pub freed: Freed,
     /// Under [`Freed::Reuse`], the most free slots kept allocated for the next publishes,
     /// as a share of the page space (0 to 1; the store keeps as many as recent publishes
-    /// wrote, up to this).
+    /// wrote, or while observers pin versions what their pins recently held, up to this).
     pub max_reserve: f64,
     /// A group whose members may observe too (by default only this user may; see
     /// [`crate::endpoint`]). They reach the endpoint through `TCASM_DIR`, which must name a

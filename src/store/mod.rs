@@ -19,7 +19,10 @@
 //! pages one of the last [`writer::RESERVE_WINDOW`] publishes changed (capped by
 //! `ProducerOptions::max_reserve`), and the rest is punched. So the store holds the latest
 //! version, the pages pinned versions still need, and about one version's writes; a
-//! producer that writes a moving front (a sweep) reuses the slots its trail freed.
+//! producer that writes a moving front (a sweep) reuses the slots its trail freed. While
+//! observers pin versions, the reserve also keeps what the pins held at their peak over the
+//! last [`writer::PIN_WINDOW`] publishes, less what they hold now, so that the publishes
+//! under the next pins find populated slots ([`writer::Freed::Reuse`]).
 //!
 //! # Protocol
 //! Parties: one producer (writes the control block and the pool; reads the pin pages) and
