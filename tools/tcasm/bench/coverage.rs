@@ -25,8 +25,10 @@
 //!
 //! A row reports the median of each over its measured iterations (`producer_us` is the
 //! median of the per-iteration sums; `producer_mean_us` their mean, which shows the rare
-//! expensive versions), after `--warmup` unmeasured ones; a row stops early, once it has 3,
-//! after `--row-seconds`. Rows of one tracker and observer count share one producer,
+//! expensive versions), after `--warmup` unmeasured ones (with observers, and at least one
+//! `--observer-period`: every observer has then taken a version of the row, and the store
+//! has grown once to what their pins hold, as it does in a steady state); a row stops
+//! early, once it has 3, after `--row-seconds`. Rows of one tracker and observer count share one producer,
 //! coverage after coverage; a tcasm producer first publishes its whole region and then 10
 //! empty versions. `auto` adapts chunk by chunk within a version or two of a change of
 //! pattern; the warm-up iterations cover that, and rows in falling coverage order show it.
@@ -741,9 +743,17 @@ fn run_method(
     for (row, &coverage) in args.coverage.iter().enumerate() {
         let mut s = Samples::default();
         let row_started = Instant::now();
-        for i in 0..args.warmup + args.iterations {
-            let measured = i >= args.warmup;
-            if measured && s.producer.len() >= MIN_ITERATIONS && row_started.elapsed() > args.row_seconds {
+        let warm_for = if attached.is_some() { Duration::from_secs_f64(args.observer_period) } else { Duration::ZERO };
+        let mut measuring_since = None;
+        for i in 0.. {
+            if s.producer.len() >= args.iterations {
+                break;
+            }
+            if measuring_since.is_none() && i >= args.warmup && row_started.elapsed() >= warm_for {
+                measuring_since = Some(Instant::now());
+            }
+            let measured = measuring_since.is_some();
+            if measuring_since.is_some_and(|t| s.producer.len() >= MIN_ITERATIONS && t.elapsed() > args.row_seconds) {
                 break;
             }
             let iteration = (row * 10_000 + i) as u64;
