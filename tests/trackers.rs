@@ -12,6 +12,7 @@
 mod common;
 
 use std::alloc::Layout;
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
@@ -342,6 +343,88 @@ fn deferred_versions_survive_writes_racing_their_copy() {
         let seen = snap.view::<u64>("data").unwrap();
         if let Some(i) = seen.iter().position(|&x| x != round) {
             panic!("version {version}: element {i} is {}, published as {round}", seen[i]);
+        }
+    }
+}
+
+/// Publishes split over copy threads: each version writes thousands of pages of a 35 MiB
+/// region (the whole of it, scattered pages, a moving front, pages rewritten with their own
+/// bytes), so its copies and comparisons are cut into shares for three threads. Every
+/// snapshot must equal the producer's memory at its publish and stay unchanged while held,
+/// and its change set must name every page that changed (exactly those under `copy`, which
+/// compares every page; no page that was not written under the trackers).
+#[test]
+fn copy_threads_give_snapshots_equal_to_memory() {
+    const TEST: &str = "copy_threads_give_snapshots_equal_to_memory";
+    const PAGES: usize = 9000;
+    common::endpoint_dir("copy-threads");
+    let page = page_size();
+    let mut kinds = vec![TrackerKind::Copy];
+    if common::async_tracking_available(TEST) {
+        kinds.extend([TrackerKind::Auto, TrackerKind::Async]);
+    }
+    for kind in kinds {
+        let name = format!("copy-threads-{kind}");
+        let options = ProducerOptions { tracker: kind, copy_threads: 3, ..Default::default() };
+        let mut producer = Producer::create(&name, options).unwrap();
+        let mut data: Region<u8> = producer.region("data", &[PAGES * page]).unwrap();
+        let mut rng = common::Rng::seeded(0xc0b1 + kind as u64);
+        let mut held: Option<(Snapshot, Vec<u8>)> = None;
+        let mut observer: Option<Observer> = None;
+        for v in 1..=7u64 {
+            // (pages whose bytes change, pages rewritten with the bytes they hold)
+            let (changed, same): (BTreeSet<usize>, BTreeSet<usize>) = match v {
+                1 | 5 => ((0..PAGES).collect(), BTreeSet::new()),
+                2 => ((0..5000).map(|_| rng.index(PAGES)).collect(), BTreeSet::new()),
+                3 => ((0..6000).map(|i| (1500 + i) % PAGES).collect(), BTreeSet::new()),
+                4 => {
+                    let changed: BTreeSet<usize> = (0..100).map(|_| rng.index(PAGES)).collect();
+                    (changed.clone(), (0..5000).filter(|p| !changed.contains(p)).collect())
+                }
+                6 => (BTreeSet::new(), BTreeSet::new()),
+                _ => ((0..PAGES).filter(|p| p % 3 != 0).collect(), BTreeSet::new()),
+            };
+            for &p in &changed {
+                // One byte at a random offset, the page's last byte every seventh time.
+                let at = p * page + if rng.below(7) == 0 { page - 1 } else { rng.index(page) };
+                data[at] = data[at].wrapping_add(1 + rng.below(254) as u8);
+            }
+            for &p in &same {
+                let copy = std::hint::black_box(data[p * page..(p + 1) * page].to_vec());
+                data[p * page..(p + 1) * page].copy_from_slice(&copy);
+            }
+            assert_eq!(producer.publish().unwrap(), v);
+            let observer = observer.get_or_insert_with(|| Observer::attach(&name).unwrap());
+            let snap = observer.latest().unwrap();
+            assert_eq!(snap.version(), v);
+            let bytes = snap.bytes("data").unwrap().to_vec();
+            assert!(bytes == data[..], "{kind}: version {v} differs from the producer's memory at its publish");
+            if v > 1 {
+                let named: BTreeSet<usize> = snap.changed_since(v - 1).into_iter().flatten().collect();
+                assert!(
+                    changed.is_subset(&named),
+                    "{kind}: v{v}: changed pages {:?} not named",
+                    changed.difference(&named).take(5).collect::<Vec<_>>()
+                );
+                if kind == TrackerKind::Copy {
+                    assert!(named == changed, "{kind}: v{v}: {} pages named, {} changed", named.len(), changed.len());
+                } else {
+                    let written: BTreeSet<usize> = changed.union(&same).copied().collect();
+                    assert!(
+                        named.is_subset(&written),
+                        "{kind}: v{v}: pages {:?} named but not written",
+                        named.difference(&written).take(5).collect::<Vec<_>>()
+                    );
+                }
+            }
+            if let Some((old, old_bytes)) = held.take() {
+                assert!(
+                    old.bytes("data").unwrap() == &old_bytes[..],
+                    "{kind}: version {} changed while held",
+                    old.version()
+                );
+            }
+            held = Some((snap, bytes));
         }
     }
 }
