@@ -160,11 +160,13 @@ mod tests {
 
     /// Random writes, random pins: every pinned version reads back exactly as it was
     /// published, however many versions and slot reuses pass, and once every pin is gone the
-    /// store holds one page per page: after one publish with `Freed::Release`, once
-    /// `RESERVE_WINDOW` publishes have written nothing with `Freed::Reuse`.
+    /// store holds one page per page: after one publish with `Freed::Release`, with
+    /// `Freed::Reuse` once `PIN_WINDOW` publishes (more than `RESERVE_WINDOW`) have written
+    /// nothing and pinned nothing.
     #[test]
     fn pinned_versions_never_change_and_memory_returns() {
-        pinned_versions_check(Freed::Reuse, super::writer::RESERVE_WINDOW as u64);
+        use super::writer::{PIN_WINDOW, RESERVE_WINDOW};
+        pinned_versions_check(Freed::Reuse, PIN_WINDOW.max(RESERVE_WINDOW) as u64);
         pinned_versions_check(Freed::Release, 1);
     }
 
