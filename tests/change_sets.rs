@@ -23,6 +23,8 @@ use tcasm::{Observer, Producer, ProducerOptions, Region, TrackerKind};
 /// Pages of the region: four chunks of the auto tracker and a part of a fifth.
 const PAGES: usize = 4 * tcasm::track::auto::CHUNK_PAGES + 100;
 const VERSIONS: usize = 48;
+/// The first of chunk 3's pages written version after version.
+const HOT_FIRST: usize = 3 * tcasm::track::auto::CHUNK_PAGES + 7;
 
 fn page_hashes(region: &[u8]) -> Vec<u64> {
     region
@@ -60,6 +62,18 @@ fn writes(v: usize, rng: &mut common::Rng) -> (Vec<usize>, Vec<usize>) {
     if v >= 20 {
         changed.extend((2 * chunk..3 * chunk).filter(|_| rng.below(2) == 0));
     }
+    // Chunk 3: sixteen scattered pages written every version (`auto` leaves such pages
+    // writable and compares them: hot), rewritten with their own bytes for four versions
+    // (two unchanged comparisons send them back to tracking), written again, left alone for
+    // two versions and written in the very publish that protects them again, then left
+    // alone, written every other version, and every version.
+    let hot = (0..16).map(|i| HOT_FIRST + 31 * i);
+    match v {
+        24..=27 => same.extend(hot),
+        2..=30 | 33 | 44.. => changed.extend(hot),
+        39..=43 if v % 2 == 1 => changed.extend(hot),
+        _ => {}
+    }
     // The rest: now and then a page, the last page of the region included.
     if v.is_multiple_of(5) {
         changed.extend([3 * chunk + rng.index(PAGES - 3 * chunk), PAGES - 1]);
@@ -87,6 +101,7 @@ fn run(kind: TrackerKind) {
     let mut hashes = vec![Vec::new(), page_hashes(&region)];
     let mut touched: Vec<BTreeSet<usize>> = vec![BTreeSet::new(), BTreeSet::new()];
     let mut identical_skipped = 0;
+    let (mut hot_rewrites, mut hot_skipped) = (0, 0);
     for v in 2..=VERSIONS + 1 {
         let (changed, same) = writes(v - 1, &mut rng);
         for &p in &changed {
@@ -144,6 +159,9 @@ fn run(kind: TrackerKind) {
         }
         let this = pages_of(&snap.changed_since(v as u64 - 1));
         identical_skipped += same.iter().filter(|p| !this.contains(p)).count();
+        let hot_same = same.iter().filter(|&&p| (HOT_FIRST..HOT_FIRST + 16 * 31).contains(&p));
+        hot_rewrites += hot_same.clone().count();
+        hot_skipped += hot_same.filter(|p| !this.contains(p)).count();
     }
     // Auto stops tracking chunk 0 while it is rewritten whole, so its identical rewrites
     // are compared away; copy compares them all away; tracked pages always count.
@@ -158,6 +176,13 @@ fn run(kind: TrackerKind) {
             "{kind}: only {identical_skipped} identical rewrites were found unchanged"
         ),
         _ => assert_eq!(identical_skipped, 0, "{kind}: a tracked page written counts as changed"),
+    }
+    // Chunk 3's pages written every version are compared under auto once hot: their first
+    // two identical rewrites at least are found unchanged.
+    match kind {
+        TrackerKind::Copy => assert_eq!(hot_skipped, hot_rewrites, "{kind}: identical rewrites of chunk 3's pages"),
+        TrackerKind::Auto => assert!(hot_skipped >= 24, "{kind}: only {hot_skipped} identical rewrites of chunk 3's pages written every version were found unchanged: are they still tracked?"),
+        _ => assert_eq!(hot_skipped, 0, "{kind}: a tracked page written counts as changed"),
     }
 }
 

@@ -95,6 +95,17 @@ impl AsyncTracker {
         self.scanner.take_written(start, end, found)
     }
 
+    /// Reports the runs written in `[start, end)`, a part of a tracked range, and leaves
+    /// them writable: they are reported again by every scan until protected again.
+    pub fn scan_range_open(
+        &mut self,
+        start: usize,
+        end: usize,
+        found: &mut dyn FnMut(usize, usize),
+    ) -> nix::Result<()> {
+        self.scanner.written(start, end, found)
+    }
+
     /// Lifts the write protection of `[start, end)`, a part of a tracked range: writes there
     /// stop costing a fault, and scans stop reporting them.
     pub fn unprotect(&mut self, start: usize, end: usize) -> nix::Result<()> {

@@ -14,8 +14,9 @@
 //!   the latest version holds and copies only those that differ. Works anywhere; the
 //!   baseline.
 //! - [`TrackerKind::Auto`]: per chunk of 2 MiB, async tracking or comparison, whichever the
-//!   producer's own publishes show is cheaper for what it writes there ([`auto`]); copy
-//!   where the kernel has no async tracking, with the reason.
+//!   producer's own publishes show is cheaper for what it writes there, and within tracked
+//!   chunks, comparison of the pages written version after version ([`auto`]); copy where
+//!   the kernel has no async tracking, with the reason.
 //!
 //! Every tracker gives an exact change set: a version's page map names as changed exactly
 //! the pages written (tracked pages: a write counts even if it stored the bytes the page
