@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use tcasm::{Observer, ReadError};
@@ -125,9 +125,16 @@ pub fn cargo() -> Command {
 }
 
 /// The virtual environment with maturin, numpy and this package built into it, made once
-/// per target directory and rebuilt (incrementally) by every run. `None` when Python cannot
-/// make one (a skip, or a failure under TCASM_REQUIRE_TOOLS=1).
+/// per target directory and rebuilt (incrementally) once per test binary. `None` when Python
+/// cannot make one (a skip, or a failure under TCASM_REQUIRE_TOOLS=1).
 pub fn python_package(test: &str) -> Option<PathBuf> {
+    // Tests run on parallel threads, and two `maturin develop` into one environment at once
+    // uninstall what the other installs: the first test builds, the others wait for it.
+    static BUILT: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut built = BUILT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(venv) = built.as_ref() {
+        return Some(venv.clone());
+    }
     let venv = venv(test, "tcasm-python-venv", &["maturin>=1.7,<2", "numpy"], "import numpy, maturin")?;
     let bin = venv.join("bin");
     let path = std::env::join_paths(
@@ -144,6 +151,7 @@ pub fn python_package(test: &str) -> Option<PathBuf> {
             .env("CARGO", std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into())),
         "building the Python package (maturin develop --release)",
     );
+    *built = Some(venv.clone());
     Some(venv)
 }
 
