@@ -263,7 +263,9 @@ pub struct StoreWriter {
     free: FreeSlots,
     /// Pages written by the last [`RESERVE_WINDOW`] publishes, newest last.
     recent: VecDeque<usize>,
-    /// Slots that retired versions keep for pinned ones, as of the last reclaim.
+    /// Slots in `retired`; and as many as of the last reclaim, when only pinned versions
+    /// still needed them.
+    retired_slots: u64,
     held_for_pins: u64,
     /// For each of the last [`PIN_WINDOW`] publishes, once released: the slots pins held
     /// then plus the reserve the writes needed (0 when no pin held any); newest last.
@@ -345,6 +347,7 @@ impl StoreWriter {
             retired: Vec::new(),
             free: FreeSlots::default(),
             recent: VecDeque::new(),
+            retired_slots: 0,
             held_for_pins: 0,
             pin_demand: VecDeque::new(),
             max_reserve,
@@ -436,10 +439,13 @@ impl StoreWriter {
         // The latest version is live too. After a complete publish no retired slot can hold
         // one of its pages, but after a publish that failed midway some can.
         self.live_pins.push(self.version);
-        let free = &mut self.free;
-        protocol::reclaim(&mut self.retired, &self.live_pins, |r| free.free(r.slot, r.count));
+        let (free, retired_slots) = (&mut self.free, &mut self.retired_slots);
+        protocol::reclaim(&mut self.retired, &self.live_pins, |r| {
+            free.free(r.slot, r.count);
+            *retired_slots -= r.count;
+        });
         self.live_pins.truncate(pins_held);
-        self.held_for_pins = self.retired.iter().map(|r| r.count).sum();
+        self.held_for_pins = self.retired_slots;
     }
 
     /// After the latest version is released: the slots it superseded are free now unless
@@ -611,6 +617,7 @@ impl StoreWriter {
         if since == 0 {
             return;
         }
+        self.retired_slots += 1;
         match self.retired.last_mut() {
             Some(r) if r.until == n && r.since == since && r.slot + r.count == slot => r.count += 1,
             _ => self.retired.push(Retired { slot, count: 1, since, until: n }),
