@@ -133,16 +133,16 @@ pub struct AutoTracker {
     /// Publishes so far (wrapping).
     publishes: u32,
     /// Address runs: reported by the last scans (scratch); to protect again, or to leave
-    /// writable, before this publish copies; hot pages compared by this publish; hot pages
-    /// to protect (and compare once more) at the next.
+    /// writable, before this publish copies; hot pages to protect (and compare once more) at
+    /// the next publish.
     found: Vec<Range<usize>>,
     reprotect: Vec<Range<usize>>,
     cold: Vec<Range<usize>>,
     promote: Vec<Range<usize>>,
-    /// Pages the last scan found written [`PROMOTE_AFTER`] versions in a row (scratch): chunk,
-    /// index in `pages`, address.
+    /// Pages as (chunk, index in `pages`, address): those the last scan found written
+    /// [`PROMOTE_AFTER`] versions in a row (scratch), and the hot pages this publish compares.
     candidates: Vec<(usize, usize, usize)>,
-    hot_compared: Vec<usize>,
+    hot_compared: Vec<(usize, usize, usize)>,
     demote: Vec<Range<usize>>,
 }
 
@@ -266,13 +266,6 @@ impl AutoTracker {
         self.last_written = vec![0; first_page];
     }
 
-    /// The chunk holding address `a`, and the page's index in [`AutoTracker::pages`].
-    fn page_of(&self, a: usize) -> (usize, usize) {
-        let k = self.chunks.partition_point(|c| c.range.end <= a);
-        let c = &self.chunks[k];
-        (k, c.first_page + (a - c.range.start) / page_size())
-    }
-
     /// Sorts the pages the scan of chunks `chunks` reported (in `found`): a hot page is
     /// compared (and, if the scan protected it, `open` false, tracked again); another page
     /// was written, and counts towards its promotion. A page written [`PROMOTE_AFTER`]
@@ -298,7 +291,7 @@ impl AutoTracker {
                 if self.pages[p] & HOT != 0 {
                     // Hot: reported whether written or not; the comparison tells.
                     push_run(&mut out.compare, a, a + page);
-                    self.hot_compared.push(a);
+                    self.hot_compared.push((k, p, a));
                     if !open || dense[k - chunks.start] {
                         self.pages[p] = 0;
                         c.hot -= 1;
@@ -475,13 +468,11 @@ impl Tracker for AutoTracker {
         // Hot pages the comparison found unchanged: a streak, and at [`DEMOTE_AFTER`] back
         // to tracking at the next publish.
         let mut changed = outcome.changed.iter().peekable();
-        for i in 0..self.hot_compared.len() {
-            let a = self.hot_compared[i];
+        for &(k, p, a) in &self.hot_compared {
             while changed.peek().is_some_and(|r| r.end <= a) {
                 changed.next();
             }
             let differs = changed.peek().is_some_and(|r| r.start <= a);
-            let (k, p) = self.page_of(a);
             if self.pages[p] & HOT == 0 {
                 continue;
             }
