@@ -427,35 +427,28 @@ fn a_missing_or_read_only_persistent_level_is_reported_and_level_one_goes_on() {
     let dir = common::scratch("restart", "no-persistent");
     let producer = ProducerChild::start("restart-nopfs", "", 16, 1_000_000, 20_000, "standard");
     producer.expect(&["ready"]);
-    let missing = dir.join("missing");
-    let out = run(&[
-        "checkpoint",
-        "restart-nopfs",
-        "--dir",
-        path(&dir.join("l1")),
-        "--flush-to",
-        path(&missing),
-        "--count",
-        "3",
-        "--every-version",
-    ]);
+    // Three checkpoints to level 1 `l1` while flushing to `to`.
+    let checkpoint = |l1: &Path, to: &Path| {
+        run(&[
+            "checkpoint",
+            "restart-nopfs",
+            "--dir",
+            path(l1),
+            "--flush-to",
+            path(to),
+            "--count",
+            "3",
+            "--every-version",
+        ])
+    };
+    let out = checkpoint(&dir.join("l1"), &dir.join("missing"));
     let said = text(&out);
     assert!(out.status.success(), "{said}");
     assert!(said.contains("--flush-to") && said.contains("create it") && said.contains("level 1"), "{said}");
     assert!(newest(&dir.join("l1")) > 0);
     let read_only = dir.join("read-only");
     if let Some(_mount) = Tmpfs::mount(test, &read_only, "ro,size=1m") {
-        let out = run(&[
-            "checkpoint",
-            "restart-nopfs",
-            "--dir",
-            path(&dir.join("l1b")),
-            "--flush-to",
-            path(&read_only),
-            "--count",
-            "3",
-            "--every-version",
-        ]);
+        let out = checkpoint(&dir.join("l1b"), &read_only);
         let said = text(&out);
         assert!(out.status.success(), "{said}");
         assert!(said.contains("Read-only file system") && said.contains("level 1"), "{said}");
